@@ -1,0 +1,301 @@
+//! What the agent tells the kernel programs at load time, through the read-only global
+//! `CONFIG`: where each tracepoint field sits and where some kernel struct fields sit.
+//!
+//! Tracepoint layouts differ between kernels (the common header grew; `tcp_send_reset`
+//! switched from ports and addresses to `sockaddr` buffers in 6.10), so the agent reads
+//! them from tracefs `format` files instead of hard-coding them. Rust eBPF gets no CO-RE
+//! relocations, so struct field offsets come from the kernel's BTF in the same way.
+//! Every offset may be [`crate::NO_OFFSET`] when the kernel lacks the field.
+
+/// The probes, with fixed ids (used as counter slots) and the tracepoints they attach to.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Probe {
+    InetSockSetState = 0,
+    InetSkErrorReport = 1,
+    TcpReceiveReset = 2,
+    TcpSendReset = 3,
+    TcpRetransmitSkb = 4,
+    TcpRetransmitSynack = 5,
+    SysEnterConnect = 6,
+    SysExitConnect = 7,
+    SysEnterListen = 8,
+    SysExitListen = 9,
+    SchedProcessExec = 10,
+    SchedProcessExit = 11,
+    SignalGenerate = 12,
+    MarkVictim = 13,
+}
+
+impl Probe {
+    pub const ALL: [Probe; 14] = [
+        Probe::InetSockSetState,
+        Probe::InetSkErrorReport,
+        Probe::TcpReceiveReset,
+        Probe::TcpSendReset,
+        Probe::TcpRetransmitSkb,
+        Probe::TcpRetransmitSynack,
+        Probe::SysEnterConnect,
+        Probe::SysExitConnect,
+        Probe::SysEnterListen,
+        Probe::SysExitListen,
+        Probe::SchedProcessExec,
+        Probe::SchedProcessExit,
+        Probe::SignalGenerate,
+        Probe::MarkVictim,
+    ];
+
+    /// The program's name in the object file, also the name users give in config.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Probe::InetSockSetState => "inet_sock_set_state",
+            Probe::InetSkErrorReport => "inet_sk_error_report",
+            Probe::TcpReceiveReset => "tcp_receive_reset",
+            Probe::TcpSendReset => "tcp_send_reset",
+            Probe::TcpRetransmitSkb => "tcp_retransmit_skb",
+            Probe::TcpRetransmitSynack => "tcp_retransmit_synack",
+            Probe::SysEnterConnect => "sys_enter_connect",
+            Probe::SysExitConnect => "sys_exit_connect",
+            Probe::SysEnterListen => "sys_enter_listen",
+            Probe::SysExitListen => "sys_exit_listen",
+            Probe::SchedProcessExec => "sched_process_exec",
+            Probe::SchedProcessExit => "sched_process_exit",
+            Probe::SignalGenerate => "signal_generate",
+            Probe::MarkVictim => "mark_victim",
+        }
+    }
+
+    /// The tracepoint's category in tracefs.
+    pub const fn category(self) -> &'static str {
+        match self {
+            Probe::InetSockSetState | Probe::InetSkErrorReport => "sock",
+            Probe::TcpReceiveReset
+            | Probe::TcpSendReset
+            | Probe::TcpRetransmitSkb
+            | Probe::TcpRetransmitSynack => "tcp",
+            Probe::SysEnterConnect
+            | Probe::SysExitConnect
+            | Probe::SysEnterListen
+            | Probe::SysExitListen => "syscalls",
+            Probe::SchedProcessExec | Probe::SchedProcessExit => "sched",
+            Probe::SignalGenerate => "signal",
+            Probe::MarkVictim => "oom",
+        }
+    }
+}
+
+/// Where a tracepoint keeps a connection's addresses.
+///
+/// Two layouts exist: separate `family`/`sport`/`dport`/`saddr`/`daddr`/`saddr_v6`/`daddr_v6`
+/// fields (ports in host order), or (`sockaddr == 1`) `saddr`/`daddr` buffers holding a
+/// `sockaddr_in` or `sockaddr_in6` (family and network-order port inside).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TupleFields {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    pub sockaddr: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SetStateFields {
+    pub skaddr: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub protocol: u16,
+    pub tuple: TupleFields,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorReportFields {
+    pub error: u16,
+    pub protocol: u16,
+    pub tuple: TupleFields,
+}
+
+/// `tcp_receive_reset`, `tcp_send_reset`, `tcp_retransmit_skb`, `tcp_retransmit_synack`.
+/// `state` and `reason` are [`crate::NO_OFFSET`] where the tracepoint lacks them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpSockFields {
+    pub skaddr: u16,
+    pub state: u16,
+    pub reason: u16,
+    pub _pad: u16,
+    pub tuple: TupleFields,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MarkVictimFields {
+    pub pid: u16,
+    pub comm: u16,
+    /// 1 when `comm` is a `__data_loc` string (Linux 6.x) rather than `char[16]`.
+    pub comm_data_loc: u16,
+    pub total_vm: u16,
+    pub anon_rss: u16,
+    pub file_rss: u16,
+    pub shmem_rss: u16,
+    pub uid: u16,
+    pub pgtables: u16,
+    pub oom_score_adj: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalFields {
+    pub sig: u16,
+    pub code: u16,
+    pub comm: u16,
+    pub pid: u16,
+    pub group: u16,
+    pub result: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessFields {
+    /// `sched_process_exec`: `__data_loc char[] filename`.
+    pub exec_filename: u16,
+    /// `sched_process_exit`: `bool group_dead` (Linux 6.16+); without it, the thread-group
+    /// leader's exit stands for the process's.
+    pub exit_group_dead: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallFields {
+    /// `sys_enter_connect` arguments.
+    pub connect_fd: u16,
+    pub connect_uservaddr: u16,
+    pub connect_addrlen: u16,
+    /// `sys_enter_listen` argument.
+    pub listen_fd: u16,
+    /// `ret` of `sys_exit_*`.
+    pub exit_ret: u16,
+}
+
+/// Byte offsets of kernel struct fields, from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KernelOffsets {
+    /// `struct sock`: `sk_err`.
+    pub sock_sk_err: u16,
+    /// `struct sock`: `__sk_common.skc_state`.
+    pub sock_state: u16,
+    /// `struct task_struct`: `real_parent`, `tgid`, `exit_code`.
+    pub task_real_parent: u16,
+    pub task_tgid: u16,
+    pub task_exit_code: u16,
+}
+
+/// Everything in the `CONFIG` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KernelConfig {
+    pub set_state: SetStateFields,
+    pub error_report: ErrorReportFields,
+    pub receive_reset: TcpSockFields,
+    pub send_reset: TcpSockFields,
+    pub retransmit_skb: TcpSockFields,
+    pub retransmit_synack: TcpSockFields,
+    pub mark_victim: MarkVictimFields,
+    pub signal: SignalFields,
+    pub process: ProcessFields,
+    pub syscalls: SyscallFields,
+    pub kernel: KernelOffsets,
+    pub _pad: u16,
+    /// Bit `n` set: report signal `n`.
+    pub signal_mask: u64,
+}
+
+const NO: u16 = crate::NO_OFFSET;
+const NO_TUPLE: TupleFields = TupleFields {
+    family: NO,
+    sport: NO,
+    dport: NO,
+    saddr: NO,
+    daddr: NO,
+    saddr_v6: NO,
+    daddr_v6: NO,
+    sockaddr: 0,
+};
+const NO_TCP_SOCK: TcpSockFields = TcpSockFields {
+    skaddr: NO,
+    state: NO,
+    reason: NO,
+    _pad: 0,
+    tuple: NO_TUPLE,
+};
+
+impl KernelConfig {
+    /// Every offset unknown: what the kernel programs see unless the agent fills it in.
+    pub const UNSET: Self = Self {
+        set_state: SetStateFields {
+            skaddr: NO,
+            oldstate: NO,
+            newstate: NO,
+            protocol: NO,
+            tuple: NO_TUPLE,
+        },
+        error_report: ErrorReportFields {
+            error: NO,
+            protocol: NO,
+            tuple: NO_TUPLE,
+        },
+        receive_reset: NO_TCP_SOCK,
+        send_reset: NO_TCP_SOCK,
+        retransmit_skb: NO_TCP_SOCK,
+        retransmit_synack: NO_TCP_SOCK,
+        mark_victim: MarkVictimFields {
+            pid: NO,
+            comm: NO,
+            comm_data_loc: 0,
+            total_vm: NO,
+            anon_rss: NO,
+            file_rss: NO,
+            shmem_rss: NO,
+            uid: NO,
+            pgtables: NO,
+            oom_score_adj: NO,
+        },
+        signal: SignalFields {
+            sig: NO,
+            code: NO,
+            comm: NO,
+            pid: NO,
+            group: NO,
+            result: NO,
+        },
+        process: ProcessFields {
+            exec_filename: NO,
+            exit_group_dead: NO,
+        },
+        syscalls: SyscallFields {
+            connect_fd: NO,
+            connect_uservaddr: NO,
+            connect_addrlen: NO,
+            listen_fd: NO,
+            exit_ret: NO,
+        },
+        kernel: KernelOffsets {
+            sock_sk_err: NO,
+            sock_state: NO,
+            task_real_parent: NO,
+            task_tgid: NO,
+            task_exit_code: NO,
+        },
+        _pad: 0,
+        signal_mask: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+crate::impl_pod!(KernelConfig);

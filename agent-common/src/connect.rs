@@ -1,0 +1,172 @@
+//! Outbound connects: failures (ring buffer), successes (per-CPU aggregates), and the
+//! kernel-side bookkeeping that ties an asynchronous outcome back to the connecting process.
+
+use crate::{
+    event::EventHeader,
+    net::{RawSockAddr, SockTuple},
+};
+
+/// Where the errno of a [`TcpConnectFailure`] came from.
+pub mod errno_source {
+    /// Neither source had one: the connecting process closed the socket itself (for example
+    /// a proxy's own connect timeout).
+    pub const NONE: u8 = 0;
+    /// `sock.sk_err`, read at the SYN_SENT→CLOSE transition.
+    pub const SK_ERR: u8 = 1;
+    /// `sock:inet_sk_error_report` seen for the same connection.
+    pub const ERROR_REPORT: u8 = 2;
+}
+
+/// A TCP socket went SYN_SENT→CLOSE: the handshake never completed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpConnectFailure {
+    pub header: EventHeader,
+    pub tuple: SockTuple,
+    /// Time spent in SYN_SENT.
+    pub duration_ns: u64,
+    /// Positive errno (`ECONNREFUSED`, `ETIMEDOUT`, `EHOSTUNREACH`…), 0 when none was set.
+    pub errno: i32,
+    pub syn_retransmits: u16,
+    pub errno_source: u8,
+    /// 1 when the agent saw the socket enter SYN_SENT (so the process fields are known).
+    pub owner_known: u8,
+}
+
+/// `connect(2)` returned an error itself, for any socket family we decode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectSyscallError {
+    pub header: EventHeader,
+    pub addr: RawSockAddr,
+    pub duration_ns: u64,
+    pub fd: i32,
+    /// Positive errno.
+    pub errno: i32,
+}
+
+/// Kernel bookkeeping for one TCP socket from CLOSE→SYN_SENT until CLOSE, keyed by the
+/// socket's kernel address. The connecting process is only `current` at SYN_SENT, so it is
+/// remembered here for the events that fire later in softirq context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TrackedConnect {
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; crate::COMM_LEN],
+    pub syn_retransmits: u16,
+    pub established: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Kernel bookkeeping for one `connect(2)` call in flight, keyed by pid_tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectCall {
+    pub start_ns: u64,
+    pub addr: RawSockAddr,
+    pub fd: i32,
+    /// Set when the TCP state machine already reported this call's failure, so that the
+    /// syscall's own error return is not reported twice.
+    pub reported: u32,
+}
+
+/// Key of the per-CPU success aggregates: who connected where.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnectKey {
+    pub tgid: u32,
+    pub family: u16,
+    pub dport: u16,
+    pub daddr: [u8; 16],
+}
+
+/// Buckets of the connect-latency histogram: bucket `i` counts handshakes that took
+/// `[2^i, 2^(i+1))` microseconds (bucket 0 also takes < 1 µs, the last one everything above).
+/// 2^20 µs ≈ 1.05 s, so the 1 s / 3 s / 7 s SYN-retransmit steps land in distinct buckets.
+pub const LATENCY_BUCKETS: usize = 24;
+
+/// Per-CPU success aggregates for one [`ConnectKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectStats {
+    pub established: u64,
+    pub latency_sum_ns: u64,
+    /// Retransmitted segments on established connections of this key.
+    pub retransmits: u64,
+    pub latency_hist: [u64; LATENCY_BUCKETS],
+}
+
+impl ConnectStats {
+    pub const ZERO: Self = Self {
+        established: 0,
+        latency_sum_ns: 0,
+        retransmits: 0,
+        latency_hist: [0; LATENCY_BUCKETS],
+    };
+}
+
+/// The histogram bucket for a latency in nanoseconds, without loops (the verifier prefers
+/// straight-line code) and without `leading_zeros` (no BPF instruction for it).
+#[inline(always)]
+pub fn latency_bucket(ns: u64) -> usize {
+    let mut us = ns / 1000;
+    let mut bucket = 0usize;
+    if us >= 1 << 16 {
+        us >>= 16;
+        bucket += 16;
+    }
+    if us >= 1 << 8 {
+        us >>= 8;
+        bucket += 8;
+    }
+    if us >= 1 << 4 {
+        us >>= 4;
+        bucket += 4;
+    }
+    if us >= 1 << 2 {
+        us >>= 2;
+        bucket += 2;
+    }
+    if us >= 1 << 1 {
+        bucket += 1;
+    }
+    if bucket >= LATENCY_BUCKETS {
+        LATENCY_BUCKETS - 1
+    } else {
+        bucket
+    }
+}
+
+#[cfg(feature = "user")]
+crate::impl_pod!(
+    TcpConnectFailure,
+    ConnectSyscallError,
+    TrackedConnect,
+    ConnectCall,
+    ConnectKey,
+    ConnectStats
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_follow_powers_of_two() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1_999), 0);
+        assert_eq!(latency_bucket(2_000), 1);
+        assert_eq!(latency_bucket(3_999), 1);
+        assert_eq!(latency_bucket(4_000), 2);
+        assert_eq!(latency_bucket(1_000_000), 9);
+        // SYN retransmit steps: ~1 s, ~3 s, ~7 s are in different buckets.
+        let one = latency_bucket(1_020_000_000);
+        let three = latency_bucket(3_020_000_000);
+        let seven = latency_bucket(7_020_000_000);
+        assert!(one < three && three < seven, "{one} {three} {seven}");
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+}

@@ -1,0 +1,26 @@
+//! Sockets entering and leaving LISTEN.
+
+use crate::{event::EventHeader, net::SockTuple};
+
+/// A TCP socket entered or left LISTEN. The header names the process that called
+/// `listen(2)` or closed the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerChange {
+    pub header: EventHeader,
+    /// The local address in `saddr`/`sport`.
+    pub tuple: SockTuple,
+}
+
+/// `listen(2)` returned 0 on `fd`. TCP listeners are reported by [`ListenerChange`] too;
+/// this is how the agent learns of unix-socket listeners, which have no tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListenCall {
+    pub header: EventHeader,
+    pub fd: i32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+crate::impl_pod!(ListenerChange, ListenCall);

@@ -1,0 +1,318 @@
+//! Outbound connects: the TCP state machine (`sock:inet_sock_set_state`), socket errors
+//! (`sock:inet_sk_error_report`) and the `connect(2)` syscall itself.
+
+use agent_common::{
+    config::Probe,
+    connect::{
+        errno_source, latency_bucket, ConnectCall, ConnectKey, ConnectStats,
+        ConnectSyscallError, TcpConnectFailure, TrackedConnect,
+    },
+    event::{EventHeader, EventKind},
+    listener::ListenerChange,
+    net::{RawSockAddr, AF_INET, AF_INET6, AF_UNIX, SOCKADDR_MAX},
+    tcp::state,
+    COMM_LEN,
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+
+use crate::{
+    maps::{config, CALLS, CONNECT_STATS, SOCK_ERRORS, TRACKED, WATCHED},
+    read::{current_header, field, kernel_field, required, reserve, tuple},
+};
+
+const IPPROTO_TCP: u16 = 6;
+
+/// Inserted by reference: a fresh entry built on the stack would not fit there.
+static ZERO_STATS: ConnectStats = ConnectStats::ZERO;
+const EINPROGRESS: i64 = 115;
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let probe = Probe::InetSockSetState;
+    let Some(protocol) = required::<u16>(&ctx, config!(set_state.protocol), probe) else {
+        return 0;
+    };
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let (Some(old), Some(new), Some(skaddr)) = (
+        required::<i32>(&ctx, config!(set_state.oldstate), probe),
+        required::<i32>(&ctx, config!(set_state.newstate), probe),
+        required::<u64>(&ctx, config!(set_state.skaddr), probe),
+    ) else {
+        return 0;
+    };
+    match (old, new) {
+        (state::CLOSE, state::SYN_SENT) => track(skaddr),
+        (state::SYN_SENT, state::ESTABLISHED) => established(&ctx, skaddr),
+        (state::SYN_SENT, state::CLOSE) => failed(&ctx, skaddr),
+        (state::CLOSE, state::LISTEN) => listener(&ctx, EventKind::ListenerOpened),
+        (state::LISTEN, state::CLOSE) => listener(&ctx, EventKind::ListenerClosed),
+        (_, state::CLOSE) => {
+            let _ = TRACKED.remove(skaddr);
+        }
+        _ => {}
+    }
+    0
+}
+
+/// CLOSE→SYN_SENT runs in the connecting task: the only moment its identity is at hand.
+#[inline(always)]
+fn track(skaddr: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tracked = TrackedConnect {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        syn_retransmits: 0,
+        established: 0,
+        _pad: [0; 5],
+    };
+    let _ = TRACKED.insert(skaddr, tracked, 0);
+}
+
+#[inline(always)]
+fn established(ctx: &TracePointContext, skaddr: u64) {
+    let Some(tracked) = TRACKED.get_ptr_mut(skaddr) else {
+        return;
+    };
+    let Some(t) = tuple(ctx, &config!(set_state.tuple)) else {
+        return;
+    };
+    let tracked = unsafe { &mut *tracked };
+    tracked.established = 1;
+    let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(tracked.start_ns);
+    let key = ConnectKey {
+        tgid: tracked.tgid,
+        family: t.family,
+        dport: t.dport,
+        daddr: t.daddr,
+    };
+    let stats = match CONNECT_STATS.get_ptr_mut(key) {
+        Some(stats) => stats,
+        None => {
+            let _ = CONNECT_STATS.insert(key, &ZERO_STATS, 0);
+            match CONNECT_STATS.get_ptr_mut(key) {
+                Some(stats) => stats,
+                None => return,
+            }
+        }
+    };
+    // Per-CPU values: no other CPU writes this copy, plain adds are enough.
+    let stats = unsafe { &mut *stats };
+    stats.established += 1;
+    stats.latency_sum_ns += latency;
+    if let Some(bucket) = stats.latency_hist.get_mut(latency_bucket(latency)) {
+        *bucket += 1;
+    }
+}
+
+#[inline(always)]
+fn failed(ctx: &TracePointContext, skaddr: u64) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(t) = tuple(ctx, &config!(set_state.tuple)) else {
+        return;
+    };
+    // The kernel sets sk_err before it moves the socket to CLOSE, whichever of the two
+    // tracepoints (state change, error report) fires first; the error report is the
+    // fallback for kernels without BTF.
+    let mut errno = 0i32;
+    let mut source = errno_source::NONE;
+    if let Some(err) = kernel_field::<i32>(skaddr, config!(kernel.sock_sk_err)) {
+        if err != 0 {
+            errno = err;
+            source = errno_source::SK_ERR;
+        }
+    }
+    if let Some(err) = unsafe { SOCK_ERRORS.get(t) } {
+        if errno == 0 {
+            errno = *err;
+            source = errno_source::ERROR_REPORT;
+        }
+        let _ = SOCK_ERRORS.remove(t);
+    }
+    let tracked = TRACKED.get_ptr(skaddr);
+    if let Some(tracked) = tracked {
+        let (pid, tgid, start_ns) = unsafe { ((*tracked).pid, (*tracked).tgid, (*tracked).start_ns) };
+        let pid_tgid = ((tgid as u64) << 32) | pid as u64;
+        if let Some(call) = CALLS.get_ptr_mut(pid_tgid) {
+            let call = unsafe { &mut *call };
+            // This socket belongs to the connect(2) still in flight: a blocking connect
+            // returns this same error, or (errno 0) the call failed before sending a SYN
+            // (no local port, for example) and its return value says why.
+            if call.start_ns <= start_ns {
+                if errno == 0 {
+                    let _ = TRACKED.remove(skaddr);
+                    return;
+                }
+                call.reported = 1;
+            }
+        }
+    }
+    let Some(mut entry) = reserve::<TcpConnectFailure>(EventKind::TcpConnectFailure) else {
+        return;
+    };
+    // Filled in place: the record is too large to assemble on the BPF stack next to the rest.
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).header = EventHeader {
+            kind: EventKind::TcpConnectFailure as u32,
+            pid: 0,
+            tgid: 0,
+            _pad: 0,
+            ts_ns: now,
+            cgroup_id: 0,
+            comm: [0; COMM_LEN],
+        };
+        (*event).tuple = t;
+        (*event).duration_ns = 0;
+        (*event).errno = errno;
+        (*event).syn_retransmits = 0;
+        (*event).errno_source = source;
+        (*event).owner_known = 0;
+    }
+    if let Some(tracked) = tracked {
+        let tracked = unsafe { &*tracked };
+        unsafe {
+            (*event).header.pid = tracked.pid;
+            (*event).header.tgid = tracked.tgid;
+            (*event).header.cgroup_id = tracked.cgroup_id;
+            (*event).header.comm = tracked.comm;
+            (*event).duration_ns = now.saturating_sub(tracked.start_ns);
+            (*event).syn_retransmits = tracked.syn_retransmits;
+            (*event).owner_known = 1;
+        }
+    }
+    entry.submit(0);
+    let _ = TRACKED.remove(skaddr);
+}
+
+#[inline(always)]
+fn listener(ctx: &TracePointContext, kind: EventKind) {
+    let Some(t) = tuple(ctx, &config!(set_state.tuple)) else {
+        return;
+    };
+    let header = current_header(kind);
+    if kind == EventKind::ListenerOpened {
+        let _ = WATCHED.insert(header.tgid, 1, 0);
+    }
+    let Some(mut entry) = reserve::<ListenerChange>(kind) else {
+        return;
+    };
+    entry.write(ListenerChange { header, tuple: t });
+    entry.submit(0);
+}
+
+#[tracepoint(category = "sock", name = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
+    let probe = Probe::InetSkErrorReport;
+    if field::<u16>(&ctx, config!(error_report.protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    let Some(error) = required::<i32>(&ctx, config!(error_report.error), probe) else {
+        return 0;
+    };
+    if let Some(t) = tuple(&ctx, &config!(error_report.tuple)) {
+        let _ = SOCK_ERRORS.insert(t, error, 0);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let probe = Probe::SysEnterConnect;
+    let (Some(fd), Some(uaddr), Some(addrlen)) = (
+        required::<u64>(&ctx, config!(syscalls.connect_fd), probe),
+        required::<u64>(&ctx, config!(syscalls.connect_uservaddr), probe),
+        required::<u64>(&ctx, config!(syscalls.connect_addrlen), probe),
+    ) else {
+        return 0;
+    };
+    let Ok(family) = (unsafe { bpf_probe_read_user(uaddr as *const u16) }) else {
+        return 0;
+    };
+    if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
+        return 0;
+    }
+    let mut call = ConnectCall {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        addr: RawSockAddr {
+            len: addrlen as u32,
+            family,
+            _pad: 0,
+            bytes: [0; SOCKADDR_MAX],
+        },
+        fd: fd as i32,
+        reported: 0,
+    };
+    let src = uaddr as *const u8;
+    let bytes = &mut call.addr.bytes;
+    let read = match family {
+        AF_INET => unsafe { bpf_probe_read_user_buf(src, &mut bytes[..16]) },
+        AF_INET6 => unsafe { bpf_probe_read_user_buf(src, &mut bytes[..28]) },
+        _ => {
+            // sockaddr_un: a path up to its NUL, or an abstract name (leading NUL) that
+            // fills the rest of the address.
+            let first: u8 = unsafe { bpf_probe_read_user(src.wrapping_add(2)) }.unwrap_or(0);
+            if first != 0 {
+                unsafe { bpf_probe_read_user_str_bytes(src.wrapping_add(2), &mut bytes[2..110]) }
+                    .map(|_| ())
+            } else {
+                unsafe { bpf_probe_read_user_buf(src.wrapping_add(2), &mut bytes[2..110]) }
+            }
+        }
+    };
+    if read.is_err() && family != AF_UNIX {
+        crate::maps::count(agent_common::event::counter::PROBE_ERROR_BASE + probe as u32);
+        return 0;
+    }
+    bytes[0] = family as u8;
+    bytes[1] = (family >> 8) as u8;
+    let _ = CALLS.insert(bpf_get_current_pid_tgid(), call, 0);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = CALLS.get_ptr(pid_tgid) else {
+        return 0;
+    };
+    let ret = required::<i64>(&ctx, config!(syscalls.exit_ret), Probe::SysExitConnect);
+    if let Some(ret) = ret {
+        if ret < 0 && ret != -EINPROGRESS && unsafe { (*call).reported } == 0 {
+            report_syscall_error(call, -ret as i32);
+        }
+    }
+    let _ = CALLS.remove(pid_tgid);
+    0
+}
+
+#[inline(always)]
+fn report_syscall_error(call: *const ConnectCall, errno: i32) {
+    let header = current_header(EventKind::ConnectSyscallError);
+    let Some(mut entry) = reserve::<ConnectSyscallError>(EventKind::ConnectSyscallError) else {
+        return;
+    };
+    // Field by field, straight from the map into the ring: the record is too large to
+    // assemble on the 512-byte BPF stack next to everything else.
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).duration_ns = header.ts_ns.saturating_sub((*call).start_ns);
+        (*event).header = header;
+        (*event).addr = (*call).addr;
+        (*event).fd = (*call).fd;
+        (*event).errno = errno;
+    }
+    entry.submit(0);
+}

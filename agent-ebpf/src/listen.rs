@@ -1,0 +1,42 @@
+//! `listen(2)`: unix-socket listeners have no tracepoint of their own, so a successful
+//! `listen(2)` is reported with its fd and the agent looks the socket up in procfs.
+
+use agent_common::{config::Probe, event::EventKind, listener::ListenCall};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+
+use crate::{
+    maps::{config, LISTEN_CALLS, WATCHED},
+    read::{current_header, required, reserve},
+};
+
+#[tracepoint(category = "syscalls", name = "sys_enter_listen")]
+pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+    if let Some(fd) = required::<u64>(&ctx, config!(syscalls.listen_fd), Probe::SysEnterListen) {
+        let _ = LISTEN_CALLS.insert(bpf_get_current_pid_tgid(), fd as i32, 0);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_listen")]
+pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(fd) = (unsafe { LISTEN_CALLS.get(pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = LISTEN_CALLS.remove(pid_tgid);
+    if required::<i64>(&ctx, config!(syscalls.exit_ret), Probe::SysExitListen) != Some(0) {
+        return 0;
+    }
+    let header = current_header(EventKind::ListenCall);
+    let _ = WATCHED.insert(header.tgid, 1, 0);
+    let Some(mut entry) = reserve::<ListenCall>(EventKind::ListenCall) else {
+        return 0;
+    };
+    entry.write(ListenCall {
+        header,
+        fd,
+        _pad: 0,
+    });
+    entry.submit(0);
+    0
+}

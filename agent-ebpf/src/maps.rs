@@ -1,0 +1,73 @@
+//! The maps shared by the programs. Sizes are defaults; the agent overrides them at load
+//! time from its configuration. Maps keyed by traffic are LRU so that they stay bounded.
+
+use agent_common::{
+    config::KernelConfig,
+    connect::{ConnectCall, ConnectKey, ConnectStats, TrackedConnect},
+    event::counter,
+    net::SockTuple,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+};
+
+/// Field offsets and options, written by the agent before load (see `agent_common::config`).
+#[unsafe(no_mangle)]
+pub static CONFIG: KernelConfig = KernelConfig::UNSET;
+
+/// Reads one field of [`CONFIG`] without letting the compiler fold in the default value.
+macro_rules! config {
+    ($($field:ident).+) => {
+        $crate::maps::load(&$crate::maps::CONFIG.$($field).+)
+    };
+}
+pub(crate) use config;
+
+#[inline(always)]
+pub fn load<T: Copy>(value: &T) -> T {
+    // SAFETY: a reference is valid for reads.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+/// Events for the agent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// TCP sockets from CLOSE→SYN_SENT until CLOSE, by kernel address: who connected, when.
+#[map]
+pub static TRACKED: LruHashMap<u64, TrackedConnect> = LruHashMap::with_max_entries(65536, 0);
+
+/// `connect(2)` calls in flight, by pid_tgid.
+#[map]
+pub static CALLS: LruHashMap<u64, ConnectCall> = LruHashMap::with_max_entries(8192, 0);
+
+/// `listen(2)` calls in flight, by pid_tgid: the fd.
+#[map]
+pub static LISTEN_CALLS: LruHashMap<u64, i32> = LruHashMap::with_max_entries(1024, 0);
+
+/// errno from `inet_sk_error_report`, by connection, for kernels where `sk_err` cannot be
+/// read (no BTF).
+#[map]
+pub static SOCK_ERRORS: LruHashMap<SockTuple, i32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Successful connects aggregated per (process, destination), per CPU.
+#[map]
+pub static CONNECT_STATS: LruPerCpuHashMap<ConnectKey, ConnectStats> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// Processes whose clean exits matter (they listened on a socket): tgid → 1. Exits with a
+/// non-zero code or by signal are always reported.
+#[map]
+pub static WATCHED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Drop and error counters, see `agent_common::event::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
+
+#[inline(always)]
+pub fn count(slot: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(slot) {
+        unsafe { *value += 1 };
+    }
+}

@@ -1,0 +1,154 @@
+//! Process lifecycle: exec, exit (with the exit code from `task_struct`), signals and the
+//! OOM killer's victims.
+
+use agent_common::{
+    config::Probe,
+    event::EventKind,
+    process::{OomKill, ProcessExec, ProcessExit, Signal, FILENAME_LEN},
+    COMM_LEN, NO_OFFSET,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
+    macros::tracepoint,
+    programs::TracePointContext,
+    EbpfContext,
+};
+
+use crate::{
+    maps::{config, WATCHED},
+    read::{current_header, field, kernel_field, required, reserve},
+};
+
+/// The string a `__data_loc` field points to: its low 16 bits are the offset from the
+/// start of the record.
+#[inline(always)]
+fn data_loc_str(ctx: &TracePointContext, offset: u16, dst: &mut [u8]) -> bool {
+    let Some(loc) = field::<u32>(ctx, offset) else {
+        return false;
+    };
+    let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
+    unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_ok()
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let header = current_header(EventKind::ProcessExec);
+    let task = unsafe { bpf_get_current_task() };
+    let parent = kernel_field::<u64>(task, config!(kernel.task_real_parent)).unwrap_or(0);
+    let ppid = kernel_field::<u32>(parent, config!(kernel.task_tgid)).unwrap_or(0);
+    let Some(mut entry) = reserve::<ProcessExec>(EventKind::ProcessExec) else {
+        return 0;
+    };
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).header = header;
+        (*event).ppid = ppid;
+        (*event)._pad = 0;
+        (*event).filename = [0; FILENAME_LEN];
+        if !data_loc_str(&ctx, config!(process.exec_filename), &mut (*event).filename) {
+            crate::maps::count(
+                agent_common::event::counter::PROBE_ERROR_BASE + Probe::SchedProcessExec as u32,
+            );
+        }
+    }
+    entry.submit(0);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let header = current_header(EventKind::ProcessExit);
+    let group_dead_offset = config!(process.exit_group_dead);
+    let last_thread = if group_dead_offset != NO_OFFSET {
+        field::<u8>(&ctx, group_dead_offset) == Some(1)
+    } else {
+        header.pid == header.tgid
+    };
+    if !last_thread {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let exit_code = kernel_field::<i32>(task, config!(kernel.task_exit_code)).unwrap_or(-1);
+    let watched = WATCHED.get_ptr(header.tgid).is_some();
+    if watched {
+        let _ = WATCHED.remove(header.tgid);
+    }
+    // Clean exits of processes that never listened are the bulk of all exits and explain
+    // nothing about an upstream.
+    if exit_code == 0 && !watched {
+        return 0;
+    }
+    let Some(mut entry) = reserve::<ProcessExit>(EventKind::ProcessExit) else {
+        return 0;
+    };
+    entry.write(ProcessExit {
+        header,
+        exit_code,
+        _pad: 0,
+    });
+    entry.submit(0);
+    0
+}
+
+#[tracepoint(category = "signal", name = "signal_generate")]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    let probe = Probe::SignalGenerate;
+    let Some(sig) = required::<i32>(&ctx, config!(signal.sig), probe) else {
+        return 0;
+    };
+    if !(0..64).contains(&sig) || config!(signal_mask) & (1u64 << sig) == 0 {
+        return 0;
+    }
+    let header = current_header(EventKind::Signal);
+    let Some(mut entry) = reserve::<Signal>(EventKind::Signal) else {
+        return 0;
+    };
+    entry.write(Signal {
+        header,
+        signal: sig,
+        code: field(&ctx, config!(signal.code)).unwrap_or(0),
+        target_pid: field(&ctx, config!(signal.pid)).unwrap_or(0),
+        group: field(&ctx, config!(signal.group)).unwrap_or(0),
+        result: field(&ctx, config!(signal.result)).unwrap_or(-1),
+        _pad: 0,
+        target_comm: field(&ctx, config!(signal.comm)).unwrap_or([0; COMM_LEN]),
+    });
+    entry.submit(0);
+    0
+}
+
+#[tracepoint(category = "oom", name = "mark_victim")]
+pub fn mark_victim(ctx: TracePointContext) -> u32 {
+    let Some(victim_pid) = required::<i32>(&ctx, config!(mark_victim.pid), Probe::MarkVictim)
+    else {
+        return 0;
+    };
+    let header = current_header(EventKind::OomKill);
+    let Some(mut entry) = reserve::<OomKill>(EventKind::OomKill) else {
+        return 0;
+    };
+    let kb = |offset: u16| field::<u64>(&ctx, offset).unwrap_or(0);
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).header = header;
+        (*event).victim_pid = victim_pid as u32;
+        (*event).uid = field(&ctx, config!(mark_victim.uid)).unwrap_or(0);
+        (*event).total_vm_kb = kb(config!(mark_victim.total_vm));
+        (*event).anon_rss_kb = kb(config!(mark_victim.anon_rss));
+        (*event).file_rss_kb = kb(config!(mark_victim.file_rss));
+        (*event).shmem_rss_kb = kb(config!(mark_victim.shmem_rss));
+        (*event).pgtables_kb = kb(config!(mark_victim.pgtables));
+        (*event).oom_score_adj =
+            field::<i16>(&ctx, config!(mark_victim.oom_score_adj)).unwrap_or(0) as i32;
+        (*event)._pad = 0;
+        (*event).victim_comm = [0; COMM_LEN];
+        let comm_offset = config!(mark_victim.comm);
+        if config!(mark_victim.comm_data_loc) == 1 {
+            data_loc_str(&ctx, comm_offset, &mut (*event).victim_comm);
+        } else if let Some(comm) = field::<[u8; COMM_LEN]>(&ctx, comm_offset) {
+            (*event).victim_comm = comm;
+        }
+    }
+    entry.submit(0);
+    0
+}

@@ -1,0 +1,132 @@
+//! Reading tracepoint fields at the offsets the agent supplied, and filling event headers.
+
+use agent_common::{
+    config::{Probe, TupleFields},
+    event::{counter, EventHeader, EventKind},
+    net::{SockTuple, AF_INET, AF_INET6},
+    COMM_LEN, NO_OFFSET,
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    maps::ring_buf::RingBufEntry,
+    programs::TracePointContext,
+};
+
+use crate::maps::{count, EVENTS};
+
+/// Reads a field, `None` when the kernel lacks it or the read fails.
+#[inline(always)]
+pub fn field<T>(ctx: &TracePointContext, offset: u16) -> Option<T> {
+    if offset == NO_OFFSET {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+/// Reads a field the probe cannot work without; a failure is counted against the probe.
+#[inline(always)]
+pub fn required<T>(ctx: &TracePointContext, offset: u16, probe: Probe) -> Option<T> {
+    let value = field(ctx, offset);
+    if value.is_none() {
+        count(counter::PROBE_ERROR_BASE + probe as u32);
+    }
+    value
+}
+
+/// Reads a kernel struct field at `base + offset`.
+#[inline(always)]
+pub fn kernel_field<T>(base: u64, offset: u16) -> Option<T> {
+    if offset == NO_OFFSET || base == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
+}
+
+/// Reads a connection's addresses in whichever layout the tracepoint has.
+#[inline(always)]
+pub fn tuple(ctx: &TracePointContext, f: &TupleFields) -> Option<SockTuple> {
+    let mut t = SockTuple::default();
+    if f.sockaddr == 1 {
+        t.family = field(ctx, f.saddr)?;
+        let (sport, saddr) = sockaddr(ctx, f.saddr, t.family)?;
+        let (dport, daddr) = sockaddr(ctx, f.daddr, t.family)?;
+        t.sport = sport;
+        t.dport = dport;
+        t.saddr = saddr;
+        t.daddr = daddr;
+        return Some(t);
+    }
+    t.family = field(ctx, f.family)?;
+    t.sport = field(ctx, f.sport)?;
+    t.dport = field(ctx, f.dport)?;
+    if t.family == AF_INET {
+        let s: [u8; 4] = field(ctx, f.saddr)?;
+        let d: [u8; 4] = field(ctx, f.daddr)?;
+        t.saddr[..4].copy_from_slice(&s);
+        t.daddr[..4].copy_from_slice(&d);
+    } else {
+        t.saddr = field(ctx, f.saddr_v6)?;
+        t.daddr = field(ctx, f.daddr_v6)?;
+    }
+    Some(t)
+}
+
+/// A `sockaddr_in`/`sockaddr_in6` stored inside the tracepoint record.
+#[inline(always)]
+fn sockaddr(ctx: &TracePointContext, offset: u16, family: u16) -> Option<(u16, [u8; 16])> {
+    if offset == NO_OFFSET {
+        return None;
+    }
+    let port: u16 = field(ctx, offset + 2)?;
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        let a: [u8; 4] = field(ctx, offset + 4)?;
+        addr[..4].copy_from_slice(&a);
+    } else if family == AF_INET6 {
+        // sin6_port, sin6_flowinfo, then sin6_addr.
+        addr = field(ctx, offset + 8)?;
+    }
+    Some((u16::from_be(port), addr))
+}
+
+/// The current task as an event's subject.
+#[inline(always)]
+pub fn current_header(kind: EventKind) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    EventHeader {
+        kind: kind as u32,
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        _pad: 0,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    }
+}
+
+/// A header with no known process (events from softirq context on untracked sockets).
+#[inline(always)]
+pub fn anonymous_header(kind: EventKind) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        pid: 0,
+        tgid: 0,
+        _pad: 0,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: 0,
+        comm: [0; COMM_LEN],
+    }
+}
+
+/// Reserves a record of type `T` in the ring buffer, counting a drop when it is full.
+#[inline(always)]
+pub fn reserve<T: 'static>(kind: EventKind) -> Option<RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count(counter::DROPPED_BASE + kind as u32);
+    }
+    entry
+}

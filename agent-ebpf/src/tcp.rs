@@ -1,0 +1,171 @@
+//! Resets and retransmits (`tcp:*` tracepoints). These fire in softirq context, so the
+//! process is taken from the connect-time record in `TRACKED` when there is one.
+
+use agent_common::{
+    config::{Probe, TcpSockFields},
+    connect::{ConnectKey, TrackedConnect},
+    event::{EventHeader, EventKind},
+    net::SockTuple,
+    tcp::{state, TcpHandshakeRetransmit, TcpResetReceived, TcpResetSent},
+};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+use crate::{
+    maps::{config, CONNECT_STATS, TRACKED},
+    read::{anonymous_header, field, kernel_field, required, reserve, tuple},
+};
+
+/// The header for an event on `skaddr`: its connecting process if known.
+#[inline(always)]
+fn owner_header(kind: EventKind, tracked: Option<&TrackedConnect>) -> (EventHeader, u32) {
+    let mut header = anonymous_header(kind);
+    match tracked {
+        Some(tracked) => {
+            header.pid = tracked.pid;
+            header.tgid = tracked.tgid;
+            header.cgroup_id = tracked.cgroup_id;
+            header.comm = tracked.comm;
+            (header, 1)
+        }
+        None => (header, 0),
+    }
+}
+
+#[inline(always)]
+fn skaddr_and_tuple(
+    ctx: &TracePointContext,
+    fields: &TcpSockFields,
+    probe: Probe,
+) -> Option<(u64, SockTuple)> {
+    let skaddr = required::<u64>(ctx, fields.skaddr, probe)?;
+    if skaddr == 0 {
+        return None;
+    }
+    Some((skaddr, tuple(ctx, &fields.tuple)?))
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let fields = config!(receive_reset);
+    let Some((skaddr, t)) = skaddr_and_tuple(&ctx, &fields, Probe::TcpReceiveReset) else {
+        return 0;
+    };
+    let tracked = unsafe { TRACKED.get(skaddr) };
+    let sk_state = kernel_field::<u8>(skaddr, config!(kernel.sock_state))
+        .map(i32::from)
+        .unwrap_or(-1);
+    // A RST in SYN_SENT is a refused connect, reported as such by inet_sock_set_state.
+    let in_handshake = match tracked {
+        Some(tracked) if sk_state == -1 => tracked.established == 0,
+        _ => sk_state == state::SYN_SENT,
+    };
+    if in_handshake {
+        return 0;
+    }
+    let (header, owner_known) = owner_header(EventKind::TcpResetReceived, tracked);
+    let Some(mut entry) = reserve::<TcpResetReceived>(EventKind::TcpResetReceived) else {
+        return 0;
+    };
+    entry.write(TcpResetReceived {
+        header,
+        tuple: t,
+        state: sk_state,
+        owner_known,
+    });
+    entry.submit(0);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let fields = config!(send_reset);
+    // No socket: a RST answering a segment for a port nobody listens on. The connecting
+    // side reports those as refused connects.
+    let Some((skaddr, t)) = skaddr_and_tuple(&ctx, &fields, Probe::TcpSendReset) else {
+        return 0;
+    };
+    let sk_state = field::<i32>(&ctx, fields.state)
+        .or_else(|| kernel_field::<u8>(skaddr, config!(kernel.sock_state)).map(i32::from))
+        .unwrap_or(-1);
+    let reason = field::<i32>(&ctx, fields.reason).unwrap_or(-1);
+    let (header, owner_known) =
+        owner_header(EventKind::TcpResetSent, unsafe { TRACKED.get(skaddr) });
+    let Some(mut entry) = reserve::<TcpResetSent>(EventKind::TcpResetSent) else {
+        return 0;
+    };
+    entry.write(TcpResetSent {
+        header,
+        tuple: t,
+        state: sk_state,
+        reason,
+        owner_known,
+        _pad: 0,
+    });
+    entry.submit(0);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let fields = config!(retransmit_skb);
+    let Some(sk_state) = required::<i32>(&ctx, fields.state, Probe::TcpRetransmitSkb) else {
+        return 0;
+    };
+    let Some((skaddr, t)) = skaddr_and_tuple(&ctx, &fields, Probe::TcpRetransmitSkb) else {
+        return 0;
+    };
+    let Some(tracked) = TRACKED.get_ptr_mut(skaddr) else {
+        if sk_state == state::SYN_SENT {
+            emit_handshake_retransmit(EventKind::TcpSynRetransmit, t, None, 0);
+        }
+        return 0;
+    };
+    let tracked = unsafe { &mut *tracked };
+    if sk_state == state::SYN_SENT {
+        tracked.syn_retransmits = tracked.syn_retransmits.saturating_add(1);
+        let count = tracked.syn_retransmits as u32;
+        emit_handshake_retransmit(EventKind::TcpSynRetransmit, t, Some(tracked), count);
+        return 0;
+    }
+    // Data retransmits are frequent on lossy paths: only counted, per destination.
+    let key = ConnectKey {
+        tgid: tracked.tgid,
+        family: t.family,
+        dport: t.dport,
+        daddr: t.daddr,
+    };
+    if let Some(stats) = CONNECT_STATS.get_ptr_mut(key) {
+        unsafe { (*stats).retransmits += 1 };
+    }
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    let fields = config!(retransmit_synack);
+    let Some((_, t)) = skaddr_and_tuple(&ctx, &fields, Probe::TcpRetransmitSynack) else {
+        return 0;
+    };
+    emit_handshake_retransmit(EventKind::TcpSynAckRetransmit, t, None, 0);
+    0
+}
+
+#[inline(always)]
+fn emit_handshake_retransmit(
+    kind: EventKind,
+    t: SockTuple,
+    tracked: Option<&TrackedConnect>,
+    count: u32,
+) {
+    let (header, owner_known) = owner_header(kind, tracked);
+    let Some(mut entry) = reserve::<TcpHandshakeRetransmit>(kind) else {
+        return;
+    };
+    entry.write(TcpHandshakeRetransmit {
+        header,
+        tuple: t,
+        count,
+        owner_known,
+    });
+    entry.submit(0);
+}
