@@ -4,8 +4,8 @@
 use agent_common::{
     config::Probe,
     connect::{
-        errno_source, latency_bucket, ConnectCall, ConnectKey, ConnectStats,
-        ConnectSyscallError, TcpConnectFailure, TrackedConnect,
+        errno_source, latency_bucket, ConnectCall, ConnectKey, ConnectStats, ConnectSyscallError,
+        TcpConnectFailure, TrackedConnect,
     },
     event::{EventHeader, EventKind},
     listener::ListenerChange,
@@ -143,7 +143,8 @@ fn failed(ctx: &TracePointContext, skaddr: u64) {
     }
     let tracked = TRACKED.get_ptr(skaddr);
     if let Some(tracked) = tracked {
-        let (pid, tgid, start_ns) = unsafe { ((*tracked).pid, (*tracked).tgid, (*tracked).start_ns) };
+        let (pid, tgid, start_ns) =
+            unsafe { ((*tracked).pid, (*tracked).tgid, (*tracked).start_ns) };
         let pid_tgid = ((tgid as u64) << 32) | pid as u64;
         if let Some(call) = CALLS.get_ptr_mut(pid_tgid) {
             let call = unsafe { &mut *call };

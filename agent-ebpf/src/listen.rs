@@ -2,7 +2,9 @@
 //! `listen(2)` is reported with its fd and the agent looks the socket up in procfs.
 
 use agent_common::{config::Probe, event::EventKind, listener::ListenCall};
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 
 use crate::{
     maps::{config, LISTEN_CALLS, WATCHED},

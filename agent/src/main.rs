@@ -1,3 +1,87 @@
+//! The `why502` binary: parses the command line and hands over to the library.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Parser;
+use why502::{
+    agent::Agent,
+    cli::{AgentArgs, Cli, Command},
+    config::{self, Config},
+    probes::error_chain,
+};
+
 fn main() {
-    let _ = include_bytes!(concat!(env!("OUT_DIR"), "/why502"));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Agent(args) => run_agent(args),
+    };
+    if let Err(err) = result {
+        eprintln!("why502: {}", error_chain(err.as_ref()));
+        std::process::exit(1);
+    }
+}
+
+fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(level) = args.log_level {
+        config.agent.log_level = level;
+    }
+    env_logger::Builder::new()
+        .filter_level(config::log_level(&config.agent.log_level).unwrap_or(log::LevelFilter::Info))
+        .format_timestamp_millis()
+        .init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let print_events = args.print_events;
+        let mut printer = None;
+        let mut agent = Agent::start(&config, |bus| {
+            if print_events {
+                printer = Some(spawn_printer(bus.subscribe()));
+            }
+        })?;
+        agent.spawn_counter_watch(std::time::Duration::from_secs(10));
+        log::info!("why502 agent running");
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot handle SIGTERM")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => log::info!("interrupted, detaching probes"),
+            _ = sigterm.recv() => log::info!("terminated, detaching probes"),
+            err = agent.wait() => return Err(anyhow::Error::new(err).context("agent failed")),
+        }
+        drop(printer);
+        Ok(())
+    })
+}
+
+/// Writes each event as a JSON line; a closed stdout (a pipe to `head`) ends the printer.
+fn spawn_printer(
+    mut events: tokio::sync::broadcast::Receiver<std::sync::Arc<why502::events::Event>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => event,
+                Err(RecvError::Lagged(n)) => {
+                    log::warn!("event printer fell behind: {n} events not printed");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            let mut stdout = std::io::stdout().lock();
+            let written = serde_json::to_writer(&mut stdout, &*event)
+                .map_err(std::io::Error::from)
+                .and_then(|()| stdout.write_all(b"\n"))
+                .and_then(|()| stdout.flush());
+            if written.is_err() {
+                return;
+            }
+        }
+    })
 }

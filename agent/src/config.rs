@@ -1,0 +1,335 @@
+//! The agent's configuration: a TOML file (`/etc/why502/why502.toml` by default) with every
+//! key optional. Unknown keys and bad values are errors that name the key.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use agent_common::config::Probe;
+use serde::Deserialize;
+
+/// Where the agent looks for its configuration when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/why502/why502.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub probes: ProbeConfig,
+    pub enrich: EnrichConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub log_level: String,
+    /// Mount tracefs at `/sys/kernel/tracing` when it is not mounted (the tracepoint
+    /// attach needs it).
+    pub mount_tracefs: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            mount_tracefs: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// Probe names to leave off.
+    pub disable: Vec<String>,
+    /// Size of the kernel→agent ring buffer in bytes.
+    pub ring_buffer_bytes: u32,
+    /// Connections tracked from SYN_SENT to CLOSE (LRU).
+    pub connect_table_entries: u32,
+    /// Success aggregates per (process, destination), per CPU (LRU).
+    pub connect_stats_entries: u32,
+    /// Signals reported by `signal_generate`, by name.
+    pub signals: Vec<String>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            disable: Vec::new(),
+            ring_buffer_bytes: 4 << 20,
+            connect_table_entries: 65536,
+            connect_stats_entries: 4096,
+            signals: [
+                "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
+                "SIGSEGV", "SIGTERM",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrichConfig {
+    /// Processes whose procfs details are kept (LRU).
+    pub process_cache_entries: usize,
+    /// Argument names whose values are replaced by `***` in reported command lines.
+    pub redact_keys: Vec<String>,
+}
+
+impl Default for EnrichConfig {
+    fn default() -> Self {
+        Self {
+            process_cache_entries: 8192,
+            redact_keys: [
+                "password",
+                "passwd",
+                "pass",
+                "token",
+                "secret",
+                "key",
+                "apikey",
+                "api_key",
+                "auth",
+                "credential",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the defaults when `path` is `None` and the default file is absent.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(path) => (path.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if !required && err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default())
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::parse(&text, &path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: err.message().to_string()
+                + &err
+                    .span()
+                    .map(|span| format!(" (at {})", line_col(text, span.start)))
+                    .unwrap_or_default(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        if log_level(&self.agent.log_level).is_none() {
+            return Err(invalid(
+                "agent.log_level",
+                format!(
+                    "{:?} is not one of error, warn, info, debug, trace",
+                    self.agent.log_level
+                ),
+            ));
+        }
+        let probes = &self.probes;
+        for name in &probes.disable {
+            if !Probe::ALL.iter().any(|p| p.name() == name) {
+                return Err(invalid(
+                    "probes.disable",
+                    format!("unknown probe {name:?} (known: {})", probe_names()),
+                ));
+            }
+        }
+        let ring = probes.ring_buffer_bytes;
+        if !ring.is_power_of_two() || ring < 65536 {
+            return Err(invalid(
+                "probes.ring_buffer_bytes",
+                format!("{ring} is not a power of two of at least 65536"),
+            ));
+        }
+        for (key, value, max) in [
+            (
+                "probes.connect_table_entries",
+                probes.connect_table_entries,
+                1 << 22,
+            ),
+            (
+                "probes.connect_stats_entries",
+                probes.connect_stats_entries,
+                1 << 20,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return Err(invalid(key, format!("{value} is not between 1 and {max}")));
+            }
+        }
+        for name in &probes.signals {
+            if signal_number(name).is_none() {
+                return Err(invalid(
+                    "probes.signals",
+                    format!("unknown signal {name:?} (use names such as SIGTERM)"),
+                ));
+            }
+        }
+        let cache = self.enrich.process_cache_entries;
+        if cache == 0 || cache > 1 << 20 {
+            return Err(invalid(
+                "enrich.process_cache_entries",
+                format!("{cache} is not between 1 and {}", 1 << 20),
+            ));
+        }
+        if self.enrich.redact_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(invalid(
+                "enrich.redact_keys",
+                "empty key names are not allowed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The probes to load: all but the disabled ones.
+    pub fn enabled_probes(&self) -> BTreeSet<Probe> {
+        Probe::ALL
+            .into_iter()
+            .filter(|p| !self.probes.disable.iter().any(|d| d == p.name()))
+            .collect()
+    }
+
+    /// Bit `n` set for each configured signal `n`.
+    pub fn signal_mask(&self) -> u64 {
+        self.probes
+            .signals
+            .iter()
+            .filter_map(|name| signal_number(name))
+            .fold(0, |mask, sig| mask | (1u64 << sig))
+    }
+}
+
+pub fn log_level(name: &str) -> Option<log::LevelFilter> {
+    Some(match name {
+        "error" => log::LevelFilter::Error,
+        "warn" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        _ => return None,
+    })
+}
+
+fn probe_names() -> String {
+    Probe::ALL.map(Probe::name).join(", ")
+}
+
+/// Linux signal numbers by name (x86 and arm numbering, which agree on these).
+pub fn signal_number(name: &str) -> Option<u32> {
+    crate::events::signal::SIGNALS
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(num, _)| *num)
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {col}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.probes.ring_buffer_bytes, 4 << 20);
+        assert_eq!(config.enabled_probes().len(), Probe::ALL.len());
+        assert_ne!(config.signal_mask() & (1 << 11), 0, "SIGSEGV is watched");
+        assert_eq!(config.signal_mask() & (1 << 17), 0, "SIGCHLD is not");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("[probes]\nring_bufer_bytes = 65536\n").unwrap_err();
+        assert!(err.contains("ring_bufer_bytes"), "{err}");
+        let err = parse("[agnet]\n").unwrap_err();
+        assert!(err.contains("agnet"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (text, key) in [
+            (
+                "[probes]\nring_buffer_bytes = 100000\n",
+                "probes.ring_buffer_bytes",
+            ),
+            ("[probes]\ndisable = [\"kprobe_x\"]\n", "probes.disable"),
+            ("[probes]\nsignals = [\"SIGFOO\"]\n", "probes.signals"),
+            (
+                "[probes]\nconnect_table_entries = 0\n",
+                "probes.connect_table_entries",
+            ),
+            ("[agent]\nlog_level = \"loud\"\n", "agent.log_level"),
+            (
+                "[enrich]\nprocess_cache_entries = 0\n",
+                "enrich.process_cache_entries",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+        let err = parse("[probes]\nring_buffer_bytes = \"big\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn disabling_a_probe_removes_it() {
+        let config = parse("[probes]\ndisable = [\"signal_generate\"]\n").unwrap();
+        assert!(!config.enabled_probes().contains(&Probe::SignalGenerate));
+        assert!(config.enabled_probes().contains(&Probe::MarkVictim));
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/why502.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/why502.toml"));
+    }
+}

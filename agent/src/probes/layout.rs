@@ -1,0 +1,276 @@
+//! Fills [`KernelConfig`] from the running kernel's tracepoint formats and BTF, and says
+//! which probes cannot work here and why.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agent_common::{
+    config::{KernelConfig, Probe, TcpSockFields, TupleFields},
+    NO_OFFSET,
+};
+
+use super::{btf::Btf, tracefs::Format};
+
+/// Offsets for a probe's record, or why the probe cannot run on this kernel.
+pub type Formats = BTreeMap<Probe, Format>;
+
+/// The result: the config for the programs and the probes that must stay off.
+pub struct Layout {
+    pub config: KernelConfig,
+    pub unavailable: BTreeMap<Probe, String>,
+    /// Kernel struct fields that could not be resolved (features degrade, probes stay on).
+    pub missing_kernel_fields: Vec<&'static str>,
+}
+
+struct Fields<'a> {
+    format: &'a Format,
+    missing: Vec<String>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(format: &'a Format) -> Self {
+        Self {
+            format,
+            missing: Vec::new(),
+        }
+    }
+
+    fn required(&mut self, name: &str) -> u16 {
+        match self.format.get(name) {
+            Some(f) => f.offset,
+            None => {
+                self.missing.push(name.to_string());
+                NO_OFFSET
+            }
+        }
+    }
+
+    fn optional(&self, name: &str) -> u16 {
+        self.format.get(name).map_or(NO_OFFSET, |f| f.offset)
+    }
+
+    fn tuple(&mut self) -> TupleFields {
+        // Linux 6.10+ `tcp_send_reset` stores whole sockaddrs (28 bytes: sockaddr_in6).
+        let sockaddr_layout = self.format.get("family").is_none()
+            && self.format.get("saddr").is_some_and(|f| f.size >= 28);
+        if sockaddr_layout {
+            return TupleFields {
+                family: NO_OFFSET,
+                sport: NO_OFFSET,
+                dport: NO_OFFSET,
+                saddr: self.required("saddr"),
+                daddr: self.required("daddr"),
+                saddr_v6: NO_OFFSET,
+                daddr_v6: NO_OFFSET,
+                sockaddr: 1,
+            };
+        }
+        TupleFields {
+            family: self.required("family"),
+            sport: self.required("sport"),
+            dport: self.required("dport"),
+            saddr: self.required("saddr"),
+            daddr: self.required("daddr"),
+            saddr_v6: self.required("saddr_v6"),
+            daddr_v6: self.required("daddr_v6"),
+            sockaddr: 0,
+        }
+    }
+
+    fn tcp_sock(&mut self, state_required: bool) -> TcpSockFields {
+        TcpSockFields {
+            skaddr: self.required("skaddr"),
+            state: if state_required {
+                self.required("state")
+            } else {
+                self.optional("state")
+            },
+            reason: self.optional("reason"),
+            _pad: 0,
+            tuple: self.tuple(),
+        }
+    }
+}
+
+/// Builds the layout for the `enabled` probes from their `formats` (a probe without a
+/// format has no tracepoint on this kernel).
+pub fn build(
+    enabled: &BTreeSet<Probe>,
+    formats: &Formats,
+    btf: Option<&Btf>,
+    signal_mask: u64,
+) -> Layout {
+    let mut config = KernelConfig::UNSET;
+    let mut unavailable = BTreeMap::new();
+    for &probe in enabled {
+        let Some(format) = formats.get(&probe) else {
+            unavailable.insert(
+                probe,
+                format!(
+                    "tracepoint {}:{} does not exist on this kernel",
+                    probe.category(),
+                    probe.name()
+                ),
+            );
+            continue;
+        };
+        let mut f = Fields::new(format);
+        match probe {
+            Probe::InetSockSetState => {
+                let s = &mut config.set_state;
+                s.skaddr = f.required("skaddr");
+                s.oldstate = f.required("oldstate");
+                s.newstate = f.required("newstate");
+                s.protocol = f.required("protocol");
+                s.tuple = f.tuple();
+            }
+            Probe::InetSkErrorReport => {
+                let e = &mut config.error_report;
+                e.error = f.required("error");
+                e.protocol = f.required("protocol");
+                e.tuple = f.tuple();
+            }
+            Probe::TcpReceiveReset => config.receive_reset = f.tcp_sock(false),
+            Probe::TcpSendReset => config.send_reset = f.tcp_sock(false),
+            Probe::TcpRetransmitSkb => config.retransmit_skb = f.tcp_sock(true),
+            Probe::TcpRetransmitSynack => config.retransmit_synack = f.tcp_sock(false),
+            Probe::SysEnterConnect => {
+                let s = &mut config.syscalls;
+                s.connect_fd = f.required("fd");
+                s.connect_uservaddr = f.required("uservaddr");
+                s.connect_addrlen = f.required("addrlen");
+            }
+            Probe::SysEnterListen => config.syscalls.listen_fd = f.required("fd"),
+            Probe::SysExitConnect | Probe::SysExitListen => {
+                config.syscalls.exit_ret = f.required("ret")
+            }
+            Probe::SchedProcessExec => {
+                config.process.exec_filename = f.required("filename");
+                if format.get("filename").is_some_and(|x| !x.is_data_loc()) {
+                    f.missing.push("filename as __data_loc".into());
+                }
+            }
+            Probe::SchedProcessExit => {
+                config.process.exit_group_dead = f.optional("group_dead");
+            }
+            Probe::SignalGenerate => {
+                let s = &mut config.signal;
+                s.sig = f.required("sig");
+                s.code = f.optional("code");
+                s.comm = f.optional("comm");
+                s.pid = f.optional("pid");
+                s.group = f.optional("group");
+                s.result = f.optional("result");
+            }
+            Probe::MarkVictim => {
+                let m = &mut config.mark_victim;
+                m.pid = f.required("pid");
+                m.comm = f.optional("comm");
+                m.comm_data_loc = format.get("comm").is_some_and(|c| c.is_data_loc()) as u16;
+                m.total_vm = f.optional("total_vm");
+                m.anon_rss = f.optional("anon_rss");
+                m.file_rss = f.optional("file_rss");
+                m.shmem_rss = f.optional("shmem_rss");
+                m.uid = f.optional("uid");
+                m.pgtables = f.optional("pgtables");
+                m.oom_score_adj = f.optional("oom_score_adj");
+            }
+        }
+        if !f.missing.is_empty() {
+            unavailable.insert(
+                probe,
+                format!(
+                    "tracepoint {}:{} lacks field(s) {}",
+                    probe.category(),
+                    probe.name(),
+                    f.missing.join(", ")
+                ),
+            );
+        }
+    }
+    config.signal_mask = signal_mask;
+
+    let mut missing_kernel_fields = Vec::new();
+    let mut offset = |what: &'static str, strct: &str, path: &[&str]| -> u16 {
+        match btf.and_then(|b| b.field_offset(strct, path)) {
+            Some(o) if o < NO_OFFSET as u32 => o as u16,
+            _ => {
+                missing_kernel_fields.push(what);
+                NO_OFFSET
+            }
+        }
+    };
+    config.kernel.sock_sk_err = offset("sock.sk_err", "sock", &["sk_err"]);
+    config.kernel.sock_state = offset(
+        "sock.__sk_common.skc_state",
+        "sock",
+        &["__sk_common", "skc_state"],
+    );
+    config.kernel.task_real_parent =
+        offset("task_struct.real_parent", "task_struct", &["real_parent"]);
+    config.kernel.task_tgid = offset("task_struct.tgid", "task_struct", &["tgid"]);
+    config.kernel.task_exit_code = offset("task_struct.exit_code", "task_struct", &["exit_code"]);
+
+    Layout {
+        config,
+        unavailable,
+        missing_kernel_fields,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn format(text: &str) -> Format {
+        Format::parse(text, Path::new("format")).unwrap()
+    }
+
+    const CLASSIC_RESET: &str = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:18;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:20;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:22;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:26;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:30;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:46;\tsize:16;\tsigned:0;
+";
+
+    const SOCKADDR_RESET: &str = "\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;
+\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;
+";
+
+    #[test]
+    fn both_tuple_layouts() {
+        let enabled = BTreeSet::from([Probe::TcpReceiveReset, Probe::TcpSendReset]);
+        let formats = Formats::from([
+            (Probe::TcpReceiveReset, format(CLASSIC_RESET)),
+            (Probe::TcpSendReset, format(SOCKADDR_RESET)),
+        ]);
+        let layout = build(&enabled, &formats, None, 0);
+        assert!(layout.unavailable.is_empty(), "{:?}", layout.unavailable);
+        let classic = layout.config.receive_reset;
+        assert_eq!(classic.tuple.sockaddr, 0);
+        assert_eq!(classic.tuple.sport, 16);
+        assert_eq!(classic.state, NO_OFFSET);
+        let sockaddr = layout.config.send_reset;
+        assert_eq!(sockaddr.tuple.sockaddr, 1);
+        assert_eq!((sockaddr.tuple.saddr, sockaddr.tuple.daddr), (32, 60));
+        assert_eq!((sockaddr.state, sockaddr.reason), (24, 28));
+        // No BTF: every kernel field is reported missing, nothing panics.
+        assert_eq!(layout.missing_kernel_fields.len(), 5);
+    }
+
+    #[test]
+    fn missing_tracepoint_or_field_disables_the_probe() {
+        let enabled = BTreeSet::from([Probe::TcpRetransmitSkb, Probe::MarkVictim]);
+        // tcp_retransmit_skb needs `state`, which CLASSIC_RESET lacks.
+        let formats = Formats::from([(Probe::TcpRetransmitSkb, format(CLASSIC_RESET))]);
+        let layout = build(&enabled, &formats, None, 0);
+        assert!(layout.unavailable[&Probe::TcpRetransmitSkb].contains("state"));
+        assert!(layout.unavailable[&Probe::MarkVictim].contains("oom:mark_victim"));
+    }
+}
