@@ -1,0 +1,138 @@
+//! Shared by the kernel integration tests: one agent loaded into the running kernel for the
+//! whole test binary, and helpers to wait for the events a test provokes.
+
+#![allow(dead_code)]
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use tokio::{runtime::Runtime, sync::broadcast};
+use why502::{
+    agent::Agent,
+    config::Config,
+    events::{Event, EventDetail},
+    probes::error_chain,
+};
+
+pub struct Harness {
+    pub runtime: Runtime,
+    pub agent: Agent,
+}
+
+static HARNESS: OnceLock<Result<Harness, String>> = OnceLock::new();
+
+/// The shared agent, or `None` (with the reason printed) when this machine cannot load
+/// eBPF programs: not root, or `bpf()` refused.
+pub fn harness() -> Option<&'static Harness> {
+    let result = HARNESS.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root: kernel tests need root to load eBPF programs".into());
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let config = Config::default();
+        let agent = {
+            let _guard = runtime.enter();
+            Agent::start(&config, |_| {})
+        };
+        match agent {
+            Ok(agent) => Ok(Harness { runtime, agent }),
+            Err(err) => {
+                let chain = error_chain(&err);
+                if chain.contains("Operation not permitted") {
+                    Err(format!("bpf() refused on this machine: {chain}"))
+                } else {
+                    panic!("the agent failed to start: {chain}");
+                }
+            }
+        }
+    });
+    match result {
+        Ok(h) => Some(h),
+        Err(reason) => {
+            eprintln!("skipped: {reason}");
+            None
+        }
+    }
+}
+
+impl Harness {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.agent.bus.subscribe()
+    }
+
+    /// Waits for the first event that `matches`, failing after `timeout`.
+    pub fn wait_for(
+        &self,
+        events: &mut broadcast::Receiver<Arc<Event>>,
+        timeout: Duration,
+        what: &str,
+        matches: impl Fn(&Event) -> bool,
+    ) -> Arc<Event> {
+        self.collect(events, timeout, 1, &matches)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no {what} event within {timeout:?}"))
+    }
+
+    /// Every event that `matches` within `window` (or until `limit` of them).
+    pub fn collect(
+        &self,
+        events: &mut broadcast::Receiver<Arc<Event>>,
+        window: Duration,
+        limit: usize,
+        matches: &dyn Fn(&Event) -> bool,
+    ) -> Vec<Arc<Event>> {
+        let deadline = Instant::now() + window;
+        let mut found = Vec::new();
+        self.runtime.block_on(async {
+            while found.len() < limit {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, events.recv()).await {
+                    Ok(Ok(event)) if matches(&event) => found.push(event),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                        panic!("test subscriber lagged by {n} events")
+                    }
+                    Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => break,
+                }
+            }
+        });
+        found
+    }
+}
+
+pub fn pid_of(event: &Event) -> Option<u32> {
+    event.process.as_ref().map(|p| p.pid)
+}
+
+pub fn is_kind(event: &Event, kind: &str) -> bool {
+    event.detail.kind() == kind
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Runs `cmd`, panicking with its output when it fails.
+pub fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn detail(event: &Event) -> &EventDetail {
+    &event.detail
+}

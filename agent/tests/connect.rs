@@ -1,0 +1,184 @@
+//! Kernel integration tests: TCP and unix-socket connects, provoked for real.
+
+mod common;
+
+use std::{
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use common::{closed_port, harness, is_kind, pid_of};
+use why502::events::{Endpoint, EventDetail};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[test]
+fn refused_connect_on_a_closed_port() {
+    let Some(h) = harness() else { return };
+    let mut events = h.subscribe();
+    let port = closed_port();
+    let err = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+
+    let event = h.wait_for(
+        &mut events,
+        WAIT,
+        "refused connect",
+        |e| matches!(&e.detail, EventDetail::TcpConnectFailure(f) if f.dst.port() == port),
+    );
+    let EventDetail::TcpConnectFailure(failure) = &event.detail else {
+        unreachable!()
+    };
+    assert_eq!(failure.errno.0, libc::ECONNREFUSED);
+    assert_eq!(failure.errno_source, "sk_err");
+    assert_eq!(failure.dst.ip().to_string(), "127.0.0.1");
+    let process = event
+        .process
+        .as_ref()
+        .expect("the connecting process is known");
+    assert_eq!(process.pid, std::process::id());
+    assert!(process.info.as_ref().and_then(|i| i.exe.as_ref()).is_some());
+
+    // The blocking connect(2) also returned ECONNREFUSED; that is the same failure and must
+    // not be reported twice.
+    let duplicates = h.collect(&mut events, Duration::from_millis(500), 10, &|e| {
+        matches!(&e.detail, EventDetail::ConnectSyscallError(s)
+            if s.dst == Endpoint::Tcp(failure.dst))
+            || matches!(&e.detail, EventDetail::TcpConnectFailure(f) if f.dst.port() == port)
+    });
+    assert!(duplicates.is_empty(), "reported twice: {duplicates:?}");
+}
+
+#[test]
+fn successful_connects_are_counted_in_the_kernel() {
+    let Some(h) = harness() else { return };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    }
+    let me = std::process::id();
+    let aggregate = h.runtime.block_on(async {
+        let probes = h.agent.probes.lock().await;
+        probes
+            .connect_aggregates()
+            .unwrap()
+            .into_iter()
+            .find(|a| a.key.tgid == me && a.key.dport == port)
+    });
+    let aggregate = aggregate.expect("an aggregate for this process and port");
+    assert_eq!(aggregate.established, 3);
+    assert!(aggregate.latency_sum_ns > 0);
+    assert_eq!(aggregate.latency_hist.iter().sum::<u64>(), 3);
+    assert_eq!(&aggregate.key.daddr[..4], &[127, 0, 0, 1]);
+}
+
+#[test]
+fn unix_connect_to_a_missing_path() {
+    let Some(h) = harness() else { return };
+    let mut events = h.subscribe();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.sock");
+    let err = std::os::unix::net::UnixStream::connect(&path).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    let expected = Endpoint::Unix(path.display().to_string());
+    let event = h.wait_for(
+        &mut events,
+        WAIT,
+        "unix ENOENT",
+        |e| matches!(&e.detail, EventDetail::ConnectSyscallError(s) if s.dst == expected),
+    );
+    let EventDetail::ConnectSyscallError(error) = &event.detail else {
+        unreachable!()
+    };
+    assert_eq!(error.errno.name(), "ENOENT");
+    assert_eq!(pid_of(&event), Some(std::process::id()));
+}
+
+/// A unix listener that never accepts, with a backlog of 1: non-blocking clients get
+/// EAGAIN once the queue is full, which is what nginx sees from a saturated php-fpm.
+#[test]
+fn unix_connect_to_a_full_backlog() {
+    let Some(h) = harness() else { return };
+    let mut events = h.subscribe();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // SAFETY: re-listening on our own socket with a smaller backlog.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 1) }, 0);
+
+    let mut clients = Vec::new();
+    let mut saw_eagain = false;
+    for _ in 0..16 {
+        let client = nonblocking_unix_connect(&path);
+        match client {
+            Ok(fd) => clients.push(fd),
+            Err(errno) => {
+                assert_eq!(errno, libc::EAGAIN, "unexpected connect error");
+                saw_eagain = true;
+                break;
+            }
+        }
+    }
+    assert!(saw_eagain, "the backlog never filled");
+    let expected = Endpoint::Unix(path.display().to_string());
+    let event = h.wait_for(
+        &mut events,
+        WAIT,
+        "unix EAGAIN",
+        |e| matches!(&e.detail, EventDetail::ConnectSyscallError(s) if s.dst == expected),
+    );
+    let EventDetail::ConnectSyscallError(error) = &event.detail else {
+        unreachable!()
+    };
+    assert_eq!(error.errno.name(), "EAGAIN");
+    for fd in clients {
+        // SAFETY: closing fds we opened.
+        unsafe { libc::close(fd) };
+    }
+}
+
+fn nonblocking_unix_connect(path: &std::path::Path) -> Result<i32, i32> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: plain socket calls on a sockaddr_un we fill ourselves.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (dst, src) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+            *dst = *src as libc::c_char;
+        }
+        let rc = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        );
+        if rc == 0 {
+            Ok(fd)
+        } else {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap();
+            libc::close(fd);
+            Err(errno)
+        }
+    }
+}
+
+#[test]
+fn nothing_is_reported_for_a_healthy_connect() {
+    let Some(h) = harness() else { return };
+    let mut events = h.subscribe();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let reported = h.collect(&mut events, Duration::from_millis(500), 10, &|e| {
+        (is_kind(e, "tcp_connect_failure") || is_kind(e, "connect_syscall_error"))
+            && pid_of(e) == Some(std::process::id())
+            && serde_json::to_string(e)
+                .unwrap()
+                .contains(&format!(":{port}\""))
+    });
+    assert!(reported.is_empty(), "{reported:?}");
+}
