@@ -1,1 +1,45 @@
+//! Harness for why502's end-to-end tests: a real nginx (Debian's package) with its own
+//! prefix and config in a temporary directory, small backends, the `why502` agent as a
+//! child process, and a plain HTTP client. Everything started here is stopped on drop.
 
+pub mod agent;
+pub mod backend;
+pub mod http;
+pub mod nginx;
+
+use std::path::PathBuf;
+
+/// A binary built into the same target directory as the running test.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests through `cargo xtask test` (or `cargo test -p why502 -p why502-e2e`)",
+        path.display()
+    );
+    path
+}
+
+/// Whether this machine can run the kernel-backed tests; prints why not.
+pub fn can_load_ebpf() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: not root: the agent needs root to load eBPF programs");
+        return false;
+    }
+    true
+}
+
+/// A TCP port on 127.0.0.1 that is free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}

@@ -10,7 +10,11 @@ pub mod listeners;
 pub mod process;
 pub mod redact;
 
-use std::{num::NonZeroUsize, sync::Arc, time::SystemTime};
+use std::{
+    num::NonZeroUsize,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use lru::LruCache;
 
@@ -19,8 +23,18 @@ use crate::events::{
     UnixListener,
 };
 
+/// How long an exited process's details keep serving events about it: the kernel reports
+/// the exit before the process's sockets close, so a listener's close arrives just after.
+const EXITED_GRACE: Duration = Duration::from_secs(2);
+
+struct Cached {
+    info: Arc<ProcessInfo>,
+    /// When the process exited; past the grace period the pid may belong to a new process.
+    exited: Option<Instant>,
+}
+
 pub struct Enricher {
-    cache: LruCache<u32, Arc<ProcessInfo>>,
+    cache: LruCache<u32, Cached>,
     redactor: redact::Redactor,
 }
 
@@ -34,11 +48,20 @@ impl Enricher {
 
     /// Cached details of `pid`, read from procfs on a miss.
     pub fn lookup(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
-        if let Some(info) = self.cache.get(&pid) {
-            return Some(info.clone());
+        if let Some(cached) = self.cache.get(&pid) {
+            if cached.exited.is_none_or(|at| at.elapsed() < EXITED_GRACE) {
+                return Some(cached.info.clone());
+            }
+            self.cache.pop(&pid);
         }
         let info = Arc::new(process::read(pid, &self.redactor)?);
-        self.cache.put(pid, info.clone());
+        self.cache.put(
+            pid,
+            Cached {
+                info: info.clone(),
+                exited: None,
+            },
+        );
         Some(info)
     }
 
@@ -74,8 +97,8 @@ impl Enricher {
         }
         match &mut event.detail {
             EventDetail::ProcessExit(_) => {
-                if let Some(pid) = pid {
-                    self.cache.pop(&pid);
+                if let Some(cached) = pid.and_then(|pid| self.cache.get_mut(&pid)) {
+                    cached.exited = Some(Instant::now());
                 }
             }
             EventDetail::OomKill(kill) => kill.victim = self.lookup(kill.victim_pid),
@@ -149,6 +172,12 @@ mod tests {
         assert!(info.cgroup.is_some());
         // Cached: the same Arc comes back.
         assert!(Arc::ptr_eq(&info, &enricher.lookup(me).unwrap()));
+        // Past the grace period after an exit, the cached details are not trusted: the
+        // pid is read afresh (here: still this process, so a new Arc).
+        enricher.cache.get_mut(&me).unwrap().exited = Some(Instant::now() - EXITED_GRACE);
+        let fresh = enricher.lookup(me).unwrap();
+        assert!(!Arc::ptr_eq(&info, &fresh));
+        assert_eq!(*info, *fresh);
         assert!(enricher.lookup(u32::MAX - 1).is_none());
     }
 

@@ -1,0 +1,114 @@
+//! The `why502` binary itself: bad input fails with one clear line; `--print-events` prints
+//! real kernel events as JSON lines.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_why502");
+
+fn why502(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn bad_config_is_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("why502.toml");
+    std::fs::write(&path, "[probes]\nring_buffer_bytes = 1000\n").unwrap();
+    let out = why502(&["agent", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("probes.ring_buffer_bytes"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+
+    std::fs::write(&path, "[probes]\nfrobnicate = true\n").unwrap();
+    let out = why502(&["agent", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("frobnicate"));
+}
+
+#[test]
+fn missing_config_file_and_bad_flags_fail() {
+    let out = why502(&["agent", "--config", "/nonexistent/why502.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/why502.toml"));
+    let out = why502(&["agent", "--log-level", "loud"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = why502(&["agent", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn print_events_shows_a_refused_connect() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: not root: the agent needs root to load eBPF programs");
+        return;
+    }
+    let mut agent = Command::new(BIN)
+        .args(["agent", "--print-events", "--log-level", "info"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(agent.stderr.take().unwrap());
+    let mut running = false;
+    let mut log = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        running |= line.contains("why502 agent running");
+        log.push(line);
+        if running {
+            break;
+        }
+    }
+    if !running {
+        let _ = agent.kill();
+        if log.iter().any(|l| l.contains("Operation not permitted")) {
+            eprintln!("skipped: bpf() refused: {log:?}");
+            return;
+        }
+        panic!("agent did not start: {log:?}");
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = agent.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut found = None;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        let event: serde_json::Value = serde_json::from_str(&line).expect("each line is JSON");
+        if event["kind"] == "tcp_connect_failure" && event["dst"] == format!("127.0.0.1:{port}") {
+            found = Some(event);
+            break;
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let status = agent.wait().unwrap();
+    let event = found.expect("a tcp_connect_failure line for the closed port");
+    assert_eq!(event["errno"]["name"], "ECONNREFUSED");
+    assert_eq!(event["process"]["pid"], std::process::id());
+    assert!(status.success(), "agent exit on SIGTERM: {status:?}");
+}
