@@ -56,24 +56,23 @@ fn print_events_shows_a_refused_connect() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = BufReader::new(agent.stderr.take().unwrap());
-    let mut running = false;
-    let mut log = Vec::new();
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        running |= line.contains("why502 agent running");
-        log.push(line);
-        if running {
-            break;
+    let log = lines_of(agent.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    let started = loop {
+        match log.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains("why502 agent running") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
         }
-    }
-    if !running {
+    };
+    if !started {
         let _ = agent.kill();
-        if log.iter().any(|l| l.contains("Operation not permitted")) {
-            eprintln!("skipped: bpf() refused: {log:?}");
+        let _ = agent.wait();
+        if seen.iter().any(|l| l.contains("Operation not permitted")) {
+            eprintln!("skipped: bpf() refused: {seen:?}");
             return;
         }
-        panic!("agent did not start: {log:?}");
+        panic!("agent did not start: {seen:?}");
     }
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -83,15 +82,7 @@ fn print_events_shows_a_refused_connect() {
         .port();
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
 
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = agent.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = lines_of(agent.stdout.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut found = None;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -111,4 +102,17 @@ fn print_events_shows_a_refused_connect() {
     assert_eq!(event["errno"]["name"], "ECONNREFUSED");
     assert_eq!(event["process"]["pid"], std::process::id());
     assert!(status.success(), "agent exit on SIGTERM: {status:?}");
+}
+
+/// The lines of a child's pipe, read on a thread of their own so the pipe never fills.
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
