@@ -36,6 +36,72 @@ pub struct Config {
     pub agent: AgentConfig,
     pub probes: ProbeConfig,
     pub enrich: EnrichConfig,
+    pub incidents: IncidentConfig,
+    pub store: StoreConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentConfig {
+    /// Failures from one proxy to one upstream within `window_ms` that open an incident.
+    pub open_threshold: u32,
+    /// The spike-detection window.
+    pub window_ms: u64,
+    /// An incident closes after this long without a failure.
+    pub quiet_seconds: u64,
+    /// How far back evidence (exits, kills, listener changes) is looked for.
+    pub lookback_seconds: u64,
+}
+
+impl Default for IncidentConfig {
+    fn default() -> Self {
+        Self {
+            open_threshold: 5,
+            window_ms: 1000,
+            quiet_seconds: 10,
+            lookback_seconds: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The SQLite database of incidents.
+    pub path: PathBuf,
+    /// Incidents older than this are deleted.
+    pub max_age_days: u32,
+    /// At most this many incidents are kept (the oldest go first).
+    pub max_incidents: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/var/lib/why502/why502.db"),
+            max_age_days: 30,
+            max_incidents: 10000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The unix socket the local API listens on (mode 0660).
+    pub socket: PathBuf,
+}
+
+/// Where the agent's API socket is unless configured otherwise; the CLI's default too.
+pub const DEFAULT_SOCKET: &str = "/run/why502/why502.sock";
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +277,53 @@ impl Config {
                 "enrich.process_cache_entries",
                 format!("{cache} is not between 1 and {}", 1 << 20),
             ));
+        }
+        let inc = &self.incidents;
+        for (key, value, min, max) in [
+            (
+                "incidents.open_threshold",
+                u64::from(inc.open_threshold),
+                1,
+                1_000_000,
+            ),
+            ("incidents.window_ms", inc.window_ms, 10, 60_000),
+            ("incidents.quiet_seconds", inc.quiet_seconds, 1, 86_400),
+            (
+                "incidents.lookback_seconds",
+                inc.lookback_seconds,
+                1,
+                86_400,
+            ),
+            (
+                "store.max_age_days",
+                u64::from(self.store.max_age_days),
+                1,
+                3650,
+            ),
+            (
+                "store.max_incidents",
+                u64::from(self.store.max_incidents),
+                1,
+                10_000_000,
+            ),
+        ] {
+            if value < min || value > max {
+                return Err(invalid(
+                    key,
+                    format!("{value} is not between {min} and {max}"),
+                ));
+            }
+        }
+        for (key, path) in [
+            ("store.path", &self.store.path),
+            ("api.socket", &self.api.socket),
+        ] {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    key,
+                    format!("{} is not an absolute path", path.display()),
+                ));
+            }
         }
         if self.enrich.redact_keys.iter().any(|k| k.trim().is_empty()) {
             return Err(invalid(

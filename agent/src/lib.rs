@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod correlate;
 pub mod enrich;
 pub mod events;
 pub mod pipeline;
