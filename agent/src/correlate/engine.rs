@@ -1,0 +1,425 @@
+//! The correlation engine: consumes events in time order, keeps who serves what and what
+//! happened to processes, detects failure spikes per (proxy, upstream) and turns each into
+//! an [`Incident`] with its explanation.
+//!
+//! Deterministic: time is the events' own (`mono_ns`/`time`) and the caller's `tick`, so
+//! recorded or synthetic streams give the same incidents every time.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::IpAddr,
+    time::SystemTime,
+};
+
+use super::{
+    explain::{self, Failures, Knowledge},
+    history::{Dated, ExitRecord, ProcessHistory, SignalRecord},
+    incident::{Incident, IncidentState, ProcessSummary},
+    listeners::{ListenerTable, Owner},
+    proxy,
+};
+use crate::{
+    config::IncidentConfig,
+    events::{Endpoint, Event, EventDetail, ProcessRef, Source},
+};
+
+/// Endpoints the listener table remembers.
+const LISTENER_CAPACITY: usize = 8192;
+/// (proxy, upstream) pairs followed at once; idle ones are forgotten first.
+const FLOW_CAPACITY: usize = 10_000;
+/// Seconds of failure history that make up a flow's baseline.
+const BASELINE_SECONDS: usize = 60;
+/// A spike must exceed this multiple of the baseline failure rate.
+const BASELINE_FACTOR: f64 = 3.0;
+
+/// What an event or a tick changed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    Opened(Incident),
+    Updated(Incident),
+    Closed(Incident),
+}
+
+impl Update {
+    pub fn incident(&self) -> &Incident {
+        match self {
+            Update::Opened(i) | Update::Updated(i) | Update::Closed(i) => i,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FlowKey {
+    /// The proxy's unit when it has one (all its workers are one proxy), else its name.
+    proxy: String,
+    upstream: Endpoint,
+}
+
+#[derive(Debug, Clone)]
+struct Failure {
+    mono: u64,
+    time: SystemTime,
+    kind: String,
+}
+
+struct OpenIncident {
+    incident: Incident,
+    first_mono: u64,
+    last_mono: u64,
+    dirty: bool,
+}
+
+struct Flow {
+    proxy: ProcessSummary,
+    /// Failures inside the current window, oldest first.
+    window: VecDeque<Failure>,
+    /// Failures per second over the last minute (outside incidents), for the baseline.
+    per_second: [u32; BASELINE_SECONDS],
+    baseline_second: u64,
+    open: Option<OpenIncident>,
+    last_mono: u64,
+}
+
+pub struct Engine {
+    config: IncidentConfig,
+    listeners: ListenerTable,
+    history: ProcessHistory,
+    flows: HashMap<FlowKey, Flow>,
+    next_id: u64,
+    local_ips: Vec<IpAddr>,
+    watching_since: SystemTime,
+}
+
+impl Engine {
+    /// `next_id`: the first incident id to hand out (one past the store's highest).
+    pub fn new(
+        config: IncidentConfig,
+        next_id: u64,
+        local_ips: Vec<IpAddr>,
+        watching_since: SystemTime,
+    ) -> Self {
+        Self {
+            config,
+            listeners: ListenerTable::new(LISTENER_CAPACITY),
+            history: ProcessHistory::default(),
+            flows: HashMap::new(),
+            next_id: next_id.max(1),
+            local_ips,
+            watching_since,
+        }
+    }
+
+    pub fn open_incidents(&self) -> usize {
+        self.flows.values().filter(|f| f.open.is_some()).count()
+    }
+
+    /// Takes one event; returns the incidents it opened.
+    pub fn observe(&mut self, event: &Event) -> Vec<Update> {
+        let mono = event.mono_ns;
+        let time = event.time;
+        match &event.detail {
+            EventDetail::TcpConnectFailure(f) => {
+                let kind = if f.errno.0 != 0 {
+                    f.errno.name().to_string()
+                } else if f.syn_retransmits > 0 {
+                    "timeout".into()
+                } else {
+                    "aborted".into()
+                };
+                return self.failure(event, Endpoint::Tcp(f.dst), kind);
+            }
+            EventDetail::ConnectSyscallError(e) => {
+                if is_benign(&e.dst, e.errno.0) {
+                    return Vec::new();
+                }
+                return self.failure(event, e.dst.clone(), e.errno.name().to_string());
+            }
+            EventDetail::TcpResetReceived(r) => {
+                return self.failure(event, Endpoint::Tcp(r.dst), "reset".into());
+            }
+            EventDetail::ListenerOpened(l) => {
+                let owner = owner_of(event.process.as_ref(), mono, time, l.source);
+                self.listeners.opened(Endpoint::Tcp(l.endpoint), owner);
+                self.mark_open_dirty();
+            }
+            EventDetail::UnixListenerOpened(l) => {
+                let owner = owner_of(event.process.as_ref(), mono, time, l.source);
+                self.listeners.opened(Endpoint::Unix(l.path.clone()), owner);
+                self.mark_open_dirty();
+            }
+            EventDetail::ListenerClosed(l) => {
+                self.listeners
+                    .closed(&Endpoint::Tcp(l.endpoint), mono, time);
+                self.mark_open_dirty();
+            }
+            EventDetail::ProcessExit(exit) => {
+                if let Some(p) = &event.process {
+                    self.history.exited(Dated {
+                        mono,
+                        time,
+                        value: ExitRecord {
+                            pid: p.pid,
+                            process: summary(p),
+                            exit: exit.clone(),
+                        },
+                    });
+                    self.listeners.owner_exited(p.pid, mono, time);
+                }
+            }
+            EventDetail::OomKill(kill) => self.history.oom_killed(Dated {
+                mono,
+                time,
+                value: kill.clone(),
+            }),
+            EventDetail::Signal(signal) => {
+                if let (Some(sender), Ok(target)) =
+                    (&event.process, u32::try_from(signal.target_pid))
+                {
+                    self.history.signalled(Dated {
+                        mono,
+                        time,
+                        value: SignalRecord {
+                            target_pid: target,
+                            sender: summary(sender),
+                            signal: signal.clone(),
+                        },
+                    });
+                }
+            }
+            EventDetail::TcpResetSent(_)
+            | EventDetail::TcpSynRetransmit(_)
+            | EventDetail::TcpSynackRetransmit(_)
+            | EventDetail::ProcessExec(_) => {}
+        }
+        Vec::new()
+    }
+
+    /// Advances time: closes incidents quiet for `quiet_seconds`, re-explains the ones
+    /// that changed, forgets what is older than the look-back.
+    pub fn tick(&mut self, now_mono: u64, now: SystemTime) -> Vec<Update> {
+        let quiet = self.config.quiet_seconds * 1_000_000_000;
+        let mut updates = Vec::new();
+        let keys: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.open.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let closing = self.flows[&key]
+                .open
+                .as_ref()
+                .is_some_and(|o| now_mono.saturating_sub(o.last_mono) >= quiet);
+            let dirty = self.flows[&key].open.as_ref().is_some_and(|o| o.dirty);
+            if closing {
+                let flow = self.flows.get_mut(&key).expect("key from the map");
+                let mut open = flow.open.take().expect("checked open");
+                flow.window.clear();
+                open.incident.state = IncidentState::Closed;
+                open.incident.closed_at = Some(now);
+                let causes = self.explain(&key, &open);
+                open.incident.causes = causes;
+                updates.push(Update::Closed(open.incident));
+            } else if dirty {
+                let causes = {
+                    let open = self.flows[&key].open.as_ref().expect("checked open");
+                    self.explain(&key, open)
+                };
+                let open = self
+                    .flows
+                    .get_mut(&key)
+                    .and_then(|f| f.open.as_mut())
+                    .expect("checked open");
+                open.dirty = false;
+                open.incident.causes = causes;
+                updates.push(Update::Updated(open.incident.clone()));
+            }
+        }
+        let lookback = self.config.lookback_seconds * 1_000_000_000;
+        let horizon = now_mono.saturating_sub(lookback);
+        self.history.prune(horizon);
+        self.flows
+            .retain(|_, f| f.open.is_some() || f.last_mono >= horizon);
+        updates
+    }
+
+    fn failure(&mut self, event: &Event, upstream: Endpoint, kind: String) -> Vec<Update> {
+        let Some(process) = &event.process else {
+            // The kernel did not know who connected: no proxy to tie the failure to.
+            return Vec::new();
+        };
+        let proxy = summary(process);
+        let key = FlowKey {
+            proxy: proxy.unit.clone().unwrap_or_else(|| proxy.comm.clone()),
+            upstream,
+        };
+        if !self.flows.contains_key(&key) && self.flows.len() >= FLOW_CAPACITY {
+            self.evict_idle_flow();
+        }
+        let window_ns = self.config.window_ms * 1_000_000;
+        let threshold = self.config.open_threshold;
+        let flow = self.flows.entry(key.clone()).or_insert_with(|| Flow {
+            proxy: proxy.clone(),
+            window: VecDeque::new(),
+            per_second: [0; BASELINE_SECONDS],
+            baseline_second: event.mono_ns / 1_000_000_000,
+            open: None,
+            last_mono: event.mono_ns,
+        });
+        flow.last_mono = event.mono_ns;
+        if let Some(open) = flow.open.as_mut() {
+            let incident = &mut open.incident;
+            incident.failures += 1;
+            *incident.failure_kinds.entry(kind).or_default() += 1;
+            incident.last_failure_at = event.time;
+            open.last_mono = event.mono_ns;
+            open.dirty = true;
+            return Vec::new();
+        }
+
+        let required = flow.required(threshold, window_ns, event.mono_ns);
+        flow.count_for_baseline(event.mono_ns);
+        flow.window.push_back(Failure {
+            mono: event.mono_ns,
+            time: event.time,
+            kind,
+        });
+        while flow
+            .window
+            .front()
+            .is_some_and(|f| f.mono + window_ns < event.mono_ns)
+        {
+            flow.window.pop_front();
+        }
+        if (flow.window.len() as u64) < required {
+            return Vec::new();
+        }
+
+        let first = flow.window.front().cloned().expect("window is not empty");
+        let mut kinds = BTreeMap::new();
+        for f in &flow.window {
+            *kinds.entry(f.kind.clone()).or_default() += 1;
+        }
+        let incident = Incident {
+            id: self.next_id,
+            state: IncidentState::Open,
+            started_at: first.time,
+            last_failure_at: event.time,
+            closed_at: None,
+            proxy: flow.proxy.clone(),
+            upstream: key.upstream.to_string(),
+            failures: flow.window.len() as u64,
+            failure_kinds: kinds,
+            causes: Vec::new(),
+        };
+        self.next_id += 1;
+        flow.window.clear();
+        let mut open = OpenIncident {
+            incident,
+            first_mono: first.mono,
+            last_mono: event.mono_ns,
+            dirty: false,
+        };
+        open.incident.causes = self.explain(&key, &open);
+        let opened = open.incident.clone();
+        self.flows.get_mut(&key).expect("just inserted").open = Some(open);
+        vec![Update::Opened(opened)]
+    }
+
+    fn explain(&self, key: &FlowKey, open: &OpenIncident) -> Vec<super::incident::Candidate> {
+        explain::explain(
+            &Failures {
+                upstream: &key.upstream,
+                proxy: &open.incident.proxy,
+                first_mono: open.first_mono,
+                first_time: open.incident.started_at,
+                count: open.incident.failures,
+                kinds: &open.incident.failure_kinds,
+            },
+            &Knowledge {
+                listeners: &self.listeners,
+                history: &self.history,
+                local_ips: &self.local_ips,
+                watching_since: self.watching_since,
+            },
+        )
+    }
+
+    fn mark_open_dirty(&mut self) {
+        for open in self.flows.values_mut().filter_map(|f| f.open.as_mut()) {
+            open.dirty = true;
+        }
+    }
+
+    fn evict_idle_flow(&mut self) {
+        let idle = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.open.is_none())
+            .min_by_key(|(_, f)| f.last_mono)
+            .map(|(k, _)| k.clone());
+        if let Some(key) = idle {
+            self.flows.remove(&key);
+        }
+    }
+}
+
+impl Flow {
+    /// Failures needed in one window to call it a spike: the configured threshold, or more
+    /// when this flow already fails steadily (its baseline).
+    fn required(&mut self, threshold: u32, window_ns: u64, mono: u64) -> u64 {
+        self.advance_baseline(mono / 1_000_000_000);
+        let per_minute: u32 = self.per_second.iter().sum();
+        let per_window = f64::from(per_minute) / BASELINE_SECONDS as f64 * window_ns as f64 / 1e9;
+        u64::from(threshold).max((per_window * BASELINE_FACTOR).ceil() as u64)
+    }
+
+    fn count_for_baseline(&mut self, mono: u64) {
+        let second = mono / 1_000_000_000;
+        self.advance_baseline(second);
+        self.per_second[(second % BASELINE_SECONDS as u64) as usize] += 1;
+    }
+
+    fn advance_baseline(&mut self, second: u64) {
+        if second <= self.baseline_second {
+            return;
+        }
+        let steps = (second - self.baseline_second).min(BASELINE_SECONDS as u64);
+        for s in 1..=steps {
+            self.per_second[((self.baseline_second + s) % BASELINE_SECONDS as u64) as usize] = 0;
+        }
+        self.baseline_second = second;
+    }
+}
+
+/// glibc probes nscd's socket on every name lookup set-up; its absence is normal.
+fn is_benign(dst: &Endpoint, errno: i32) -> bool {
+    matches!(dst, Endpoint::Unix(path)
+        if errno == libc::ENOENT && (path == "/var/run/nscd/socket" || path == "/run/nscd/socket"))
+}
+
+pub fn summary(p: &ProcessRef) -> ProcessSummary {
+    let info = p.info.as_deref();
+    let exe = info.and_then(|i| i.exe.clone());
+    ProcessSummary {
+        pid: p.pid,
+        comm: p.comm.clone(),
+        known_proxy: proxy::known_proxy(&p.comm, exe.as_deref()).map(String::from),
+        exe,
+        unit: info.and_then(|i| i.unit.clone()),
+        container: info.and_then(|i| i.container.clone()),
+    }
+}
+
+fn owner_of(process: Option<&ProcessRef>, mono: u64, time: SystemTime, source: Source) -> Owner {
+    Owner {
+        process: process.map(summary).unwrap_or_else(|| ProcessSummary {
+            comm: "unknown process".into(),
+            ..Default::default()
+        }),
+        ppid: process.and_then(|p| p.info.as_ref()).and_then(|i| i.ppid),
+        since_mono: mono,
+        since: time,
+        from_snapshot: source == Source::Snapshot,
+    }
+}

@@ -1,0 +1,494 @@
+//! From what the host saw to ranked explanations of one incident: the rules of
+//! `shared/502-causes.md`, each cause a candidate with its evidence and a confidence.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use super::{
+    history::ProcessHistory,
+    incident::{Candidate, Cause, Confidence, Evidence, ProcessSummary},
+    listeners::{ListenerRecord, ListenerTable, Owner},
+};
+use crate::events::Endpoint;
+
+/// Signals that mean the program itself failed.
+const CRASH_SIGNALS: [&str; 7] = [
+    "SIGSEGV", "SIGABRT", "SIGBUS", "SIGILL", "SIGFPE", "SIGSYS", "SIGTRAP",
+];
+
+/// An exit this close before the first failure makes a crash or kill a sure cause.
+const CLOSE_IN_TIME: Duration = Duration::from_secs(1);
+
+/// What the explanation is about.
+pub struct Failures<'a> {
+    pub upstream: &'a Endpoint,
+    pub proxy: &'a ProcessSummary,
+    pub first_mono: u64,
+    pub first_time: SystemTime,
+    pub count: u64,
+    pub kinds: &'a BTreeMap<String, u64>,
+}
+
+/// What the host knows.
+pub struct Knowledge<'a> {
+    pub listeners: &'a ListenerTable,
+    pub history: &'a ProcessHistory,
+    /// Addresses of this host's interfaces (loopback included).
+    pub local_ips: &'a [IpAddr],
+    /// When the agent started watching, for "never listened since".
+    pub watching_since: SystemTime,
+}
+
+/// The ranked candidates; never empty.
+pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
+    let mut candidates = Vec::new();
+    let count = |kind: &str| f.kinds.get(kind).copied().unwrap_or(0);
+    let first = Evidence {
+        time: f.first_time,
+        kind: "first_failure".into(),
+        text: format!("first failed connect from {}", describe(f.proxy)),
+    };
+
+    if count("EADDRNOTAVAIL") > 0 {
+        candidates.push(Candidate {
+            cause: Cause::PortExhaustion,
+            confidence: Confidence::High,
+            summary: format!(
+                "{} ran out of local ports: connect() returned EADDRNOTAVAIL ×{}",
+                describe(f.proxy),
+                count("EADDRNOTAVAIL")
+            ),
+            hint: "enable upstream keepalive (fewer new connections), widen \
+                   net.ipv4.ip_local_port_range, or allow net.ipv4.tcp_tw_reuse"
+                .into(),
+            process: Some(f.proxy.clone()),
+            evidence: vec![first.clone()],
+        });
+    }
+
+    let found = k.listeners.lookup(f.upstream);
+    if let Some((endpoint, record)) = found {
+        let alive = record
+            .current
+            .as_ref()
+            .filter(|o| o.since_mono <= f.first_mono);
+        match alive {
+            Some(owner) => alive_listener(f, owner, endpoint, &first, &mut candidates),
+            None => gone_listener(f, k, record, endpoint, &first, &mut candidates),
+        }
+    } else if is_local(f.upstream, k.local_ips) {
+        candidates.push(Candidate {
+            cause: Cause::WrongPort,
+            confidence: Confidence::High,
+            summary: format!(
+                "nothing has listened on {} since why502 started watching at {}: {} points at a \
+                 port or socket nobody serves",
+                f.upstream,
+                clock_time(k.watching_since),
+                describe(f.proxy)
+            ),
+            hint: "compare the proxy's upstream (proxy_pass, fastcgi_pass, server lines) with \
+                   the real listeners (ss -ltnp, ss -lxp)"
+                .into(),
+            process: None,
+            evidence: vec![first.clone()],
+        });
+    }
+
+    if candidates.is_empty() {
+        let remote = !is_local(f.upstream, k.local_ips);
+        candidates.push(Candidate {
+            cause: Cause::NoLocalCause,
+            confidence: Confidence::Low,
+            summary: if remote {
+                format!(
+                    "no local cause seen: {} is on another host, where why502 cannot see; \
+                     DNS and TLS problems are not visible to the kernel either",
+                    f.upstream
+                )
+            } else {
+                format!(
+                    "no local cause seen for the failures to {}; DNS and TLS problems are not \
+                     visible to the kernel",
+                    f.upstream
+                )
+            },
+            hint: "look at the upstream host itself, and at the network between the two".into(),
+            process: None,
+            evidence: vec![first],
+        });
+    }
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.confidence));
+    candidates
+}
+
+/// The listener is there and was there before the failures began.
+fn alive_listener(
+    f: &Failures,
+    owner: &Owner,
+    endpoint: &Endpoint,
+    first: &Evidence,
+    out: &mut Vec<Candidate>,
+) {
+    let count = |kind: &str| f.kinds.get(kind).copied().unwrap_or(0);
+    let listening = Evidence {
+        time: owner.since,
+        kind: "listener".into(),
+        text: format!(
+            "{} listening on {endpoint}{}",
+            describe(&owner.process),
+            if owner.from_snapshot {
+                " (already when why502 started)"
+            } else {
+                ""
+            }
+        ),
+    };
+    let evidence = vec![listening, first.clone()];
+    let unix = matches!(f.upstream, Endpoint::Unix(_));
+    if count("EAGAIN") > 0 && unix {
+        out.push(Candidate {
+            cause: Cause::UnixBacklogFull,
+            confidence: Confidence::High,
+            summary: format!(
+                "{}, listener of {endpoint}, is not accepting fast enough: its backlog is full \
+                 (EAGAIN ×{})",
+                describe(&owner.process),
+                count("EAGAIN")
+            ),
+            hint: "add workers (pm.max_children) or raise the backlog (listen.backlog and \
+                   net.core.somaxconn)"
+                .into(),
+            process: Some(owner.process.clone()),
+            evidence: evidence.clone(),
+        });
+    }
+    let rejected: u64 = [
+        "ECONNREFUSED",
+        "EHOSTUNREACH",
+        "ENETUNREACH",
+        "EACCES",
+        "EPERM",
+    ]
+    .iter()
+    .map(|k| count(k))
+    .sum();
+    if rejected > 0 && !unix {
+        out.push(Candidate {
+            cause: Cause::FirewallReject,
+            confidence: Confidence::High,
+            summary: format!(
+                "{}, listener of {endpoint}, is alive, yet {} connects were rejected ({}): a \
+                 firewall rule rejects them",
+                describe(&owner.process),
+                rejected,
+                kinds_text(f.kinds)
+            ),
+            hint: "look for REJECT rules on this port (iptables -S, nft list ruleset)".into(),
+            process: Some(owner.process.clone()),
+            evidence: evidence.clone(),
+        });
+    }
+    let timeouts = count("timeout") + count("ETIMEDOUT");
+    if timeouts > 0 {
+        out.push(Candidate {
+            cause: Cause::SynTimeout,
+            confidence: Confidence::Medium,
+            summary: format!(
+                "{timeouts} connects to {endpoint} got no answer to their SYN while {} listens: a \
+                 firewall DROP, or its accept queue is full",
+                describe(&owner.process)
+            ),
+            hint: "look for DROP rules on this port; compare the listener's Recv-Q with its \
+                   backlog (ss -ltn) and ListenOverflows in nstat"
+                .into(),
+            process: Some(owner.process.clone()),
+            evidence: evidence.clone(),
+        });
+    }
+    if count("reset") > 0 {
+        out.push(Candidate {
+            cause: Cause::ConnectionResets,
+            confidence: Confidence::Medium,
+            summary: format!(
+                "{} reset {} established connections of {}: connections closed under the proxy, \
+                 typically a keepalive race (the backend's idle timeout is shorter than the \
+                 proxy's)",
+                describe(&owner.process),
+                count("reset"),
+                describe(f.proxy)
+            ),
+            hint: "make the backend's keepalive timeout longer than the proxy's upstream \
+                   keepalive_timeout"
+                .into(),
+            process: Some(owner.process.clone()),
+            evidence,
+        });
+    }
+}
+
+/// Nobody listened when the failures began: what happened to the last owner?
+fn gone_listener(
+    f: &Failures,
+    k: &Knowledge,
+    record: &ListenerRecord,
+    endpoint: &Endpoint,
+    first: &Evidence,
+    out: &mut Vec<Candidate>,
+) {
+    let Some(past) = record.last_past_before(f.first_mono) else {
+        return;
+    };
+    let owner = &past.owner;
+    let pid = owner.process.pid;
+    let who = format!("{}, listener of {endpoint},", describe(&owner.process));
+    let closed = Evidence {
+        time: past.closed,
+        kind: "listener_closed".into(),
+        text: format!("listener {endpoint} closed"),
+    };
+    let back = record.reopened_after(past.closed_mono).map(|o| Evidence {
+        time: o.since,
+        kind: "listener_back".into(),
+        text: format!("listener back ({})", describe(&o.process)),
+    });
+    let timeline = |mut items: Vec<Evidence>| {
+        items.push(closed.clone());
+        items.push(first.clone());
+        items.extend(back.clone());
+        items.sort_by_key(|e| e.time);
+        items
+    };
+    // Events about the owner up to a moment after its listener closed.
+    let horizon = past.closed_mono + CLOSE_IN_TIME.as_nanos() as u64;
+    let exit = k.history.exit_of(pid, horizon);
+    let near = |mono: u64| f.first_mono.saturating_sub(mono) <= CLOSE_IN_TIME.as_nanos() as u64;
+
+    if let Some(kill) = k.history.oom_kill_of(pid, horizon) {
+        let mut evidence = vec![Evidence {
+            time: kill.time,
+            kind: "oom_kill".into(),
+            text: format!(
+                "OOM kill of pid {pid} (anon RSS {})",
+                kib(kill.value.anon_rss_kb)
+            ),
+        }];
+        evidence.extend(exit.map(|e| exit_evidence(&e.value.exit, e.time, pid)));
+        out.push(Candidate {
+            cause: Cause::OomKill,
+            confidence: Confidence::High,
+            summary: format!(
+                "{who} was killed by the OOM killer at {} (anon RSS {})",
+                clock_time(kill.time),
+                kib(kill.value.anon_rss_kb)
+            ),
+            hint: "raise the service's memory limit, or lower its worker count \
+                   (pm.max_children) or per-worker memory"
+                .into(),
+            process: Some(owner.process.clone()),
+            evidence: timeline(evidence),
+        });
+        return;
+    }
+
+    let signal = k.history.signal_to(pid, horizon);
+    let sender = signal.map(|s| {
+        format!(
+            "{} sent by {}",
+            s.value.signal.signal,
+            describe(&s.value.sender)
+        )
+    });
+    let mut evidence: Vec<Evidence> = signal
+        .map(|s| Evidence {
+            time: s.time,
+            kind: "signal".into(),
+            text: format!(
+                "{} to pid {pid} from {}",
+                s.value.signal.signal,
+                describe(&s.value.sender)
+            ),
+        })
+        .into_iter()
+        .collect();
+    evidence.extend(exit.map(|e| exit_evidence(&e.value.exit, e.time, pid)));
+
+    let crashed = exit.filter(|e| {
+        let x = &e.value.exit;
+        x.signal
+            .as_deref()
+            .is_some_and(|s| CRASH_SIGNALS.contains(&s))
+            || x.code.is_some_and(|c| c != 0)
+    });
+    if let Some(e) = crashed {
+        let how = match (&e.value.exit.signal, e.value.exit.code) {
+            (Some(sig), _) => format!(
+                "died of {sig}{}",
+                if e.value.exit.core_dumped {
+                    " (core dumped)"
+                } else {
+                    ""
+                }
+            ),
+            (None, Some(code)) => format!("exited with code {code}"),
+            (None, None) => "exited".into(),
+        };
+        out.push(Candidate {
+            cause: Cause::Crash,
+            confidence: if near(e.mono) {
+                Confidence::High
+            } else {
+                Confidence::Medium
+            },
+            summary: format!(
+                "{who} {how} at {}{}",
+                clock_time(e.time),
+                sender
+                    .as_ref()
+                    .filter(|_| e.value.exit.signal.is_some())
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
+            ),
+            hint: "find the crash in the service's logs or core dump; set a restart policy \
+                   (Restart=on-failure) and recycle workers (pm.max_requests)"
+                .into(),
+            process: Some(owner.process.clone()),
+            evidence: timeline(evidence),
+        });
+        return;
+    }
+
+    let by_parent = signal.filter(|s| {
+        owner
+            .ppid
+            .is_some_and(|ppid| ppid == s.value.sender.pid && ppid > 1)
+    });
+    if let Some(s) = by_parent {
+        out.push(Candidate {
+            cause: Cause::KilledByParent,
+            confidence: Confidence::High,
+            summary: format!(
+                "{who} was stopped by its own parent: {} from {} at {}",
+                s.value.signal.signal,
+                describe(&s.value.sender),
+                clock_time(s.time)
+            ),
+            hint: "the parent recycles or kills workers: check its limits (pm.max_requests, \
+                   request_terminate_timeout, a watchdog)"
+                .into(),
+            process: Some(owner.process.clone()),
+            evidence: timeline(evidence),
+        });
+        return;
+    }
+
+    let gap = back
+        .as_ref()
+        .map(|b| b.time.duration_since(past.closed).unwrap_or_default());
+    out.push(Candidate {
+        cause: Cause::Restart,
+        confidence: if gap.is_some() {
+            Confidence::High
+        } else {
+            Confidence::Medium
+        },
+        summary: format!(
+            "{who} stopped listening at {}{}, {}",
+            clock_time(past.closed),
+            sender.map(|s| format!(" ({s})")).unwrap_or_default(),
+            match (&back, gap) {
+                (Some(b), Some(gap)) => format!(
+                    "and a listener came back at {} after {:.1} s: a restart with a gap",
+                    clock_time(b.time),
+                    gap.as_secs_f64()
+                ),
+                _ => "and nothing has listened there since".into(),
+            }
+        ),
+        hint: "restart or deploy gracefully: start the new listener before stopping the old \
+               one (socket activation, reload instead of restart, overlapping deploys)"
+            .into(),
+        process: Some(owner.process.clone()),
+        evidence: timeline(evidence),
+    });
+}
+
+fn exit_evidence(exit: &crate::events::Exit, time: SystemTime, pid: u32) -> Evidence {
+    let text = match (&exit.signal, exit.code) {
+        (Some(sig), _) => format!("pid {pid} died of {sig}"),
+        (None, Some(code)) => format!("pid {pid} exited with code {code}"),
+        (None, None) => format!("pid {pid} exited"),
+    };
+    Evidence {
+        time,
+        kind: "process_exit".into(),
+        text,
+    }
+}
+
+fn is_local(endpoint: &Endpoint, local_ips: &[IpAddr]) -> bool {
+    match endpoint {
+        Endpoint::Unix(_) => true,
+        Endpoint::Tcp(addr) => addr.ip().is_loopback() || local_ips.contains(&addr.ip()),
+    }
+}
+
+/// `php-fpm (pid 1234, php8.2-fpm.service)`.
+pub fn describe(p: &ProcessSummary) -> String {
+    let mut inside = vec![format!("pid {}", p.pid)];
+    if let Some(unit) = &p.unit {
+        inside.push(unit.clone());
+    }
+    if let Some(container) = &p.container {
+        inside.push(format!(
+            "container {}",
+            &container[..container.len().min(12)]
+        ));
+    }
+    format!("{} ({})", p.comm, inside.join(", "))
+}
+
+/// `ECONNREFUSED ×312, timeout ×3`.
+pub fn kinds_text(kinds: &BTreeMap<String, u64>) -> String {
+    let mut sorted: Vec<_> = kinds.iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    sorted
+        .iter()
+        .map(|(k, n)| format!("{k} ×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `1.9 GiB` from KiB.
+pub fn kib(kb: u64) -> String {
+    let bytes = kb as f64 * 1024.0;
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Local wall-clock time of day with milliseconds, `14:02:02.871`.
+pub fn clock_time(time: SystemTime) -> String {
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs() as libc::time_t;
+    // SAFETY: localtime_r writes into the tm we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        since_epoch.subsec_millis()
+    )
+}

@@ -1,0 +1,95 @@
+//! What happened to processes lately: exits, OOM kills and the signals sent to them, by
+//! pid, kept for the look-back period and bounded in count.
+
+use std::{collections::VecDeque, time::SystemTime};
+
+use super::incident::ProcessSummary;
+use crate::events::{Exit, OomKill, SignalSent};
+
+/// Records of each kind kept at most (the oldest go first).
+const CAPACITY: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct Dated<T> {
+    pub mono: u64,
+    pub time: SystemTime,
+    pub value: T,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExitRecord {
+    pub pid: u32,
+    pub process: ProcessSummary,
+    pub exit: Exit,
+}
+
+#[derive(Debug, Clone)]
+pub struct SignalRecord {
+    pub target_pid: u32,
+    pub sender: ProcessSummary,
+    pub signal: SignalSent,
+}
+
+#[derive(Debug, Default)]
+pub struct ProcessHistory {
+    exits: VecDeque<Dated<ExitRecord>>,
+    kills: VecDeque<Dated<OomKill>>,
+    signals: VecDeque<Dated<SignalRecord>>,
+}
+
+fn push<T>(queue: &mut VecDeque<Dated<T>>, item: Dated<T>) {
+    if queue.len() == CAPACITY {
+        queue.pop_front();
+    }
+    queue.push_back(item);
+}
+
+fn prune<T>(queue: &mut VecDeque<Dated<T>>, before_mono: u64) {
+    while queue.front().is_some_and(|d| d.mono < before_mono) {
+        queue.pop_front();
+    }
+}
+
+impl ProcessHistory {
+    pub fn exited(&mut self, record: Dated<ExitRecord>) {
+        push(&mut self.exits, record);
+    }
+
+    pub fn oom_killed(&mut self, kill: Dated<OomKill>) {
+        push(&mut self.kills, kill);
+    }
+
+    pub fn signalled(&mut self, record: Dated<SignalRecord>) {
+        push(&mut self.signals, record);
+    }
+
+    /// Forgets everything older than `before_mono`.
+    pub fn prune(&mut self, before_mono: u64) {
+        prune(&mut self.exits, before_mono);
+        prune(&mut self.kills, before_mono);
+        prune(&mut self.signals, before_mono);
+    }
+
+    /// The latest exit of `pid` at or before `mono_max`.
+    pub fn exit_of(&self, pid: u32, mono_max: u64) -> Option<&Dated<ExitRecord>> {
+        self.exits
+            .iter()
+            .rev()
+            .find(|d| d.value.pid == pid && d.mono <= mono_max)
+    }
+
+    /// The latest OOM kill of `pid` at or before `mono_max`.
+    pub fn oom_kill_of(&self, pid: u32, mono_max: u64) -> Option<&Dated<OomKill>> {
+        self.kills
+            .iter()
+            .rev()
+            .find(|d| d.value.victim_pid == pid && d.mono <= mono_max)
+    }
+
+    /// The latest delivered signal to `pid` at or before `mono_max`.
+    pub fn signal_to(&self, pid: u32, mono_max: u64) -> Option<&Dated<SignalRecord>> {
+        self.signals.iter().rev().find(|d| {
+            d.value.target_pid == pid && d.mono <= mono_max && d.value.signal.result == "delivered"
+        })
+    }
+}

@@ -1,0 +1,549 @@
+//! The engine on synthetic event streams, one per cause of `shared/502-causes.md`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use super::{
+    engine::{Engine, Update},
+    incident::{Cause, Confidence, Incident, IncidentState},
+};
+use crate::{
+    config::IncidentConfig,
+    events::{
+        ConnectFailure, ConnectSyscallError, Endpoint, Errno, Event, EventDetail, Exit, Listener,
+        OomKill, ProcessInfo, ProcessRef, SignalSent, Source, TcpReset, UnixListener,
+    },
+};
+
+const SEC: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+const BACKEND: &str = "127.0.0.1:9000";
+
+fn at(mono: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_800_000_000) + Duration::from_nanos(mono)
+}
+
+fn process(pid: u32, comm: &str, ppid: u32, unit: Option<&str>) -> ProcessRef {
+    ProcessRef {
+        pid,
+        tid: pid,
+        comm: comm.into(),
+        cgroup_id: 7,
+        info: Some(Arc::new(ProcessInfo {
+            ppid: Some(ppid),
+            exe: Some(format!("/usr/sbin/{comm}")),
+            unit: unit.map(String::from),
+            ..Default::default()
+        })),
+    }
+}
+
+fn nginx() -> ProcessRef {
+    process(500, "nginx", 499, Some("nginx.service"))
+}
+
+fn fpm() -> ProcessRef {
+    process(100, "php-fpm", 50, Some("php8.2-fpm.service"))
+}
+
+fn event(mono: u64, process: Option<ProcessRef>, detail: EventDetail) -> Event {
+    Event {
+        time: at(mono),
+        mono_ns: mono,
+        process,
+        detail,
+    }
+}
+
+fn listening(mono: u64, owner: ProcessRef, addr: &str, source: Source) -> Event {
+    event(
+        mono,
+        Some(owner),
+        EventDetail::ListenerOpened(Listener {
+            endpoint: addr.parse().unwrap(),
+            source,
+        }),
+    )
+}
+
+fn closed(mono: u64, owner: ProcessRef, addr: &str) -> Event {
+    event(
+        mono,
+        Some(owner),
+        EventDetail::ListenerClosed(Listener {
+            endpoint: addr.parse().unwrap(),
+            source: Source::Kernel,
+        }),
+    )
+}
+
+fn exit(mono: u64, who: ProcessRef, status: i32) -> Event {
+    event(
+        mono,
+        Some(who),
+        EventDetail::ProcessExit(Exit::from_wait_status(status)),
+    )
+}
+
+fn signal(mono: u64, sender: ProcessRef, target: u32, sig: i32, name: &str) -> Event {
+    event(
+        mono,
+        Some(sender),
+        EventDetail::Signal(SignalSent {
+            signal: name.into(),
+            signal_number: sig,
+            target_pid: target as i32,
+            target_comm: "php-fpm".into(),
+            origin: "user",
+            group: true,
+            result: "delivered",
+            target: None,
+        }),
+    )
+}
+
+fn refused(mono: u64, dst: &str, errno: i32) -> Event {
+    event(
+        mono,
+        Some(nginx()),
+        EventDetail::TcpConnectFailure(ConnectFailure {
+            src: "127.0.0.1:40000".parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            errno: Errno(errno),
+            errno_source: "sk_err",
+            duration: Duration::from_micros(50),
+            syn_retransmits: if errno == 0 { 2 } else { 0 },
+        }),
+    )
+}
+
+fn syscall_error(mono: u64, dst: Endpoint, errno: i32) -> Event {
+    event(
+        mono,
+        Some(nginx()),
+        EventDetail::ConnectSyscallError(ConnectSyscallError {
+            dst,
+            errno: Errno(errno),
+            fd: 12,
+            duration: Duration::from_micros(5),
+        }),
+    )
+}
+
+fn engine() -> Engine {
+    Engine::new(
+        IncidentConfig::default(),
+        1,
+        vec!["127.0.0.1".parse().unwrap(), "10.9.8.7".parse().unwrap()],
+        at(0),
+    )
+}
+
+/// Feeds `events`, then ticks just after the last one; returns the open incident.
+fn run(engine: &mut Engine, events: &[Event]) -> Incident {
+    let mut last = None;
+    for e in events {
+        for update in engine.observe(e) {
+            last = Some(update.incident().clone());
+        }
+    }
+    let end = events.last().unwrap().mono_ns + 10 * MS;
+    for update in engine.tick(end, at(end)) {
+        last = Some(update.incident().clone());
+    }
+    last.expect("an incident")
+}
+
+/// Ten refused connects 10 ms apart from `start`.
+fn burst(start: u64, dst: &str, errno: i32) -> Vec<Event> {
+    (0..10)
+        .map(|i| refused(start + i * 10 * MS, dst, errno))
+        .collect()
+}
+
+fn top(incident: &Incident) -> (Cause, Confidence) {
+    let c = &incident.causes[0];
+    (c.cause, c.confidence)
+}
+
+#[test]
+fn crash_by_sigsegv() {
+    let mut e = engine();
+    let mut events = vec![
+        listening(SEC, fpm(), BACKEND, Source::Kernel),
+        signal(10 * SEC, fpm(), 100, 11, "SIGSEGV"),
+        exit(10 * SEC + MS, fpm(), 11 | 0x80),
+        closed(10 * SEC + 2 * MS, fpm(), BACKEND),
+    ];
+    events.extend(burst(10 * SEC + 100 * MS, BACKEND, libc::ECONNREFUSED));
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident), (Cause::Crash, Confidence::High));
+    let cause = &incident.causes[0];
+    assert_eq!(cause.process.as_ref().unwrap().pid, 100);
+    assert!(
+        cause
+            .summary
+            .contains("php-fpm (pid 100, php8.2-fpm.service)"),
+        "{}",
+        cause.summary
+    );
+    assert!(
+        cause.summary.contains("died of SIGSEGV (core dumped)"),
+        "{}",
+        cause.summary
+    );
+    let kinds: Vec<&str> = cause.evidence.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["signal", "process_exit", "listener_closed", "first_failure"]
+    );
+    assert_eq!(incident.failures, 10);
+    assert_eq!(incident.failure_kinds["ECONNREFUSED"], 10);
+    assert_eq!(incident.proxy.known_proxy.as_deref(), Some("nginx"));
+    assert_eq!(incident.upstream, BACKEND);
+    assert_eq!(incident.started_at, at(10 * SEC + 100 * MS));
+}
+
+#[test]
+fn a_crash_long_before_the_failures_is_less_certain() {
+    let mut e = engine();
+    let mut events = vec![
+        listening(SEC, fpm(), BACKEND, Source::Kernel),
+        exit(10 * SEC, fpm(), 3 << 8),
+        closed(10 * SEC + MS, fpm(), BACKEND),
+    ];
+    events.extend(burst(40 * SEC, BACKEND, libc::ECONNREFUSED));
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident), (Cause::Crash, Confidence::Medium));
+    assert!(incident.causes[0].summary.contains("exited with code 3"));
+}
+
+#[test]
+fn oom_kill() {
+    let mut e = engine();
+    let mut events = vec![
+        listening(SEC, fpm(), BACKEND, Source::Snapshot),
+        event(
+            10 * SEC,
+            Some(process(777, "php-fpm", 50, None)),
+            EventDetail::OomKill(OomKill {
+                victim_pid: 100,
+                victim_comm: "php-fpm".into(),
+                total_vm_kb: 3 << 20,
+                anon_rss_kb: 1_992_294,
+                file_rss_kb: 0,
+                shmem_rss_kb: 0,
+                pgtables_kb: 0,
+                uid: 33,
+                oom_score_adj: 0,
+                victim: None,
+            }),
+        ),
+        signal(
+            10 * SEC,
+            process(777, "php-fpm", 50, None),
+            100,
+            9,
+            "SIGKILL",
+        ),
+        exit(10 * SEC + MS, fpm(), 9),
+        closed(10 * SEC + 2 * MS, fpm(), BACKEND),
+    ];
+    events.extend(burst(10 * SEC + 100 * MS, BACKEND, libc::ECONNREFUSED));
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident), (Cause::OomKill, Confidence::High));
+    let summary = &incident.causes[0].summary;
+    assert!(summary.contains("killed by the OOM killer"), "{summary}");
+    assert!(summary.contains("anon RSS 1.9 GiB"), "{summary}");
+    assert_eq!(incident.causes[0].evidence[0].kind, "oom_kill");
+}
+
+#[test]
+fn killed_by_its_parent() {
+    let mut e = engine();
+    let parent = process(50, "php-fpm", 1, Some("php8.2-fpm.service"));
+    let mut events = vec![
+        listening(SEC, fpm(), BACKEND, Source::Kernel),
+        signal(10 * SEC, parent, 100, 9, "SIGKILL"),
+        exit(10 * SEC + MS, fpm(), 9),
+        closed(10 * SEC + 2 * MS, fpm(), BACKEND),
+    ];
+    events.extend(burst(10 * SEC + 100 * MS, BACKEND, libc::ECONNREFUSED));
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident), (Cause::KilledByParent, Confidence::High));
+    assert!(incident.causes[0]
+        .summary
+        .contains("its own parent: SIGKILL"));
+}
+
+#[test]
+fn restart_with_a_gap() {
+    let mut e = engine();
+    let systemd = process(1, "systemd", 0, None);
+    let mut events = vec![
+        listening(SEC, fpm(), BACKEND, Source::Kernel),
+        signal(10 * SEC, systemd, 100, 15, "SIGTERM"),
+        exit(10 * SEC + 5 * MS, fpm(), 0),
+        closed(10 * SEC + 6 * MS, fpm(), BACKEND),
+    ];
+    events.extend(burst(10 * SEC + 100 * MS, BACKEND, libc::ECONNREFUSED));
+    let before_back = run(&mut e, &events);
+    assert_eq!(top(&before_back), (Cause::Restart, Confidence::Medium));
+    assert!(before_back.causes[0]
+        .summary
+        .contains("nothing has listened there since"));
+
+    // The new master listens 2 s later: the restart's closed window is known.
+    let new = process(101, "php-fpm", 1, Some("php8.2-fpm.service"));
+    let back = listening(12 * SEC + 6 * MS, new, BACKEND, Source::Kernel);
+    assert!(e.observe(&back).is_empty());
+    let updates = e.tick(12 * SEC + 10 * MS, at(12 * SEC + 10 * MS));
+    let Some(Update::Updated(after)) = updates.last() else {
+        panic!("{updates:?}")
+    };
+    assert_eq!(top(after), (Cause::Restart, Confidence::High));
+    let summary = &after.causes[0].summary;
+    assert!(
+        summary.contains("came back") && summary.contains("after 2.0 s"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("SIGTERM sent by systemd (pid 1)"),
+        "{summary}"
+    );
+    assert_eq!(
+        after.causes[0].evidence.last().unwrap().kind,
+        "listener_back"
+    );
+    assert_eq!(after.id, before_back.id);
+}
+
+#[test]
+fn wrong_port() {
+    let mut e = engine();
+    let incident = run(
+        &mut e,
+        &burst(5 * SEC, "127.0.0.1:9999", libc::ECONNREFUSED),
+    );
+    assert_eq!(top(&incident), (Cause::WrongPort, Confidence::High));
+    assert!(incident.causes[0]
+        .summary
+        .contains("nothing has listened on 127.0.0.1:9999"));
+}
+
+#[test]
+fn firewall_reject_with_a_live_listener() {
+    let mut e = engine();
+    let mut events = vec![listening(SEC, fpm(), "0.0.0.0:9000", Source::Snapshot)];
+    events.extend(burst(5 * SEC, BACKEND, libc::ECONNREFUSED));
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident), (Cause::FirewallReject, Confidence::High));
+    assert!(incident.causes[0].summary.contains("is alive"));
+}
+
+#[test]
+fn syn_timeouts_with_a_live_listener() {
+    let mut e = engine();
+    let mut events = vec![listening(SEC, fpm(), BACKEND, Source::Kernel)];
+    events.extend(burst(5 * SEC, BACKEND, 0));
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident), (Cause::SynTimeout, Confidence::Medium));
+    assert_eq!(incident.failure_kinds["timeout"], 10);
+}
+
+#[test]
+fn unix_backlog_full() {
+    let mut e = engine();
+    let sock = Endpoint::Unix("/run/php/php-fpm.sock".into());
+    let mut events = vec![event(
+        SEC,
+        Some(fpm()),
+        EventDetail::UnixListenerOpened(UnixListener {
+            path: "/run/php/php-fpm.sock".into(),
+            source: Source::Kernel,
+        }),
+    )];
+    events.extend((0..10).map(|i| syscall_error(5 * SEC + i * MS, sock.clone(), libc::EAGAIN)));
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident), (Cause::UnixBacklogFull, Confidence::High));
+    assert_eq!(incident.upstream, "unix:/run/php/php-fpm.sock");
+}
+
+#[test]
+fn unix_socket_of_a_dead_owner() {
+    let mut e = engine();
+    let sock = Endpoint::Unix("/run/php/php-fpm.sock".into());
+    let mut events = vec![
+        event(
+            SEC,
+            Some(fpm()),
+            EventDetail::UnixListenerOpened(UnixListener {
+                path: "/run/php/php-fpm.sock".into(),
+                source: Source::Snapshot,
+            }),
+        ),
+        exit(10 * SEC, fpm(), 6 | 0x80),
+    ];
+    events.extend((0..10).map(|i| {
+        syscall_error(
+            10 * SEC + 50 * MS + i * MS,
+            sock.clone(),
+            libc::ECONNREFUSED,
+        )
+    }));
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident), (Cause::Crash, Confidence::High));
+    assert!(incident.causes[0].summary.contains("SIGABRT"));
+}
+
+#[test]
+fn port_exhaustion() {
+    let mut e = engine();
+    let events: Vec<Event> = (0..10)
+        .map(|i| {
+            syscall_error(
+                5 * SEC + i * MS,
+                Endpoint::Tcp(BACKEND.parse().unwrap()),
+                libc::EADDRNOTAVAIL,
+            )
+        })
+        .collect();
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident), (Cause::PortExhaustion, Confidence::High));
+}
+
+#[test]
+fn resets_on_established_connections() {
+    let mut e = engine();
+    let mut events = vec![listening(SEC, fpm(), BACKEND, Source::Kernel)];
+    events.extend((0..10).map(|i| {
+        event(
+            5 * SEC + i * 20 * MS,
+            Some(nginx()),
+            EventDetail::TcpResetReceived(TcpReset {
+                src: "127.0.0.1:40000".parse().unwrap(),
+                dst: BACKEND.parse().unwrap(),
+                state: "ESTABLISHED",
+                reason: None,
+            }),
+        )
+    }));
+    let incident = run(&mut e, &events);
+    assert_eq!(
+        top(&incident),
+        (Cause::ConnectionResets, Confidence::Medium)
+    );
+}
+
+#[test]
+fn remote_upstream_has_no_local_cause() {
+    let mut e = engine();
+    let incident = run(
+        &mut e,
+        &burst(5 * SEC, "203.0.113.5:80", libc::EHOSTUNREACH),
+    );
+    assert_eq!(top(&incident), (Cause::NoLocalCause, Confidence::Low));
+    assert!(incident.causes[0].summary.contains("another host"));
+}
+
+#[test]
+fn a_few_failures_are_not_an_incident() {
+    let mut e = engine();
+    // Four in a second: under the threshold of five.
+    for i in 0..4 {
+        assert!(e
+            .observe(&refused(SEC + i * 100 * MS, BACKEND, 111))
+            .is_empty());
+    }
+    // Then one every two seconds for a while: never five in a window.
+    for i in 0..20 {
+        assert!(e
+            .observe(&refused(3 * SEC + i * 2 * SEC, BACKEND, 111))
+            .is_empty());
+    }
+    assert_eq!(e.open_incidents(), 0);
+    // Five within a second: an incident, opened by the fifth.
+    let mut opened = Vec::new();
+    for i in 0..5 {
+        opened.extend(e.observe(&refused(60 * SEC + i * 100 * MS, BACKEND, 111)));
+    }
+    assert_eq!(opened.len(), 1);
+    assert!(matches!(opened[0], Update::Opened(_)));
+}
+
+#[test]
+fn a_steady_failure_rate_raises_the_bar() {
+    let mut e = engine();
+    // 3 failures a second for a minute: a baseline, each second under the threshold.
+    for s in 0..60 {
+        for i in 0..3 {
+            assert!(e
+                .observe(&refused((s + 1) * SEC + i * 300 * MS, BACKEND, 111))
+                .is_empty());
+        }
+    }
+    // Six in a second is twice the baseline, not a spike (3× is needed: 9).
+    let six: Vec<_> = (0..6)
+        .flat_map(|i| e.observe(&refused(62 * SEC + i * 100 * MS, BACKEND, 111)))
+        .collect();
+    assert!(six.is_empty(), "{six:?}");
+    let burst: Vec<_> = (0..12)
+        .flat_map(|i| e.observe(&refused(64 * SEC + i * 50 * MS, BACKEND, 111)))
+        .collect();
+    assert_eq!(burst.len(), 1);
+}
+
+#[test]
+fn closes_after_a_quiet_period_and_ids_continue() {
+    let mut e = Engine::new(IncidentConfig::default(), 41, vec![], at(0));
+    let first = run(&mut e, &burst(5 * SEC, "127.0.0.1:9999", 111));
+    assert_eq!(first.id, 41);
+    assert!(
+        e.tick(10 * SEC, at(10 * SEC)).is_empty(),
+        "not quiet long enough yet"
+    );
+    let updates = e.tick(16 * SEC, at(16 * SEC));
+    let Some(Update::Closed(closed)) = updates.first() else {
+        panic!("{updates:?}")
+    };
+    assert_eq!(closed.state, IncidentState::Closed);
+    assert_eq!(closed.closed_at, Some(at(16 * SEC)));
+    assert_eq!(e.open_incidents(), 0);
+    let second = run(&mut e, &burst(30 * SEC, "127.0.0.1:9999", 111));
+    assert_eq!(second.id, 42);
+}
+
+#[test]
+fn failures_during_an_incident_are_counted_once_and_updated_by_tick() {
+    let mut e = engine();
+    let opened = run(&mut e, &burst(5 * SEC, "127.0.0.1:9999", 111));
+    assert_eq!(opened.failures, 10);
+    for i in 0..7 {
+        assert!(e
+            .observe(&refused(6 * SEC + i * MS, "127.0.0.1:9999", 111))
+            .is_empty());
+    }
+    let updates = e.tick(7 * SEC, at(7 * SEC));
+    let Some(Update::Updated(updated)) = updates.first() else {
+        panic!("{updates:?}")
+    };
+    assert_eq!(updated.failures, 17);
+    assert_eq!(updated.failure_kinds["ECONNREFUSED"], 17);
+    assert!(
+        e.tick(8 * SEC, at(8 * SEC)).is_empty(),
+        "nothing changed: no update"
+    );
+}
+
+#[test]
+fn nscd_probes_are_ignored() {
+    let mut e = engine();
+    let nscd = Endpoint::Unix("/var/run/nscd/socket".into());
+    for i in 0..50 {
+        assert!(e
+            .observe(&syscall_error(SEC + i * MS, nscd.clone(), libc::ENOENT))
+            .is_empty());
+    }
+}
