@@ -2,14 +2,11 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use common::{harness, pid_of};
 use why502::events::EventDetail;
+use why502_e2e::cgroup::MemoryCgroup;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -77,57 +74,11 @@ fn killed_by_sigsegv() {
     assert_eq!(exit.code, None);
 }
 
-/// A memory cgroup of the test's own (v2 `memory.max` where the memory controller is on
-/// the v2 hierarchy, v1 `memory.limit_in_bytes` otherwise), removed on drop.
-struct MemoryCgroup {
-    dir: PathBuf,
-}
-
-impl MemoryCgroup {
-    fn new(limit_bytes: u64) -> Self {
-        let name = format!("why502-test-{}", std::process::id());
-        let v2_root = Path::new("/sys/fs/cgroup");
-        let v2_has_memory = std::fs::read_to_string(v2_root.join("cgroup.controllers"))
-            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
-        let (dir, limit_file) = if v2_has_memory {
-            (v2_root.join(&name), "memory.max")
-        } else {
-            (
-                Path::new("/sys/fs/cgroup/memory").join(&name),
-                "memory.limit_in_bytes",
-            )
-        };
-        std::fs::create_dir_all(&dir).unwrap();
-        let cgroup = Self { dir };
-        std::fs::write(cgroup.dir.join(limit_file), limit_bytes.to_string()).unwrap();
-        if v2_has_memory {
-            let _ = std::fs::write(cgroup.dir.join("memory.swap.max"), "0");
-        }
-        cgroup
-    }
-
-    fn procs(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
-    }
-}
-
-impl Drop for MemoryCgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("could not remove {}", self.dir.display());
-    }
-}
-
 #[test]
 fn oom_kill_in_a_memory_cgroup() {
     let Some(h) = harness() else { return };
     let mut events = h.subscribe();
-    let cgroup = MemoryCgroup::new(32 << 20);
+    let cgroup = MemoryCgroup::new("oom", 32 << 20);
     // The shell moves itself into the cgroup, then becomes `tail`, which buffers an endless
     // line from /dev/zero until the cgroup's OOM killer stops it.
     let script = format!(

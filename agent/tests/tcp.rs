@@ -6,12 +6,12 @@ use std::{
     io::Read,
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd,
-    process::Command,
     time::Duration,
 };
 
-use common::{harness, pid_of, run};
+use common::{harness, pid_of};
 use why502::events::EventDetail;
+use why502_e2e::netns::Netns;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -113,53 +113,20 @@ fn unix_listener_is_resolved_to_its_path() {
     assert_eq!(pid_of(&event), Some(std::process::id()));
 }
 
-/// A network namespace of the test's own, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Self {
-        let name = format!("why502-test-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args));
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 /// iptables DROP inside a namespace of our own: the SYN is never answered, the kernel
 /// retransmits it after ~1 s, and the client (curl's connect timeout) gives up.
 #[test]
 fn syn_retransmits_to_a_dropped_port() {
     let Some(h) = harness() else { return };
     let mut events = h.subscribe();
-    let ns = Netns::new();
+    let ns = Netns::new("drop");
     let port = "9";
     ns.exec(&[
         "iptables", "-A", "INPUT", "-p", "tcp", "--dport", port, "-j", "DROP",
     ]);
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            "curl",
-            "-s",
-            "--connect-timeout",
-            "2.5",
-        ])
+    let out = ns
+        .command("curl")
+        .args(["-s", "--connect-timeout", "2.5"])
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .unwrap();

@@ -4,7 +4,9 @@
 
 pub mod agent;
 pub mod backend;
+pub mod cgroup;
 pub mod http;
+pub mod netns;
 pub mod nginx;
 
 use std::path::PathBuf;

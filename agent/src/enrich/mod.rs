@@ -6,6 +6,7 @@
 //! an event about it is read: an exit, or the victim of an OOM kill.
 
 pub mod cgroup;
+pub mod interfaces;
 pub mod listeners;
 pub mod process;
 pub mod redact;

@@ -9,12 +9,7 @@ use std::{
 };
 
 use tokio::{runtime::Runtime, sync::broadcast};
-use why502::{
-    agent::Agent,
-    config::Config,
-    events::{Event, EventDetail},
-    probes::error_chain,
-};
+use why502::{agent::Agent, config::Config, events::Event, probes::error_chain};
 
 pub struct Harness {
     pub runtime: Runtime,
@@ -120,19 +115,4 @@ pub fn is_kind(event: &Event, kind: &str) -> bool {
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
-}
-
-/// Runs `cmd`, panicking with its output when it fails.
-pub fn run(cmd: &mut std::process::Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-pub fn detail(event: &Event) -> &EventDetail {
-    &event.detail
 }
