@@ -5,10 +5,13 @@
 //! [`pipeline`] (the bus later stages subscribe to). [`agent`] wires them together.
 
 pub mod agent;
+pub mod api;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod correlate;
 pub mod enrich;
 pub mod events;
 pub mod pipeline;
 pub mod probes;
+pub mod store;

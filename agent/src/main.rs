@@ -15,6 +15,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
+        Command::Client(command) => std::process::exit(why502::client::run(command).code()),
     };
     if let Err(err) = result {
         eprintln!("why502: {}", error_chain(err.as_ref()));

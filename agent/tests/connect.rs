@@ -60,14 +60,11 @@ fn successful_connects_are_counted_in_the_kernel() {
         streams.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
     }
     let me = std::process::id();
-    let aggregate = h.runtime.block_on(async {
-        let probes = h.agent.probes.lock().await;
-        probes
-            .connect_aggregates()
-            .unwrap()
-            .into_iter()
-            .find(|a| a.key.tgid == me && a.key.dport == port)
-    });
+    let aggregate = why502::agent::lock(&h.agent.probes)
+        .connect_aggregates()
+        .unwrap()
+        .into_iter()
+        .find(|a| a.key.tgid == me && a.key.dport == port);
     let aggregate = aggregate.expect("an aggregate for this process and port");
     assert_eq!(aggregate.established, 3);
     assert!(aggregate.latency_sum_ns > 0);

@@ -1,8 +1,11 @@
 //! The `why502` agent as a child process with `--print-events`; its JSON lines collected.
+//! Its store and API socket live in a directory of the test's own, which outlives a
+//! restart so that persistence can be checked.
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -11,6 +14,7 @@ use serde_json::Value;
 
 pub struct Agent {
     child: Child,
+    dir: Arc<tempfile::TempDir>,
     events: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -18,8 +22,45 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent and waits until its probes are attached.
     pub fn start() -> Self {
+        Self::start_in(Arc::new(tempfile::tempdir().expect("temporary directory")))
+    }
+
+    /// Stops this agent and starts a new one on the same store and socket.
+    pub fn restart(self) -> Self {
+        let dir = self.dir.clone();
+        drop(self);
+        Self::start_in(dir)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("why502.sock")
+    }
+
+    /// Runs `why502 ARGS --socket <this agent's socket>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(crate::sibling_binary("why502"))
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run the why502 CLI")
+    }
+
+    fn start_in(dir: Arc<tempfile::TempDir>) -> Self {
+        let config = dir.path().join("why502.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\npath = \"{}\"\n[api]\nsocket = \"{}\"\n",
+                dir.path().join("why502.db").display(),
+                dir.path().join("why502.sock").display()
+            ),
+        )
+        .expect("write the agent's config");
         let mut child = Command::new(crate::sibling_binary("why502"))
-            .args(["agent", "--print-events"])
+            .args(["agent", "--print-events", "--config"])
+            .arg(&config)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -44,6 +85,7 @@ impl Agent {
         });
         let mut agent = Self {
             child,
+            dir,
             events,
             stderr,
         };

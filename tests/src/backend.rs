@@ -17,6 +17,25 @@ impl Backend {
             .arg(format!("127.0.0.1:{port}"))
             .spawn()
             .expect("start the test backend");
+        Self::ready(child, port)
+    }
+
+    /// Starts a backend inside `cgroup` (it joins before it execs, so every byte it
+    /// allocates is charged there).
+    pub fn start_in_cgroup(port: u16, cgroup: &crate::cgroup::MemoryCgroup) -> Self {
+        let script = format!(
+            "echo $$ > {} && exec {} 127.0.0.1:{port}",
+            cgroup.procs().display(),
+            crate::sibling_binary("why502-test-backend").display()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .spawn()
+            .expect("start the test backend");
+        Self::ready(child, port)
+    }
+
+    fn ready(child: Child, port: u16) -> Self {
         let backend = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -31,6 +50,21 @@ impl Backend {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits for the backend to exit (bounded), killing it past `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the backend") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("backend {} still running after {limit:?}", self.child.id());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends `signal` and waits for the backend to die of it.

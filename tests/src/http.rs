@@ -8,9 +8,15 @@ use std::{
 
 /// `GET /` on 127.0.0.1:`port`; the response's status code.
 pub fn get_status(port: u16) -> std::io::Result<u16> {
+    get_status_of(port, "/")
+}
+
+/// `GET path` on 127.0.0.1:`port`; the response's status code.
+pub fn get_status_of(port: u16, path: &str) -> std::io::Result<u16> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: why502.test\r\nConnection: close\r\n\r\n")?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: why502.test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);

@@ -45,3 +45,12 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
         .port()
 }
+
+/// Serializes the tests of one binary that each run an agent: every agent sees the whole
+/// host, so a concurrent test's incidents would show up in `explain --last`.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

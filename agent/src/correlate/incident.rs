@@ -160,9 +160,9 @@ impl Incident {
         self.causes.first()
     }
 
+    /// From the first failure to the last: how long the proxy was failing.
     pub fn duration(&self) -> std::time::Duration {
-        self.closed_at
-            .unwrap_or(self.last_failure_at)
+        self.last_failure_at
             .duration_since(self.started_at)
             .unwrap_or_default()
     }

@@ -6,6 +6,7 @@ pub mod history;
 pub mod incident;
 pub mod listeners;
 pub mod proxy;
+pub mod task;
 
 #[cfg(test)]
 mod tests;

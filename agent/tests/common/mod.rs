@@ -14,6 +14,8 @@ use why502::{agent::Agent, config::Config, events::Event, probes::error_chain};
 pub struct Harness {
     pub runtime: Runtime,
     pub agent: Agent,
+    /// The agent's store and API socket: the test's own, not the system's.
+    _dir: tempfile::TempDir,
 }
 
 static HARNESS: OnceLock<Result<Harness, String>> = OnceLock::new();
@@ -31,13 +33,20 @@ pub fn harness() -> Option<&'static Harness> {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let config = Config::default();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = Config::default();
+        config.store.path = dir.path().join("why502.db");
+        config.api.socket = dir.path().join("why502.sock");
         let agent = {
             let _guard = runtime.enter();
             Agent::start(&config, |_| {})
         };
         match agent {
-            Ok(agent) => Ok(Harness { runtime, agent }),
+            Ok(agent) => Ok(Harness {
+                runtime,
+                agent,
+                _dir: dir,
+            }),
             Err(err) => {
                 let chain = error_chain(&err);
                 if chain.contains("Operation not permitted") {

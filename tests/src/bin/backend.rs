@@ -1,4 +1,6 @@
-//! A minimal HTTP backend for the end-to-end tests: answers every request with `200 ok`.
+//! A minimal HTTP backend for the end-to-end tests: answers every request with `200 ok`,
+//! except `GET /alloc`, which allocates (and touches) 512 MiB first: in a memory cgroup
+//! with a smaller limit, that is an OOM kill on demand.
 //! Usage: `why502-test-backend 127.0.0.1:PORT`.
 
 use std::{
@@ -15,6 +17,11 @@ fn serve(mut stream: TcpStream) {
             Ok(0) | Err(_) => return,
             Ok(n) => request.extend_from_slice(&buf[..n]),
         }
+    }
+    if request.starts_with(b"GET /alloc ") {
+        // Written, not just reserved, so the pages are really charged to the cgroup.
+        let hog = vec![1u8; 512 << 20];
+        std::hint::black_box(&hog);
     }
     let _ = stream.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",

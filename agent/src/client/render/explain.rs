@@ -1,0 +1,260 @@
+//! `why502 explain`: one incident, readable at a glance. What failed, the likely cause in
+//! one sentence, the evidence as a timeline, what to do, and what else it could be.
+
+use super::{failure_span, route, text, time::duration, Style};
+use crate::correlate::incident::{Incident, IncidentState};
+
+pub fn explain(incident: &Incident, style: &Style) -> String {
+    // The header is wrapped too (rarely: a long unix socket path), between its parts.
+    let header = text::hanging_indent("", "", &header(incident, style), style.width, 2);
+    let mut out = vec![style.paint.bold(&header)];
+    out.push(failures_line(incident));
+    let Some((top, others)) = incident.causes.split_first() else {
+        return out.join("\n");
+    };
+
+    let label = format!("Cause ({}): ", top.confidence.name());
+    let styled = format!("Cause ({}): ", style.confidence(top.confidence));
+    let words: Vec<&str> = top.summary.split_whitespace().collect();
+    out.push(text::hanging(&label, &styled, &words, style.width));
+
+    if !top.evidence.is_empty() {
+        let last = top.evidence.len() - 1;
+        let items: Vec<String> = top
+            .evidence
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let sep = if i < last { " ·" } else { "" };
+                format!("{} {}{sep}", style.clock.precise(e.time), e.text)
+            })
+            .collect();
+        out.push(text::hanging(
+            "Timeline: ",
+            "Timeline: ",
+            &items,
+            style.width,
+        ));
+    }
+
+    if !top.hint.is_empty() {
+        let words: Vec<&str> = top.hint.split_whitespace().collect();
+        out.push(text::hanging("Hint: ", "Hint: ", &words, style.width));
+    }
+
+    let label = "Other candidates: ";
+    let pad = " ".repeat(label.len());
+    for (i, other) in others.iter().enumerate() {
+        let name = format!("{} (", other.cause.name());
+        let lead = format!("{name}{}) — ", other.confidence.name());
+        let styled_lead = format!("{name}{}) — ", style.confidence(other.confidence));
+        let (label, styled) = if i == 0 {
+            (format!("{label}{lead}"), format!("{label}{styled_lead}"))
+        } else {
+            (format!("{pad}{lead}"), format!("{pad}{styled_lead}"))
+        };
+        let words: Vec<&str> = other.summary.split_whitespace().collect();
+        // Continuation lines align just inside the candidate's name, not with its summary.
+        out.push(text::hanging_indent(
+            &label,
+            &styled,
+            &words,
+            style.width,
+            pad.len() + 2,
+        ));
+    }
+    out.join("\n")
+}
+
+/// `Incident 17 · 14:02:03 → 14:02:09 (6.1 s) · nginx → 127.0.0.1:9000`, in parts.
+fn header(incident: &Incident, style: &Style) -> [String; 3] {
+    let start = style.clock.stamp(incident.started_at);
+    let end = match incident.state {
+        IncidentState::Open => "open".to_string(),
+        IncidentState::Closed => style.clock.stamp(incident.last_failure_at),
+    };
+    [
+        format!("Incident {} ·", incident.id),
+        format!("{start} → {end} ({}) ·", duration(failure_span(incident))),
+        route(incident),
+    ]
+}
+
+/// `312 connect failures: ECONNREFUSED ×312`.
+fn failures_line(incident: &Incident) -> String {
+    let mut kinds: Vec<(&String, &u64)> = incident.failure_kinds.iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    // Resets happen on established connections: only without them are these connects.
+    let noun = match kinds.iter().any(|(kind, _)| kind.as_str() == "reset") {
+        true if kinds.len() == 1 => "connection resets",
+        true => "failures",
+        false => "connect failures",
+    };
+    let mut line = format!("{} {noun}", incident.failures);
+    if !kinds.is_empty() {
+        let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        line.push_str(": ");
+        line.push_str(&list.join(", "));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        client::render::text::{color_wanted, Paint},
+        store::testing,
+    };
+
+    fn style(width: usize) -> Style {
+        Style::plain(width, testing::base_time() + Duration::from_secs(3600))
+    }
+
+    #[test]
+    fn the_example_reads_as_designed() {
+        let incident = testing::incident(17, testing::base_time());
+        let text = explain(&incident, &style(88));
+        let expected = "\
+Incident 17 · 14:02:03 → 14:02:09 (6.1 s) · nginx → 127.0.0.1:9000
+312 connect failures: ECONNREFUSED ×312
+Cause (high): php-fpm (pid 1234, php8.2-fpm.service), listener of 127.0.0.1:9000, was
+              killed by the OOM killer at 14:02:02.871 (anon RSS 1.9 GiB)
+Timeline: 14:02:01.200 memory pressure 43% · 14:02:02.871 OOM kill pid 1234 ·
+          14:02:02.872 listener closed · 14:02:03.010 first refused connect ·
+          14:02:09.114 listener back (pid 1301)
+Hint: raise the service's memory limit or lower pm.max_children.
+Other candidates: restart (medium) — php8.2-fpm.service's listener came back 6.1 s later";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn the_cause_wraps_with_a_hanging_indent() {
+        let incident = testing::incident(17, testing::base_time());
+        let text = explain(&incident, &style(60));
+        let cause: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Cause"))
+            .take_while(|l| !l.starts_with("Timeline"))
+            .collect();
+        assert_eq!(
+            cause,
+            [
+                "Cause (high): php-fpm (pid 1234, php8.2-fpm.service),",
+                "              listener of 127.0.0.1:9000, was killed by the",
+                "              OOM killer at 14:02:02.871 (anon RSS 1.9 GiB)",
+            ]
+        );
+        for line in text.lines().filter(|l| !l.starts_with("Incident")) {
+            assert!(text::width_of(line) <= 60, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn the_timeline_wraps_between_events() {
+        let incident = testing::incident(17, testing::base_time());
+        let text = explain(&incident, &style(50));
+        let timeline: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Timeline"))
+            .take_while(|l| !l.starts_with("Hint"))
+            .collect();
+        assert_eq!(
+            timeline,
+            [
+                "Timeline: 14:02:01.200 memory pressure 43% ·",
+                "          14:02:02.871 OOM kill pid 1234 ·",
+                "          14:02:02.872 listener closed ·",
+                "          14:02:03.010 first refused connect ·",
+                "          14:02:09.114 listener back (pid 1301)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_header_wraps_between_its_parts() {
+        let mut incident = testing::incident(17, testing::base_time());
+        incident.upstream = "unix:/run/php/php8.2-fpm-example.com.sock".into();
+        let text = explain(&incident, &style(60));
+        let header: Vec<&str> = text.lines().take(2).collect();
+        assert_eq!(
+            header,
+            [
+                "Incident 17 · 14:02:03 → 14:02:09 (6.1 s) ·",
+                "  nginx → unix:/run/php/php8.2-fpm-example.com.sock",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_open_incident_says_so() {
+        let mut incident = testing::incident(3, testing::base_time());
+        incident.state = IncidentState::Open;
+        incident.closed_at = None;
+        incident.failure_kinds = [("ECONNREFUSED".into(), 300), ("reset".into(), 12)].into();
+        let text = explain(&incident, &style(120));
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("Incident 3 · 14:02:03 → open (6.1 s) · nginx → 127.0.0.1:9000")
+        );
+        assert_eq!(
+            lines.next(),
+            Some("312 failures: ECONNREFUSED ×300, reset ×12")
+        );
+    }
+
+    #[test]
+    fn several_other_candidates_line_up() {
+        let mut incident = testing::incident(3, testing::base_time());
+        let mut third = incident.causes[1].clone();
+        third.cause = crate::correlate::incident::Cause::NoLocalCause;
+        third.confidence = crate::correlate::incident::Confidence::Low;
+        third.summary = "nothing on this host explains the failures".into();
+        incident.causes.push(third);
+        let text = explain(&incident, &style(70));
+        let others: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Other"))
+            .collect();
+        assert_eq!(
+            others,
+            [
+                "Other candidates: restart (medium) — php8.2-fpm.service's listener",
+                "                    came back 6.1 s later",
+                "                  no_local_cause (low) — nothing on this host explains",
+                "                    the failures",
+            ]
+        );
+    }
+
+    #[test]
+    fn colors_only_when_wanted() {
+        let incident = testing::incident(17, testing::base_time());
+        let plain = explain(&incident, &style(100));
+        assert!(!plain.contains('\x1b'));
+        let no_color = Style {
+            paint: Paint {
+                enabled: color_wanted(true, Some(std::ffi::OsStr::new("1"))),
+            },
+            ..style(100)
+        };
+        assert!(!explain(&incident, &no_color).contains('\x1b'));
+        let colored = Style {
+            paint: Paint { enabled: true },
+            ..style(100)
+        };
+        let text = explain(&incident, &colored);
+        assert!(text.starts_with("\x1b[1mIncident 17"), "{text}");
+        assert!(text.contains("Cause (\x1b[32mhigh\x1b[0m): "), "{text}");
+        // Colors do not change the layout.
+        let strip = text
+            .replace("\x1b[1m", "")
+            .replace("\x1b[32m", "")
+            .replace("\x1b[33m", "")
+            .replace("\x1b[0m", "");
+        assert_eq!(strip, plain);
+    }
+}

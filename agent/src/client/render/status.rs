@@ -1,0 +1,168 @@
+//! `why502 status`: is the agent seeing what it should, and has it lost anything.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use super::{text, time::duration, Style};
+use crate::api::StatusReport;
+
+pub fn status(report: &StatusReport, style: &Style) -> String {
+    let paint = style.paint;
+    let mut out = vec![paint.bold(&format!(
+        "why502 {} · up {} (since {})",
+        report.version,
+        duration(Duration::from_secs(report.uptime_seconds)),
+        style.clock.stamp(report.started_at)
+    ))];
+
+    let attached: Vec<String> = report
+        .probes
+        .iter()
+        .filter(|(_, p)| p.status == "attached")
+        .map(|(name, _)| name.clone())
+        .collect();
+    out.push(format!(
+        "Probes: {} of {} attached",
+        attached.len(),
+        report.probes.len()
+    ));
+    if !attached.is_empty() {
+        let items = separated(&attached, ",");
+        out.push(text::hanging("  on:  ", "  on:  ", &items, style.width));
+    }
+    for (name, probe) in report.probes.iter().filter(|(_, p)| p.status != "attached") {
+        let label = format!("  off: {name}: ");
+        let what = match &probe.reason {
+            Some(reason) => format!("{} ({reason})", probe.status),
+            None => probe.status.clone(),
+        };
+        let styled = format!("  {}: {name}: ", paint.yellow("off"));
+        let words: Vec<&str> = what.split_whitespace().collect();
+        out.push(text::hanging_indent(
+            &label,
+            &styled,
+            &words,
+            style.width,
+            7,
+        ));
+    }
+
+    let e = &report.events;
+    out.push(format!(
+        "Events: {} read, {} undecodable, {} filtered out",
+        e.records, e.decode_errors, e.filtered
+    ));
+    out.push(counts_line(
+        "Lost to a full ring buffer: ",
+        &report.kernel.dropped,
+        style,
+    ));
+    out.push(counts_line(
+        "Failed kernel reads: ",
+        &report.kernel.probe_errors,
+        style,
+    ));
+    out.push(format!("Open incidents: {}", report.incidents_open));
+    let dropped = report.store_dropped_writes;
+    out.push(if dropped == 0 {
+        "Incident saves dropped: 0".to_string()
+    } else {
+        format!(
+            "Incident saves dropped: {}",
+            paint.red(&dropped.to_string())
+        )
+    });
+    out.join("\n")
+}
+
+/// `none`, or `tcp_connect_failure 12, oom_kill 1` (non-zero counts only).
+fn counts_line(label: &str, counts: &BTreeMap<String, u64>, style: &Style) -> String {
+    let items: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    if items.is_empty() {
+        return format!("{label}none");
+    }
+    let styled = style.paint.red(label.trim_end()) + " ";
+    text::hanging(label, &styled, &separated(&items, ","), style.width)
+}
+
+/// Each item but the last followed by `sep`, for wrapping between items.
+fn separated(items: &[String], sep: &str) -> Vec<String> {
+    let last = items.len().saturating_sub(1);
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            if i < last {
+                format!("{item}{sep}")
+            } else {
+                item.clone()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        api::{EventCounts, KernelReport, ProbeStatusReport},
+        store::testing,
+    };
+
+    #[test]
+    fn probes_off_say_why_and_drops_are_listed() {
+        let probe = |status: &str, reason: Option<&str>| ProbeStatusReport {
+            status: status.into(),
+            reason: reason.map(String::from),
+        };
+        let report = StatusReport {
+            version: "0.1.0".into(),
+            started_at: testing::base_time(),
+            uptime_seconds: 3 * 3600 + 120,
+            probes: BTreeMap::from([
+                ("inet_sock_set_state".into(), probe("attached", None)),
+                (
+                    "mark_victim".into(),
+                    probe("unavailable", Some("no such tracepoint")),
+                ),
+                ("signal_generate".into(), probe("disabled", None)),
+                ("sys_enter_connect".into(), probe("attached", None)),
+            ]),
+            events: EventCounts {
+                records: 1234,
+                decode_errors: 0,
+                filtered: 12,
+            },
+            kernel: KernelReport {
+                dropped: BTreeMap::from([
+                    ("tcp_connect_failure".into(), 12),
+                    ("oom_kill".into(), 0),
+                ]),
+                probe_errors: BTreeMap::new(),
+            },
+            incidents_open: 1,
+            store_dropped_writes: 0,
+        };
+        let style = Style::plain(100, testing::base_time());
+        let text = status(&report, &style);
+        assert_eq!(
+            text,
+            "\
+why502 0.1.0 · up 3 h 2 min (since 14:02:03)
+Probes: 2 of 4 attached
+  on:  inet_sock_set_state, sys_enter_connect
+  off: mark_victim: unavailable (no such tracepoint)
+  off: signal_generate: disabled
+Events: 1234 read, 0 undecodable, 12 filtered out
+Lost to a full ring buffer: tcp_connect_failure 12
+Failed kernel reads: none
+Open incidents: 1
+Incident saves dropped: 0"
+        );
+    }
+}

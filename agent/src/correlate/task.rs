@@ -1,0 +1,96 @@
+//! The engine as a task of the agent: fed from the event bus, ticked on a timer, its
+//! incident updates handed to the store and to whoever subscribes.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::{
+    engine::{Engine, Update},
+    explain::describe,
+};
+use crate::events::{clock, Event};
+
+/// How often quiet incidents are closed and changed ones re-explained (and saved).
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// What the correlation task exposes to status and metrics.
+#[derive(Debug, Default)]
+pub struct CorrelationStats {
+    pub open_incidents: AtomicU64,
+    /// Events the engine missed because it fell behind the bus.
+    pub lagged_events: AtomicU64,
+}
+
+/// Runs until the bus closes. `on_update` sees every incident update, in order.
+pub async fn run(
+    mut engine: Engine,
+    mut events: broadcast::Receiver<Arc<Event>>,
+    stats: Arc<CorrelationStats>,
+    mut on_update: impl FnMut(Update) + Send,
+) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let updates = tokio::select! {
+            received = events.recv() => match received {
+                Ok(event) => engine.observe(&event),
+                Err(RecvError::Lagged(n)) => {
+                    stats.lagged_events.fetch_add(n, Ordering::Relaxed);
+                    log::warn!("correlation fell behind: {n} events not correlated");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = tick.tick() => engine.tick(clock::monotonic_ns(), SystemTime::now()),
+        };
+        for update in updates {
+            log_update(&update);
+            on_update(update);
+        }
+        stats
+            .open_incidents
+            .store(engine.open_incidents() as u64, Ordering::Relaxed);
+    }
+}
+
+fn log_update(update: &Update) {
+    let incident = update.incident();
+    let cause = incident
+        .top_cause()
+        .map(|c| {
+            format!(
+                "{} ({}): {}",
+                c.cause.name(),
+                c.confidence.name(),
+                c.summary
+            )
+        })
+        .unwrap_or_default();
+    match update {
+        Update::Opened(_) => log::info!(
+            "incident {} opened: {} → {}, {} failures; {cause}",
+            incident.id,
+            describe(&incident.proxy),
+            incident.upstream,
+            incident.failures
+        ),
+        Update::Closed(_) => log::info!(
+            "incident {} closed after {:.1} s: {} failures; {cause}",
+            incident.id,
+            incident.duration().as_secs_f64(),
+            incident.failures
+        ),
+        Update::Updated(_) => log::debug!(
+            "incident {} updated: {} failures; {cause}",
+            incident.id,
+            incident.failures
+        ),
+    }
+}
