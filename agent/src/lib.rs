@@ -15,3 +15,4 @@ pub mod events;
 pub mod pipeline;
 pub mod probes;
 pub mod store;
+pub mod timefmt;

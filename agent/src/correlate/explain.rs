@@ -477,18 +477,5 @@ pub fn kib(kb: u64) -> String {
 
 /// Local wall-clock time of day with milliseconds, `14:02:02.871`.
 pub fn clock_time(time: SystemTime) -> String {
-    let since_epoch = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since_epoch.as_secs() as libc::time_t;
-    // SAFETY: localtime_r writes into the tm we own.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    unsafe { libc::localtime_r(&secs, &mut tm) };
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        since_epoch.subsec_millis()
-    )
+    crate::timefmt::Clock::new(crate::timefmt::Zone::Local, time).precise(time)
 }

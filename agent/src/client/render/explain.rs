@@ -1,8 +1,9 @@
 //! `why502 explain`: one incident, readable at a glance. What failed, the likely cause in
 //! one sentence, the evidence as a timeline, what to do, and what else it could be.
 
-use super::{failure_span, route, text, time::duration, Style};
+use super::{failure_span, route, text, Style};
 use crate::correlate::incident::{Incident, IncidentState};
+use crate::timefmt::duration;
 
 pub fn explain(incident: &Incident, style: &Style) -> String {
     // The header is wrapped too (rarely: a long unix socket path), between its parts.
@@ -82,19 +83,17 @@ fn header(incident: &Incident, style: &Style) -> [String; 3] {
 
 /// `312 connect failures: ECONNREFUSED ×312`.
 fn failures_line(incident: &Incident) -> String {
-    let mut kinds: Vec<(&String, &u64)> = incident.failure_kinds.iter().collect();
-    kinds.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let kinds = &incident.failure_kinds;
     // Resets happen on established connections: only without them are these connects.
-    let noun = match kinds.iter().any(|(kind, _)| kind.as_str() == "reset") {
+    let noun = match kinds.contains_key("reset") {
         true if kinds.len() == 1 => "connection resets",
         true => "failures",
         false => "connect failures",
     };
     let mut line = format!("{} {noun}", incident.failures);
     if !kinds.is_empty() {
-        let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
         line.push_str(": ");
-        line.push_str(&list.join(", "));
+        line.push_str(&crate::correlate::explain::kinds_text(kinds));
     }
     line
 }

@@ -5,7 +5,6 @@ mod explain;
 mod status;
 mod table;
 pub mod text;
-pub mod time;
 
 use std::{io::IsTerminal, time::SystemTime};
 
@@ -14,8 +13,8 @@ pub use status::status;
 pub use table::{incidents_table, watch_line, Change, NoIncidents};
 
 use crate::correlate::incident::{Confidence, Incident};
+use crate::timefmt::{Clock, Zone};
 use text::Paint;
-use time::{Clock, Zone};
 
 /// Where output goes when it is not a terminal: wide enough for a table, narrow enough to
 /// read in a log.

@@ -2,8 +2,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use super::{text, time::duration, Style};
+use super::{text, Style};
 use crate::api::StatusReport;
+use crate::timefmt::duration;
 
 pub fn status(report: &StatusReport, style: &Style) -> String {
     let paint = style.paint;

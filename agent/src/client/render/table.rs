@@ -3,8 +3,9 @@
 
 use std::time::SystemTime;
 
-use super::{failure_span, route, text, time::duration, top_cause_text, Style};
+use super::{failure_span, route, text, top_cause_text, Style};
 use crate::correlate::incident::{Incident, IncidentState};
+use crate::timefmt::duration;
 
 const HEADERS: [&str; 7] = [
     "ID",

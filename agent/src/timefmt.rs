@@ -1,4 +1,4 @@
-//! Times and durations as the CLI shows them: the wall clock of the host's time zone (UTC
+//! Times and durations as people read them (CLI output, incident summaries): the wall clock of the host's time zone (UTC
 //! in tests, so that they do not depend on the machine), with the date only when it is
 //! not today.
 
