@@ -18,6 +18,7 @@ use crate::{
         task::{self as correlation, CorrelationStats},
     },
     enrich::{interfaces, listeners, Enricher},
+    metrics::{self, Metrics, MetricsError},
     pipeline::{self, EventBus, PipelineStats},
     probes::{ProbeError, ProbeSet},
     store::{IncidentFilter, Store, StoreError, StoreWriter, StoreWriterHandle},
@@ -31,6 +32,10 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error("local API: {0}")]
     Api(#[from] api::ApiError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    MetricsServer(#[from] metrics::server::ServeError),
 }
 
 pub struct Agent {
@@ -39,6 +44,8 @@ pub struct Agent {
     pub stats: Arc<PipelineStats>,
     pub correlation: Arc<CorrelationStats>,
     pub started_at: SystemTime,
+    /// Where `GET /metrics` is served, when metrics are enabled.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     store_writer: Arc<StoreWriterHandle>,
     pipeline: JoinHandle<std::io::Result<()>>,
     tasks: Vec<JoinHandle<()>>,
@@ -96,6 +103,18 @@ impl Agent {
         before_start(&bus);
         let recent = Arc::new(RecentEvents::new(api::RECENT_CAPACITY));
         let mut tasks = vec![recent.collect_from(bus.subscribe())];
+        let metrics = if config.metrics.enabled {
+            let metrics = Arc::new(Metrics::new(&config.metrics)?);
+            metrics.set_probe_status(&probes.status);
+            tasks.push(spawn_metrics_feed(metrics.clone(), bus.subscribe()));
+            tasks.push(spawn_host_sampling(
+                metrics.clone(),
+                Duration::from_millis(config.metrics.sample_interval_ms),
+            ));
+            Some(metrics)
+        } else {
+            None
+        };
         let local_ips = interfaces::local_ips().unwrap_or_else(|err| {
             log::warn!("cannot list local addresses ({err}): only loopback counts as local");
             Vec::new()
@@ -103,11 +122,17 @@ impl Agent {
         let engine = Engine::new(config.incidents.clone(), next_id, local_ips, started_at);
         let correlation_stats = Arc::new(CorrelationStats::default());
         let writer = store_writer.clone();
+        let incident_metrics = metrics.clone();
         tasks.push(tokio::spawn(correlation::run(
             engine,
             bus.subscribe(),
             correlation_stats.clone(),
-            move |update| writer.save(update.incident().clone()),
+            move |update| {
+                if let Some(metrics) = &incident_metrics {
+                    metrics.incident(&update);
+                }
+                writer.save(update.incident().clone());
+            },
         )));
         for event in enricher.snapshot_events(&snapshot) {
             bus.publish(event);
@@ -133,7 +158,18 @@ impl Agent {
             },
         )?);
         log::info!("local API on {}", config.api.socket.display());
+        let metrics_addr = match metrics {
+            Some(metrics) => {
+                let (addr, task) =
+                    metrics::server::serve(config.metrics.listen, metrics, probes.clone())?;
+                tasks.push(task);
+                log::info!("metrics on http://{addr}/metrics");
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(Self {
+            metrics_addr,
             bus,
             probes,
             stats,
@@ -200,6 +236,40 @@ impl Drop for Agent {
             task.abort();
         }
     }
+}
+
+/// Counts every event on the bus.
+fn spawn_metrics_feed(
+    metrics: Arc<Metrics>,
+    mut events: tokio::sync::broadcast::Receiver<Arc<crate::events::Event>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match events.recv().await {
+                Ok(event) => metrics.observe(&event),
+                Err(RecvError::Lagged(n)) => {
+                    log::warn!("metrics fell behind: {n} events not counted")
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+/// Samples host signals into the metrics on an interval, off the async threads.
+fn spawn_host_sampling(metrics: Arc<Metrics>, interval: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let metrics = metrics.clone();
+            if let Err(err) = tokio::task::spawn_blocking(move || metrics.sample_host()).await {
+                log::warn!("host sampling failed: {err}");
+            }
+        }
+    })
 }
 
 /// The probe set, even if a thread panicked while holding it (its maps stay valid).

@@ -39,6 +39,37 @@ pub struct Config {
     pub incidents: IncidentConfig,
     pub store: StoreConfig,
     pub api: ApiConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics at all.
+    pub enabled: bool,
+    /// Where `GET /metrics` is served; loopback by default.
+    pub listen: std::net::SocketAddr,
+    /// Distinct `upstream` label values; later ones are folded into `other`.
+    pub max_upstreams: usize,
+    /// Distinct `proxy` label values.
+    pub max_proxies: usize,
+    /// Distinct `service` label values (process exits, OOM kills, listeners, memory).
+    pub max_services: usize,
+    /// How often host signals (memory pressure, listen queues, cgroup memory) are sampled.
+    pub sample_interval_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9502)),
+            max_upstreams: 100,
+            max_proxies: 50,
+            max_services: 100,
+            sample_interval_ms: 5000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,6 +337,30 @@ impl Config {
                 1,
                 10_000_000,
             ),
+            (
+                "metrics.max_upstreams",
+                self.metrics.max_upstreams as u64,
+                1,
+                100_000,
+            ),
+            (
+                "metrics.max_proxies",
+                self.metrics.max_proxies as u64,
+                1,
+                100_000,
+            ),
+            (
+                "metrics.max_services",
+                self.metrics.max_services as u64,
+                1,
+                100_000,
+            ),
+            (
+                "metrics.sample_interval_ms",
+                self.metrics.sample_interval_ms,
+                100,
+                3_600_000,
+            ),
         ] {
             if value < min || value > max {
                 return Err(invalid(
@@ -375,11 +430,14 @@ pub fn signal_number(name: &str) -> Option<u32> {
         .map(|(num, _)| *num)
 }
 
+/// `line 2, column 10: listen = "nowhere"`: the line itself names the key.
 fn line_col(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    format!("line {line}, column {col}")
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before.len() - start + 1;
+    let content = text[start..].lines().next().unwrap_or("").trim();
+    format!("line {line}, column {col}: {content}")
 }
 
 #[cfg(test)]
@@ -425,6 +483,14 @@ mod tests {
                 "[enrich]\nprocess_cache_entries = 0\n",
                 "enrich.process_cache_entries",
             ),
+            (
+                "[incidents]\nopen_threshold = 0\n",
+                "incidents.open_threshold",
+            ),
+            ("[store]\npath = \"rel.db\"\n", "store.path"),
+            ("[api]\nsocket = \"x.sock\"\n", "api.socket"),
+            ("[metrics]\nmax_upstreams = 0\n", "metrics.max_upstreams"),
+            ("[metrics]\nlisten = \"nowhere\"\n", "listen"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(key), "{text:?}: {err}");

@@ -12,6 +12,8 @@ pub mod config;
 pub mod correlate;
 pub mod enrich;
 pub mod events;
+pub mod host;
+pub mod metrics;
 pub mod pipeline;
 pub mod probes;
 pub mod store;

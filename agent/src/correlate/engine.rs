@@ -119,17 +119,10 @@ impl Engine {
         let time = event.time;
         match &event.detail {
             EventDetail::TcpConnectFailure(f) => {
-                let kind = if f.errno.0 != 0 {
-                    f.errno.name().to_string()
-                } else if f.syn_retransmits > 0 {
-                    "timeout".into()
-                } else {
-                    "aborted".into()
-                };
-                return self.failure(event, Endpoint::Tcp(f.dst), kind);
+                return self.failure(event, Endpoint::Tcp(f.dst), f.kind());
             }
             EventDetail::ConnectSyscallError(e) => {
-                if is_benign(&e.dst, e.errno.0) {
+                if e.is_benign() {
                     return Vec::new();
                 }
                 return self.failure(event, e.dst.clone(), e.errno.name().to_string());
@@ -390,12 +383,6 @@ impl Flow {
         }
         self.baseline_second = second;
     }
-}
-
-/// glibc probes nscd's socket on every name lookup set-up; its absence is normal.
-fn is_benign(dst: &Endpoint, errno: i32) -> bool {
-    matches!(dst, Endpoint::Unix(path)
-        if errno == libc::ENOENT && (path == "/var/run/nscd/socket" || path == "/run/nscd/socket"))
 }
 
 pub fn summary(p: &ProcessRef) -> ProcessSummary {

@@ -30,6 +30,7 @@ fn process(pid: u32, comm: &str, ppid: u32, unit: Option<&str>) -> ProcessRef {
         pid,
         tid: pid,
         comm: comm.into(),
+        thread: None,
         cgroup_id: 7,
         info: Some(Arc::new(ProcessInfo {
             ppid: Some(ppid),

@@ -95,6 +95,7 @@ impl Enricher {
         }
         if let Some(process) = event.process.as_mut() {
             process.info = self.lookup(process.pid);
+            name_after_process(process);
         }
         match &mut event.detail {
             EventDetail::ProcessExit(_) => {
@@ -140,6 +141,7 @@ impl Enricher {
                 ProcessRef {
                     pid,
                     tid: pid,
+                    thread: None,
                     comm: process::comm(pid).unwrap_or_default(),
                     cgroup_id: info
                         .as_ref()
@@ -156,6 +158,17 @@ impl Enricher {
             });
         }
         events
+    }
+}
+
+/// Names the process by its main thread (what `ps` shows), keeping the thread's own name
+/// aside: proxies name their worker threads, and labels must not multiply by thread.
+fn name_after_process(process: &mut ProcessRef) {
+    let Some(name) = process.info.as_ref().and_then(|i| i.name.clone()) else {
+        return;
+    };
+    if name != process.comm {
+        process.thread = Some(std::mem::replace(&mut process.comm, name));
     }
 }
 

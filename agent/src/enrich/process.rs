@@ -12,7 +12,9 @@ use crate::events::ProcessInfo;
 pub fn read(pid: u32, redactor: &Redactor) -> Option<ProcessInfo> {
     let process = Process::new(pid as i32).ok()?;
     // Every field is best effort: a zombie has no exe or cmdline, a kernel thread no exe.
-    let ppid = process.stat().ok().map(|s| s.ppid as u32);
+    let stat = process.stat().ok();
+    let ppid = stat.as_ref().map(|s| s.ppid as u32);
+    let name = stat.map(|s| s.comm);
     let exe = process.exe().ok().map(|p| p.display().to_string());
     let cmdline = process
         .cmdline()
@@ -31,6 +33,7 @@ pub fn read(pid: u32, redactor: &Redactor) -> Option<ProcessInfo> {
         return None;
     }
     Some(ProcessInfo {
+        name,
         ppid,
         exe,
         cmdline,

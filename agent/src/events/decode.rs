@@ -229,6 +229,7 @@ fn process_ref(header: &EventHeader) -> ProcessRef {
         pid: header.tgid,
         tid: header.pid,
         comm: c_string(&header.comm),
+        thread: None,
         cgroup_id: header.cgroup_id,
         info: None,
     }

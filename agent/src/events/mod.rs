@@ -36,7 +36,12 @@ pub struct Event {
 pub struct ProcessRef {
     pub pid: u32,
     pub tid: u32,
+    /// The process's name (its main thread's), once procfs confirmed it; until then the
+    /// name of the thread the kernel saw.
     pub comm: String,
+    /// The thread's own name when it differs (`wrk:worker_0` in Envoy, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
     pub cgroup_id: u64,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub info: Option<Arc<ProcessInfo>>,
@@ -45,6 +50,9 @@ pub struct ProcessRef {
 /// What procfs says about a process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ProcessInfo {
+    /// The process's name from procfs (not serialized: it becomes [`ProcessRef::comm`]).
+    #[serde(skip)]
+    pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ppid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,6 +145,20 @@ pub struct ConnectFailure {
     pub syn_retransmits: u16,
 }
 
+impl ConnectFailure {
+    /// How the failure is counted: the errno's name, `timeout` when the process gave up
+    /// while its SYN went unanswered, `aborted` when it gave up before any retransmit.
+    pub fn kind(&self) -> String {
+        if self.errno.0 != 0 {
+            self.errno.name().to_string()
+        } else if self.syn_retransmits > 0 {
+            "timeout".into()
+        } else {
+            "aborted".into()
+        }
+    }
+}
+
 /// `connect(2)` failed at once.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectSyscallError {
@@ -145,6 +167,16 @@ pub struct ConnectSyscallError {
     pub fd: i32,
     #[serde(rename = "duration_seconds", serialize_with = "seconds")]
     pub duration: Duration,
+}
+
+impl ConnectSyscallError {
+    /// glibc probes nscd's socket whenever a program sets up name lookups; its absence is
+    /// normal and says nothing about an upstream.
+    pub fn is_benign(&self) -> bool {
+        matches!(&self.dst, Endpoint::Unix(path)
+            if self.errno.0 == libc::ENOENT
+                && (path == "/var/run/nscd/socket" || path == "/run/nscd/socket"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -37,6 +37,8 @@ pub fn harness() -> Option<&'static Harness> {
         let mut config = Config::default();
         config.store.path = dir.path().join("why502.db");
         config.api.socket = dir.path().join("why502.sock");
+        config.metrics.listen = "127.0.0.1:0".parse().unwrap();
+        config.metrics.sample_interval_ms = 200;
         let agent = {
             let _guard = runtime.enter();
             Agent::start(&config, |_| {})
@@ -110,6 +112,40 @@ impl Harness {
         });
         found
     }
+}
+
+impl Harness {
+    /// `GET /metrics` from the shared agent.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = self.agent.metrics_addr.expect("metrics are enabled");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: why502\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_string()
+    }
+}
+
+/// The value of the sample `name{labels}` in a text exposition (labels in any order).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|line| {
+            let Some(rest) = line.strip_prefix(name) else {
+                return false;
+            };
+            (rest.starts_with('{') || rest.starts_with(' '))
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 pub fn pid_of(event: &Event) -> Option<u32> {

@@ -1,0 +1,77 @@
+//! A port scan cannot explode the series count: 10,000 distinct refused upstreams stay
+//! within the `upstream` label cap, folded into `other`, with nothing lost.
+
+mod common;
+
+use std::{
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use common::{harness, sample};
+
+#[test]
+fn ten_thousand_closed_ports_stay_under_the_cap() {
+    let Some(h) = harness() else { return };
+    // 127.0.0.3: a loopback address nobody binds to specifically; count only refusals
+    // (a wildcard listener on one of these ports would accept).
+    let mut refused = 0u64;
+    for port in 40_000..50_000u16 {
+        match TcpStream::connect(("127.0.0.3", port)) {
+            Err(err) if err.raw_os_error() == Some(libc::ECONNREFUSED) => refused += 1,
+            _ => {}
+        }
+    }
+    assert!(refused > 9_900, "{refused}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = h.scrape();
+        let total: f64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("why502_upstream_connect_errors_total{") && l.contains("127.0.0.3:")
+                    || l.starts_with("why502_upstream_connect_errors_total{")
+                        && l.contains("upstream=\"other\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if total >= refused as f64 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("why502_upstream_connect_errors_total{"))
+        .count();
+    assert!(series <= 101, "{series} series of connect errors");
+    let all_series = text.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(all_series < 1000, "{all_series} series in all");
+    let other = sample(
+        &text,
+        "why502_upstream_connect_errors_total",
+        &[("upstream", "other"), ("errno", "ECONNREFUSED")],
+    )
+    .unwrap_or(0.0);
+    let named: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("why502_upstream_connect_errors_total{") && l.contains("127.0.0.3:")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        named + other,
+        refused as f64,
+        "nothing lost: {named} named + {other} other"
+    );
+    assert!(
+        sample(
+            &text,
+            "why502_metric_label_values_folded_total",
+            &[("label", "upstream")]
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    );
+}
