@@ -21,6 +21,7 @@ use crate::{
     metrics::{self, Metrics, MetricsError},
     pipeline::{self, EventBus, PipelineStats},
     probes::{ProbeError, ProbeSet},
+    sampling,
     store::{IncidentFilter, Store, StoreError, StoreWriter, StoreWriterHandle},
 };
 
@@ -107,10 +108,6 @@ impl Agent {
             let metrics = Arc::new(Metrics::new(&config.metrics)?);
             metrics.set_probe_status(&probes.status);
             tasks.push(spawn_metrics_feed(metrics.clone(), bus.subscribe()));
-            tasks.push(spawn_host_sampling(
-                metrics.clone(),
-                Duration::from_millis(config.metrics.sample_interval_ms),
-            ));
             Some(metrics)
         } else {
             None
@@ -119,6 +116,12 @@ impl Agent {
             log::warn!("cannot list local addresses ({err}): only loopback counts as local");
             Vec::new()
         });
+        tasks.push(sampling::spawn(
+            bus.clone(),
+            metrics.clone(),
+            Duration::from_millis(config.metrics.sample_interval_ms),
+            config.incidents.memory_pressure_percent,
+        ));
         let engine = Engine::new(config.incidents.clone(), next_id, local_ips, started_at);
         let correlation_stats = Arc::new(CorrelationStats::default());
         let writer = store_writer.clone();
@@ -252,21 +255,6 @@ fn spawn_metrics_feed(
                     log::warn!("metrics fell behind: {n} events not counted")
                 }
                 Err(RecvError::Closed) => return,
-            }
-        }
-    })
-}
-
-/// Samples host signals into the metrics on an interval, off the async threads.
-fn spawn_host_sampling(metrics: Arc<Metrics>, interval: Duration) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let metrics = metrics.clone();
-            if let Err(err) = tokio::task::spawn_blocking(move || metrics.sample_host()).await {
-                log::warn!("host sampling failed: {err}");
             }
         }
     })

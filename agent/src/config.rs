@@ -83,6 +83,8 @@ pub struct IncidentConfig {
     pub quiet_seconds: u64,
     /// How far back evidence (exits, kills, listener changes) is looked for.
     pub lookback_seconds: u64,
+    /// Memory pressure (PSI `some` avg10, percent) from which it counts as evidence.
+    pub memory_pressure_percent: f64,
 }
 
 impl Default for IncidentConfig {
@@ -92,6 +94,7 @@ impl Default for IncidentConfig {
             window_ms: 1000,
             quiet_seconds: 10,
             lookback_seconds: 300,
+            memory_pressure_percent: 10.0,
         }
     }
 }
@@ -368,6 +371,12 @@ impl Config {
                     format!("{value} is not between {min} and {max}"),
                 ));
             }
+        }
+        if !(0.0..=100.0).contains(&inc.memory_pressure_percent) {
+            return Err(invalid(
+                "incidents.memory_pressure_percent",
+                format!("{} is not a percentage", inc.memory_pressure_percent),
+            ));
         }
         for (key, path) in [
             ("store.path", &self.store.path),

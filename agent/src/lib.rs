@@ -16,5 +16,6 @@ pub mod host;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;
+pub mod sampling;
 pub mod store;
 pub mod timefmt;

@@ -47,11 +47,13 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             }
         })?;
         agent.spawn_counter_watch(std::time::Duration::from_secs(10));
+        // Handlers first: once "running" is logged, a SIGTERM must find them in place.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         log::info!("why502 agent running");
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot handle SIGTERM")?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => log::info!("interrupted, detaching probes"),
+            _ = sigint.recv() => log::info!("interrupted, detaching probes"),
             _ = sigterm.recv() => log::info!("terminated, detaching probes"),
             err = agent.wait() => return Err(anyhow::Error::new(err).context("agent failed")),
         }

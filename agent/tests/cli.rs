@@ -50,8 +50,20 @@ fn print_events_shows_a_refused_connect() {
         eprintln!("skipped: not root: the agent needs root to load eBPF programs");
         return;
     }
+    // The test's own store, socket and metrics port, not the system's.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("why502.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{0}/why502.db\"\n[api]\nsocket = \"{0}/why502.sock\"\n[metrics]\nenabled = false\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
     let mut agent = Command::new(BIN)
-        .args(["agent", "--print-events", "--log-level", "info"])
+        .args(["agent", "--print-events", "--log-level", "info", "--config"])
+        .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

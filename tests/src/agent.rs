@@ -32,6 +32,11 @@ impl Agent {
         Self::start_in(dir)
     }
 
+    /// Where this agent serves `GET /metrics`.
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        metrics_addr(&self.dir)
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("why502.sock")
     }
@@ -52,9 +57,10 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "[store]\npath = \"{}\"\n[api]\nsocket = \"{}\"\n",
+                "[store]\npath = \"{}\"\n[api]\nsocket = \"{}\"\n[metrics]\nlisten = \"{}\"\nsample_interval_ms = 500\n",
                 dir.path().join("why502.db").display(),
-                dir.path().join("why502.sock").display()
+                dir.path().join("why502.sock").display(),
+                metrics_addr(&dir),
             ),
         )
         .expect("write the agent's config");
@@ -149,4 +155,18 @@ impl Drop for Agent {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
+}
+
+/// The metrics address of the agent using `dir`: chosen once, kept across restarts.
+fn metrics_addr(dir: &tempfile::TempDir) -> std::net::SocketAddr {
+    let file = dir.path().join("metrics-port");
+    let port = match std::fs::read_to_string(&file) {
+        Ok(port) => port.trim().parse().expect("a port number"),
+        Err(_) => {
+            let port = crate::free_port();
+            std::fs::write(&file, port.to_string()).expect("remember the metrics port");
+            port
+        }
+    };
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }

@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod http;
 pub mod netns;
 pub mod nginx;
+pub mod prometheus;
 
 use std::path::PathBuf;
 

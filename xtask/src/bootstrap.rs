@@ -17,8 +17,9 @@ pub enum Level {
 /// Debian packages `cargo xtask run` needs (`ip`, `ss`, `ps`, `sysctl`).
 const RUN_PACKAGES: &[&str] = &["iproute2", "procps"];
 
-/// Debian packages `cargo xtask test` needs: the run set plus a real nginx and the tools
-/// the end-to-end tests drive it with.
+/// Debian packages `cargo xtask test` needs: the run set plus a real nginx, the tools the
+/// end-to-end tests drive it with, and Prometheus (the server and promtool) to check the
+/// metrics and alert rules against.
 const TEST_PACKAGES: &[&str] = &[
     "nginx-light",
     "iptables",
@@ -27,6 +28,7 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "curl",
     "psmisc",
+    "prometheus",
 ];
 
 /// Newer bpf-linker releases need a system LLVM 21+, which Debian 12 does not have.

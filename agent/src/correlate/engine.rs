@@ -179,6 +179,19 @@ impl Engine {
                     });
                 }
             }
+            EventDetail::MemoryPressure(p) => self.history.memory_pressure(Dated {
+                mono,
+                time,
+                value: p.clone(),
+            }),
+            EventDetail::ListenQueueFull(q) => {
+                self.history.queue_full(Dated {
+                    mono,
+                    time,
+                    value: q.clone(),
+                });
+                self.mark_open_dirty();
+            }
             EventDetail::TcpResetSent(_)
             | EventDetail::TcpSynRetransmit(_)
             | EventDetail::TcpSynackRetransmit(_)
@@ -334,6 +347,7 @@ impl Engine {
                 history: &self.history,
                 local_ips: &self.local_ips,
                 watching_since: self.watching_since,
+                lookback_ns: self.config.lookback_seconds * 1_000_000_000,
             },
         )
     }

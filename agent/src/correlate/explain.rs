@@ -40,17 +40,15 @@ pub struct Knowledge<'a> {
     pub local_ips: &'a [IpAddr],
     /// When the agent started watching, for "never listened since".
     pub watching_since: SystemTime,
+    /// How far back before the first failure evidence counts.
+    pub lookback_ns: u64,
 }
 
 /// The ranked candidates; never empty.
 pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
     let mut candidates = Vec::new();
     let count = |kind: &str| f.kinds.get(kind).copied().unwrap_or(0);
-    let first = Evidence {
-        time: f.first_time,
-        kind: "first_failure".into(),
-        text: format!("first failed connect from {}", describe(f.proxy)),
-    };
+    let first = first_failure(f);
 
     if count("EADDRNOTAVAIL") > 0 {
         candidates.push(Candidate {
@@ -76,9 +74,15 @@ pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
             .as_ref()
             .filter(|o| o.since_mono <= f.first_mono);
         match alive {
-            Some(owner) => alive_listener(f, owner, endpoint, &first, &mut candidates),
+            Some(owner) => alive_listener(f, k, owner, endpoint, &first, &mut candidates),
             None => gone_listener(f, k, record, endpoint, &first, &mut candidates),
         }
+        let owner = alive.map(|o| &o.process).or_else(|| {
+            record
+                .last_past_before(f.first_mono)
+                .map(|p| &p.owner.process)
+        });
+        memory_pressure(f, k, owner, &mut candidates);
     } else if is_local(f.upstream, k.local_ips) {
         candidates.push(Candidate {
             cause: Cause::WrongPort,
@@ -125,9 +129,67 @@ pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
     candidates
 }
 
+/// High memory pressure (host-wide, or in the listener owner's service) in the look-back:
+/// a candidate of its own, and part of an OOM kill's timeline.
+fn memory_pressure(
+    f: &Failures,
+    k: &Knowledge,
+    owner: Option<&ProcessSummary>,
+    out: &mut Vec<Candidate>,
+) {
+    let service = owner.map(|o| o.unit.clone().unwrap_or_else(|| o.comm.clone()));
+    let mut scopes = vec![crate::sampling::HOST_SCOPE];
+    if let Some(service) = &service {
+        scopes.push(service);
+    }
+    let since = f.first_mono.saturating_sub(k.lookback_ns);
+    let Some(pressure) = k.history.pressure_in(&scopes, since, f.first_mono) else {
+        return;
+    };
+    let p = &pressure.value;
+    let evidence = Evidence {
+        time: pressure.time,
+        kind: "memory_pressure".into(),
+        text: format!("memory pressure {:.0}% ({})", p.some_avg10, p.scope),
+    };
+    if let Some(oom) = out.iter_mut().find(|c| c.cause == Cause::OomKill) {
+        oom.evidence.push(evidence.clone());
+        oom.evidence.sort_by_key(|e| e.time);
+    }
+    out.push(Candidate {
+        cause: Cause::MemoryPressure,
+        confidence: Confidence::Medium,
+        summary: format!(
+            "memory pressure was high before the failures: {} stalled on memory {:.0}% of the \
+             time (PSI some avg10) at {}",
+            if p.scope == crate::sampling::HOST_SCOPE {
+                "the host".to_string()
+            } else {
+                p.scope.clone()
+            },
+            p.some_avg10,
+            clock_time(pressure.time)
+        ),
+        hint: "give the service more memory or run fewer workers; look for what else uses \
+               memory on the host"
+            .into(),
+        process: owner.cloned(),
+        evidence: vec![evidence, first_failure(f)],
+    });
+}
+
+fn first_failure(f: &Failures) -> Evidence {
+    Evidence {
+        time: f.first_time,
+        kind: "first_failure".into(),
+        text: format!("first failed connect from {}", describe(f.proxy)),
+    }
+}
+
 /// The listener is there and was there before the failures began.
 fn alive_listener(
     f: &Failures,
+    k: &Knowledge,
     owner: &Owner,
     endpoint: &Endpoint,
     first: &Evidence,
@@ -193,7 +255,43 @@ fn alive_listener(
         });
     }
     let timeouts = count("timeout") + count("ETIMEDOUT");
-    if timeouts > 0 {
+    let full_queue = match endpoint {
+        Endpoint::Tcp(addr) if timeouts > 0 => k.history.queue_full_on(
+            addr.port(),
+            f.first_mono.saturating_sub(k.lookback_ns),
+            u64::MAX,
+        ),
+        _ => None,
+    };
+    if let Some(full) = full_queue {
+        let mut evidence = evidence.clone();
+        evidence.push(Evidence {
+            time: full.time,
+            kind: "listen_queue_full".into(),
+            text: format!(
+                "accept queue of {} full ({}/{})",
+                full.value.endpoint, full.value.queued, full.value.backlog
+            ),
+        });
+        evidence.sort_by_key(|e| e.time);
+        out.push(Candidate {
+            cause: Cause::Overload,
+            confidence: Confidence::High,
+            summary: format!(
+                "{}, listener of {endpoint}, is overloaded: its accept queue was full \
+                 ({}/{} at {}), so {timeouts} connects got no answer to their SYN",
+                describe(&owner.process),
+                full.value.queued,
+                full.value.backlog,
+                clock_time(full.time)
+            ),
+            hint: "add workers or capacity; raise the listen backlog (and net.core.somaxconn) \
+                   only if the backend catches up in bursts"
+                .into(),
+            process: Some(owner.process.clone()),
+            evidence,
+        });
+    } else if timeouts > 0 {
         out.push(Candidate {
             cause: Cause::SynTimeout,
             confidence: Confidence::Medium,

@@ -4,7 +4,7 @@
 use std::{collections::VecDeque, time::SystemTime};
 
 use super::incident::ProcessSummary;
-use crate::events::{Exit, OomKill, SignalSent};
+use crate::events::{Exit, ListenQueueFull, MemoryPressure, OomKill, SignalSent};
 
 /// Records of each kind kept at most (the oldest go first).
 const CAPACITY: usize = 4096;
@@ -35,6 +35,8 @@ pub struct ProcessHistory {
     exits: VecDeque<Dated<ExitRecord>>,
     kills: VecDeque<Dated<OomKill>>,
     signals: VecDeque<Dated<SignalRecord>>,
+    pressure: VecDeque<Dated<MemoryPressure>>,
+    full_queues: VecDeque<Dated<ListenQueueFull>>,
 }
 
 fn push<T>(queue: &mut VecDeque<Dated<T>>, item: Dated<T>) {
@@ -63,11 +65,46 @@ impl ProcessHistory {
         push(&mut self.signals, record);
     }
 
+    pub fn memory_pressure(&mut self, record: Dated<MemoryPressure>) {
+        push(&mut self.pressure, record);
+    }
+
+    pub fn queue_full(&mut self, record: Dated<ListenQueueFull>) {
+        push(&mut self.full_queues, record);
+    }
+
     /// Forgets everything older than `before_mono`.
     pub fn prune(&mut self, before_mono: u64) {
         prune(&mut self.exits, before_mono);
         prune(&mut self.kills, before_mono);
         prune(&mut self.signals, before_mono);
+        prune(&mut self.pressure, before_mono);
+        prune(&mut self.full_queues, before_mono);
+    }
+
+    /// The latest memory pressure in one of `scopes` between the two times.
+    pub fn pressure_in(
+        &self,
+        scopes: &[&str],
+        mono_min: u64,
+        mono_max: u64,
+    ) -> Option<&Dated<MemoryPressure>> {
+        self.pressure.iter().rev().find(|d| {
+            d.mono >= mono_min && d.mono <= mono_max && scopes.contains(&d.value.scope.as_str())
+        })
+    }
+
+    /// The latest full accept queue on `port` (any address) between the two times.
+    pub fn queue_full_on(
+        &self,
+        port: u16,
+        mono_min: u64,
+        mono_max: u64,
+    ) -> Option<&Dated<ListenQueueFull>> {
+        self.full_queues
+            .iter()
+            .rev()
+            .find(|d| d.mono >= mono_min && d.mono <= mono_max && d.value.endpoint.port() == port)
     }
 
     /// The latest exit of `pid` at or before `mono_max`.

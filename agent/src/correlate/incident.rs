@@ -98,6 +98,11 @@ pub enum Cause {
     FirewallReject,
     /// SYNs unanswered while the listener is alive: a firewall DROP or a full accept queue.
     SynTimeout,
+    /// The listener's accept queue was seen full: the backend accepts slower than
+    /// connections arrive.
+    Overload,
+    /// Memory pressure on the host or in the backend's cgroup (stalls, no kill).
+    MemoryPressure,
     /// A unix socket's backlog is full (`EAGAIN`): the backend is not accepting fast enough.
     UnixBacklogFull,
     /// `EADDRNOTAVAIL`: the proxy ran out of local ports.
@@ -118,6 +123,8 @@ impl Cause {
             Cause::WrongPort => "wrong_port",
             Cause::FirewallReject => "firewall_reject",
             Cause::SynTimeout => "syn_timeout",
+            Cause::Overload => "overload",
+            Cause::MemoryPressure => "memory_pressure",
             Cause::UnixBacklogFull => "unix_backlog_full",
             Cause::PortExhaustion => "port_exhaustion",
             Cause::ConnectionResets => "connection_resets",

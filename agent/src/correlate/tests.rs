@@ -12,8 +12,9 @@ use super::{
 use crate::{
     config::IncidentConfig,
     events::{
-        ConnectFailure, ConnectSyscallError, Endpoint, Errno, Event, EventDetail, Exit, Listener,
-        OomKill, ProcessInfo, ProcessRef, SignalSent, Source, TcpReset, UnixListener,
+        ConnectFailure, ConnectSyscallError, Endpoint, Errno, Event, EventDetail, Exit,
+        ListenQueueFull, Listener, MemoryPressure, OomKill, ProcessInfo, ProcessRef, SignalSent,
+        Source, TcpReset, UnixListener,
     },
 };
 
@@ -547,4 +548,106 @@ fn nscd_probes_are_ignored() {
             .observe(&syscall_error(SEC + i * MS, nscd.clone(), libc::ENOENT))
             .is_empty());
     }
+}
+
+fn pressure(mono: u64, scope: &str, avg10: f64) -> Event {
+    event(
+        mono,
+        None,
+        EventDetail::MemoryPressure(MemoryPressure {
+            scope: scope.into(),
+            pid: None,
+            some_avg10: avg10,
+            full_avg10: Some(avg10 / 2.0),
+        }),
+    )
+}
+
+#[test]
+fn overload_when_the_accept_queue_was_full() {
+    let mut e = engine();
+    let mut events = vec![
+        listening(SEC, fpm(), "0.0.0.0:9000", Source::Snapshot),
+        event(
+            4 * SEC,
+            None,
+            EventDetail::ListenQueueFull(ListenQueueFull {
+                endpoint: "0.0.0.0:9000".parse().unwrap(),
+                service: Some("php8.2-fpm.service".into()),
+                queued: 129,
+                backlog: 128,
+            }),
+        ),
+    ];
+    events.extend(burst(5 * SEC, BACKEND, 0));
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident), (Cause::Overload, Confidence::High));
+    assert!(
+        incident.causes[0].summary.contains("129/128"),
+        "{}",
+        incident.causes[0].summary
+    );
+    // Without the queue evidence the same failures are only a medium SYN timeout.
+    let mut plain = engine();
+    let mut events = vec![listening(SEC, fpm(), "0.0.0.0:9000", Source::Snapshot)];
+    events.extend(burst(5 * SEC, BACKEND, 0));
+    assert_eq!(
+        top(&run(&mut plain, &events)),
+        (Cause::SynTimeout, Confidence::Medium)
+    );
+}
+
+#[test]
+fn memory_pressure_joins_an_oom_kill_and_stands_on_its_own() {
+    let mut e = engine();
+    let mut events = vec![
+        listening(SEC, fpm(), BACKEND, Source::Kernel),
+        pressure(9 * SEC, "php8.2-fpm.service", 43.0),
+        event(
+            10 * SEC,
+            Some(fpm()),
+            EventDetail::OomKill(OomKill {
+                victim_pid: 100,
+                victim_comm: "php-fpm".into(),
+                total_vm_kb: 0,
+                anon_rss_kb: 1 << 20,
+                file_rss_kb: 0,
+                shmem_rss_kb: 0,
+                pgtables_kb: 0,
+                uid: 0,
+                oom_score_adj: 0,
+                victim: None,
+            }),
+        ),
+        exit(10 * SEC + MS, fpm(), 9),
+        closed(10 * SEC + 2 * MS, fpm(), BACKEND),
+    ];
+    events.extend(burst(10 * SEC + 100 * MS, BACKEND, libc::ECONNREFUSED));
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident), (Cause::OomKill, Confidence::High));
+    assert_eq!(incident.causes[0].evidence[0].kind, "memory_pressure");
+    assert_eq!(incident.causes[1].cause, Cause::MemoryPressure);
+
+    // Host pressure, a live listener, slow handshakes: pressure is among the candidates.
+    let mut e = engine();
+    let mut events = vec![
+        listening(SEC, fpm(), BACKEND, Source::Kernel),
+        pressure(4 * SEC, "host", 60.0),
+    ];
+    events.extend(burst(5 * SEC, BACKEND, 0));
+    let incident = run(&mut e, &events);
+    let causes: Vec<Cause> = incident.causes.iter().map(|c| c.cause).collect();
+    assert!(causes.contains(&Cause::MemoryPressure), "{causes:?}");
+    // Pressure long before the look-back does not count.
+    let mut e = engine();
+    let mut events = vec![
+        listening(SEC, fpm(), BACKEND, Source::Kernel),
+        pressure(2 * SEC, "host", 60.0),
+    ];
+    events.extend(burst(400 * SEC, BACKEND, 0));
+    let incident = run(&mut e, &events);
+    assert!(incident
+        .causes
+        .iter()
+        .all(|c| c.cause != Cause::MemoryPressure));
 }

@@ -87,6 +87,33 @@ pub enum EventDetail {
     ProcessExit(Exit),
     Signal(SignalSent),
     OomKill(OomKill),
+    MemoryPressure(MemoryPressure),
+    ListenQueueFull(ListenQueueFull),
+}
+
+/// Memory pressure (PSI `some` avg10) rose above the configured threshold, host-wide or in
+/// a listening service's cgroup. Sampled, not traced.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryPressure {
+    /// `host`, or the service (systemd unit or process name).
+    pub scope: String,
+    /// The service's listening process, for a service scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Percent of the last 10 s in which some task stalled on memory.
+    pub some_avg10: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_avg10: Option<f64>,
+}
+
+/// A listener's accept queue was found full (sock_diag): it is not accepting fast enough.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenQueueFull {
+    pub endpoint: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub queued: u32,
+    pub backlog: u32,
 }
 
 /// Where a proxy connects to: a TCP address or a unix socket path.
@@ -311,6 +338,8 @@ impl EventDetail {
             EventDetail::ProcessExit(_) => "process_exit",
             EventDetail::Signal(_) => "signal",
             EventDetail::OomKill(_) => "oom_kill",
+            EventDetail::MemoryPressure(_) => "memory_pressure",
+            EventDetail::ListenQueueFull(_) => "listen_queue_full",
         }
     }
 }

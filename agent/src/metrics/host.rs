@@ -1,10 +1,13 @@
 //! Host signals into metrics: PSI memory stall totals, TcpExt listen overflows/drops,
 //! every listener's accept queue, and the memory cgroup of each listening service.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use super::{capped, Metrics};
-use crate::host::{self, cgroup_memory, netstat::ListenStats, psi::Pressure};
+use crate::{
+    host::{netstat::ListenStats, psi::Pressure},
+    sampling::Sample,
+};
 
 /// The last absolute readings, so that counters grow by the difference.
 #[derive(Debug, Default)]
@@ -16,30 +19,10 @@ pub struct HostTotals {
 }
 
 impl Metrics {
-    /// Samples the host and the listening services' cgroups (blocking: procfs, sysfs,
-    /// netlink). Returns the sample for other consumers.
-    pub fn sample_host(&self) -> host::HostSample {
-        let sample = host::sample();
-        let owners: BTreeMap<String, u32> = self
-            .state()
-            .listeners
-            .values()
-            .map(|(service, pid)| (service.clone(), *pid))
-            .collect();
-        let memories: Vec<_> = owners
-            .into_iter()
-            .filter_map(|(service, pid)| match cgroup_memory::read_for_pid(pid) {
-                Ok(Some(memory)) => Some((service, memory)),
-                Ok(None) => None,
-                Err(err) => {
-                    log::debug!("cgroup memory of {service} (pid {pid}): {err}");
-                    None
-                }
-            })
-            .collect();
-
+    /// Takes one sampling round into the metrics.
+    pub fn apply_host(&self, sample: &Sample) {
         let mut st = self.state();
-        if let Some(pressure) = &sample.memory_pressure {
+        if let Some(pressure) = &sample.host.memory_pressure {
             let (some, full) = totals(pressure);
             let t = &mut st.host;
             // The first reading reports the whole total since boot, as node_exporter does:
@@ -53,7 +36,7 @@ impl Metrics {
             t.psi_some_us = some;
             t.psi_full_us = full;
         }
-        if let Some(listen) = sample.listen {
+        if let Some(listen) = sample.host.listen {
             let before = st.host.listen.unwrap_or_default();
             self.listen_overflows
                 .inc_by(listen.overflows.saturating_sub(before.overflows));
@@ -65,11 +48,11 @@ impl Metrics {
         // Gauges describe now: series of listeners that went away must go too.
         self.queue_depth.reset();
         self.queue_backlog.reset();
-        for queue in &sample.queues {
-            let service = st
-                .listeners
+        for queue in &sample.host.queues {
+            let service = sample
+                .listener_services
                 .get(&queue.local)
-                .map(|(s, _)| s.clone())
+                .map(|s| capped(&mut st.services, s, "service", &self.label_folds))
                 .unwrap_or_else(|| "unknown".into());
             let endpoint = capped(
                 &mut st.endpoints,
@@ -87,29 +70,30 @@ impl Metrics {
 
         self.service_memory_usage.reset();
         self.service_memory_limit.reset();
-        for (service, memory) in &memories {
+        for s in &sample.services {
+            let service = capped(&mut st.services, &s.service, "service", &self.label_folds);
+            let memory = &s.memory;
             self.service_memory_usage
-                .with_label_values(&[service])
+                .with_label_values(&[&service])
                 .set(memory.usage_bytes.min(i64::MAX as u64) as i64);
             if let Some(limit) = memory.limit_bytes {
                 self.service_memory_limit
-                    .with_label_values(&[service])
+                    .with_label_values(&[&service])
                     .set(limit.min(i64::MAX as u64) as i64);
             }
             if let Some(pressure) = &memory.pressure {
                 let (some, full) = totals(pressure);
                 let (before_some, before_full) =
-                    st.host.service_psi.get(service).copied().unwrap_or((0, 0));
+                    st.host.service_psi.get(&service).copied().unwrap_or((0, 0));
                 self.service_memory_stall
-                    .with_label_values(&[service, "some"])
+                    .with_label_values(&[&service, "some"])
                     .inc_by(secs(some.saturating_sub(before_some)));
                 self.service_memory_stall
-                    .with_label_values(&[service, "full"])
+                    .with_label_values(&[&service, "full"])
                     .inc_by(secs(full.saturating_sub(before_full)));
-                st.host.service_psi.insert(service.clone(), (some, full));
+                st.host.service_psi.insert(service, (some, full));
             }
         }
-        sample
     }
 }
 

@@ -52,8 +52,6 @@ struct State {
     counters: KernelCounters,
     /// tgid → proxy label, for kernel aggregates of processes no event named.
     proxy_names: LruCache<u32, String>,
-    /// Listening TCP endpoints → (service, owner pid), from listener events.
-    listeners: BTreeMap<SocketAddr, (String, u32)>,
     /// Open incidents' (proxy, upstream) labels, to remove the gauge when they close.
     open: BTreeMap<u64, (String, String)>,
     host: host::HostTotals,
@@ -172,7 +170,6 @@ impl Metrics {
                 kernel: KernelDeltas::default(),
                 counters: KernelCounters::default(),
                 proxy_names: LruCache::new(NonZeroUsize::new(4096).expect("non-zero")),
-                listeners: BTreeMap::new(),
                 open: BTreeMap::new(),
                 host: host::HostTotals::default(),
             }),
@@ -265,9 +262,6 @@ impl Metrics {
                 self.process_exits
                     .with_label_values(&[&service, &reason])
                     .inc();
-                if let Some(p) = &event.process {
-                    st.listeners.retain(|_, (_, pid)| *pid != p.pid);
-                }
             }
             EventDetail::OomKill(kill) => {
                 let name = kill
@@ -277,15 +271,6 @@ impl Metrics {
                     .unwrap_or_else(|| kill.victim_comm.clone());
                 let service = capped(&mut st.services, &name, "service", &self.label_folds);
                 self.oom_kills.with_label_values(&[&service]).inc();
-            }
-            EventDetail::ListenerOpened(l) => {
-                if let Some(p) = &event.process {
-                    let service = service(&mut st, Some(p), &self.label_folds);
-                    st.listeners.insert(l.endpoint, (service, p.pid));
-                }
-            }
-            EventDetail::ListenerClosed(l) => {
-                st.listeners.remove(&l.endpoint);
             }
             _ => {}
         }
