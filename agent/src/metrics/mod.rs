@@ -180,8 +180,10 @@ impl Metrics {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Probes turned off in the configuration export no series: only a probe that should
+    /// run and does not is a 0 worth alerting on.
     pub fn set_probe_status(&self, status: &BTreeMap<agent_common::config::Probe, ProbeStatus>) {
-        for (probe, s) in status {
+        for (probe, s) in status.iter().filter(|(_, s)| **s != ProbeStatus::Disabled) {
             self.probe_attached
                 .with_label_values(&[probe.name()])
                 .set(i64::from(*s == ProbeStatus::Attached));
