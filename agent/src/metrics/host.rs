@@ -16,6 +16,8 @@ pub struct HostTotals {
     psi_full_us: u64,
     listen: Option<ListenStats>,
     service_psi: HashMap<String, (u64, u64)>,
+    /// memory.events `oom` and `oom_kill` per service.
+    service_events: HashMap<String, (u64, u64)>,
 }
 
 impl Metrics {
@@ -81,6 +83,25 @@ impl Metrics {
                     .with_label_values(&[&service])
                     .set(limit.min(i64::MAX as u64) as i64);
             }
+            let events = (
+                memory.oom_events.unwrap_or(0),
+                memory.oom_kill_events.unwrap_or(0),
+            );
+            // The first reading of a service is its base: events before are history.
+            let before = *st
+                .host
+                .service_events
+                .entry(service.clone())
+                .or_insert(events);
+            for (name, now, was) in [
+                ("oom", events.0, before.0),
+                ("oom_kill", events.1, before.1),
+            ] {
+                self.service_memory_events
+                    .with_label_values(&[&service, name])
+                    .inc_by(now.saturating_sub(was));
+            }
+            st.host.service_events.insert(service.clone(), events);
             if let Some(pressure) = &memory.pressure {
                 let (some, full) = totals(pressure);
                 let (before_some, before_full) =
@@ -103,4 +124,88 @@ fn totals(p: &Pressure) -> (u64, u64) {
 
 fn secs(us: u64) -> f64 {
     us as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        config::MetricsConfig,
+        host::{
+            cgroup_memory::CgroupMemory,
+            psi::{Pressure, PressureLine},
+            sock_diag::ListenQueue,
+        },
+        metrics::Metrics,
+        sampling::{Sample, ServiceMemory},
+    };
+
+    fn sample(oom_kills: u64, psi_us: u64, queued: u32) -> Sample {
+        let endpoint = "127.0.0.1:9000".parse().unwrap();
+        let line = PressureLine {
+            total_us: psi_us,
+            ..Default::default()
+        };
+        let mut sample = Sample::default();
+        sample.host.memory_pressure = Some(Pressure {
+            some: line,
+            full: Some(line),
+        });
+        sample.host.queues = vec![ListenQueue {
+            local: endpoint,
+            inode: 7,
+            queued,
+            backlog: 128,
+        }];
+        sample
+            .listener_services
+            .insert(endpoint, "php-fpm.service".into());
+        sample.services = vec![ServiceMemory {
+            service: "php-fpm.service".into(),
+            pid: 42,
+            memory: CgroupMemory {
+                path: "/system.slice/php-fpm.service".into(),
+                version: 2,
+                usage_bytes: 1 << 30,
+                limit_bytes: Some(2 << 30),
+                oom_events: Some(oom_kills),
+                oom_kill_events: Some(oom_kills),
+                pressure: None,
+            },
+        }];
+        sample
+    }
+
+    #[test]
+    fn samples_become_counters_and_gauges() {
+        let metrics = Metrics::new(&MetricsConfig::default()).unwrap();
+        metrics.apply_host(&sample(3, 2_000_000, 5));
+        metrics.apply_host(&sample(5, 3_500_000, 129));
+        let text = metrics.render().unwrap();
+        // Two OOM kills since the first reading; the three before it are history.
+        assert!(text.contains(
+            "why502_service_memory_events_total{event=\"oom_kill\",service=\"php-fpm.service\"} 2"
+        ), "{text}");
+        // PSI: the whole total since boot, then its growth (3.5 s in all).
+        assert!(
+            text.contains("why502_memory_pressure_stall_seconds_total{kind=\"some\"} 3.5"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "why502_listener_queue_depth{endpoint=\"127.0.0.1:9000\",service=\"php-fpm.service\"} 129"
+        ), "{text}");
+        assert!(
+            text.contains(
+                "why502_service_memory_limit_bytes{service=\"php-fpm.service\"} 2147483648"
+            ),
+            "{text}"
+        );
+        // A listener gone from the next sample takes its gauge series with it.
+        let mut gone = sample(5, 3_500_000, 0);
+        gone.host.queues.clear();
+        metrics.apply_host(&gone);
+        assert!(!metrics
+            .render()
+            .unwrap()
+            .contains("why502_listener_queue_depth{"));
+    }
 }
