@@ -25,10 +25,15 @@ pub enum Probe {
     SchedProcessExit = 11,
     SignalGenerate = 12,
     MarkVictim = 13,
+    SysEnterWrite = 14,
+    SysEnterWritev = 15,
+    SysEnterSendto = 16,
+    SysEnterSendmsg = 17,
+    SchedProcessFork = 18,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 14] = [
+    pub const ALL: [Probe; 19] = [
         Probe::InetSockSetState,
         Probe::InetSkErrorReport,
         Probe::TcpReceiveReset,
@@ -43,6 +48,11 @@ impl Probe {
         Probe::SchedProcessExit,
         Probe::SignalGenerate,
         Probe::MarkVictim,
+        Probe::SysEnterWrite,
+        Probe::SysEnterWritev,
+        Probe::SysEnterSendto,
+        Probe::SysEnterSendmsg,
+        Probe::SchedProcessFork,
     ];
 
     /// The program's name in the object file, also the name users give in config.
@@ -62,6 +72,11 @@ impl Probe {
             Probe::SchedProcessExit => "sched_process_exit",
             Probe::SignalGenerate => "signal_generate",
             Probe::MarkVictim => "mark_victim",
+            Probe::SysEnterWrite => "sys_enter_write",
+            Probe::SysEnterWritev => "sys_enter_writev",
+            Probe::SysEnterSendto => "sys_enter_sendto",
+            Probe::SysEnterSendmsg => "sys_enter_sendmsg",
+            Probe::SchedProcessFork => "sched_process_fork",
         }
     }
 
@@ -76,8 +91,12 @@ impl Probe {
             Probe::SysEnterConnect
             | Probe::SysExitConnect
             | Probe::SysEnterListen
-            | Probe::SysExitListen => "syscalls",
-            Probe::SchedProcessExec | Probe::SchedProcessExit => "sched",
+            | Probe::SysExitListen
+            | Probe::SysEnterWrite
+            | Probe::SysEnterWritev
+            | Probe::SysEnterSendto
+            | Probe::SysEnterSendmsg => "syscalls",
+            Probe::SchedProcessExec | Probe::SchedProcessExit | Probe::SchedProcessFork => "sched",
             Probe::SignalGenerate => "signal",
             Probe::MarkVictim => "oom",
         }
@@ -182,6 +201,25 @@ pub struct SyscallFields {
     pub exit_ret: u16,
 }
 
+/// The write-family syscalls' buffer arguments, and fork's child.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HttpFields {
+    /// `sys_enter_write`: `buf`, `count`.
+    pub write_buf: u16,
+    pub write_count: u16,
+    /// `sys_enter_writev`: `vec`, `vlen`.
+    pub writev_vec: u16,
+    pub writev_vlen: u16,
+    /// `sys_enter_sendto`: `buff`, `len`.
+    pub sendto_buf: u16,
+    pub sendto_len: u16,
+    /// `sys_enter_sendmsg`: `msg`.
+    pub sendmsg_msg: u16,
+    /// `sched_process_fork`: `child_pid`.
+    pub fork_child_pid: u16,
+}
+
 /// Byte offsets of kernel struct fields, from BTF.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -210,6 +248,7 @@ pub struct KernelConfig {
     pub signal: SignalFields,
     pub process: ProcessFields,
     pub syscalls: SyscallFields,
+    pub http: HttpFields,
     pub kernel: KernelOffsets,
     pub _pad: u16,
     /// Bit `n` set: report signal `n`.
@@ -284,6 +323,16 @@ impl KernelConfig {
             connect_addrlen: NO,
             listen_fd: NO,
             exit_ret: NO,
+        },
+        http: HttpFields {
+            write_buf: NO,
+            write_count: NO,
+            writev_vec: NO,
+            writev_vlen: NO,
+            sendto_buf: NO,
+            sendto_len: NO,
+            sendmsg_msg: NO,
+            fork_child_pid: NO,
         },
         kernel: KernelOffsets {
             sock_sk_err: NO,

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod connect;
 pub mod event;
+pub mod http;
 pub mod listener;
 pub mod net;
 pub mod process;

@@ -184,6 +184,7 @@ fn failed(ctx: &TracePointContext, skaddr: u64) {
     }
     if let Some(tracked) = tracked {
         let tracked = unsafe { &*tracked };
+        crate::http::mark_proxy(tracked.tgid);
         unsafe {
             (*event).header.pid = tracked.pid;
             (*event).header.tgid = tracked.tgid;
@@ -302,6 +303,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn report_syscall_error(call: *const ConnectCall, errno: i32) {
     let header = current_header(EventKind::ConnectSyscallError);
+    crate::http::mark_proxy(header.tgid);
     let Some(mut entry) = reserve::<ConnectSyscallError>(EventKind::ConnectSyscallError) else {
         return;
     };

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod connect;
+mod http;
 mod listen;
 mod maps;
 mod process;

@@ -5,6 +5,7 @@ use agent_common::{
     config::KernelConfig,
     connect::{ConnectCall, ConnectKey, ConnectStats, TrackedConnect},
     event::counter,
+    http::ResponseKey,
     net::SockTuple,
 };
 use aya_ebpf::{
@@ -60,6 +61,17 @@ pub static CONNECT_STATS: LruPerCpuHashMap<ConnectKey, ConnectStats> =
 /// non-zero code or by signal are always reported.
 #[map]
 pub static WATCHED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Proxy processes (tgid → 1) whose writes are inspected for HTTP status lines: marked by
+/// the agent, inherited by forked children in the kernel. LRU: threads created by a proxy
+/// also land here (fork cannot tell them apart) and must not crowd out processes.
+#[map]
+pub static PROXIES: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// HTTP responses written by proxies, per (tgid, status code), per CPU.
+#[map]
+pub static RESPONSES: LruPerCpuHashMap<ResponseKey, u64> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
 
 /// Drop and error counters, see `agent_common::event::counter`.
 #[map]

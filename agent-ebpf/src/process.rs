@@ -33,6 +33,9 @@ fn data_loc_str(ctx: &TracePointContext, offset: u16, dst: &mut [u8]) -> bool {
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let header = current_header(EventKind::ProcessExec);
+    if crate::http::is_known_proxy(&header.comm) {
+        crate::http::mark_proxy(header.tgid);
+    }
     let task = unsafe { bpf_get_current_task() };
     let parent = kernel_field::<u64>(task, config!(kernel.task_real_parent)).unwrap_or(0);
     let ppid = kernel_field::<u32>(parent, config!(kernel.task_tgid)).unwrap_or(0);
@@ -69,6 +72,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     let task = unsafe { bpf_get_current_task() };
     let exit_code = kernel_field::<i32>(task, config!(kernel.task_exit_code)).unwrap_or(-1);
+    let _ = crate::maps::PROXIES.remove(header.tgid);
     let watched = WATCHED.get_ptr(header.tgid).is_some();
     if watched {
         let _ = WATCHED.remove(header.tgid);

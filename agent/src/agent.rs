@@ -143,7 +143,16 @@ impl Agent {
         let ring = probes.take_events()?;
         let stats = Arc::new(PipelineStats::default());
         let pipeline = tokio::spawn(pipeline::run(ring, enricher, bus.clone(), stats.clone()));
+        if let Err(err) = probes.mark_proxies(crate::responses::running_proxies()) {
+            log::warn!("cannot mark running proxies: {err}");
+        }
         let probes = Arc::new(Mutex::new(probes));
+        tasks.push(crate::responses::spawn(
+            probes.clone(),
+            bus.clone(),
+            metrics.clone(),
+            config.enrich.redact_keys.clone(),
+        ));
 
         let status = status_report(
             started_at,

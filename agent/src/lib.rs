@@ -16,6 +16,7 @@ pub mod host;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;
+pub mod responses;
 pub mod sampling;
 pub mod store;
 pub mod timefmt;

@@ -82,6 +82,13 @@ fn backend_crash_is_explained_and_survives_a_restart() {
         i["failures"].as_u64() == Some(logged)
     });
     assert_eq!(incident["failure_kinds"]["ECONNREFUSED"], logged);
+    // What the failures became: every 502 in nginx's access.log, counted in the kernel.
+    let access = std::fs::read_to_string(nginx.path("access.log")).unwrap();
+    let bad_gateways = access.lines().filter(|l| l.contains("\" 502 ")).count() as u64;
+    assert_eq!(bad_gateways, 20, "{access}");
+    let incident = wait_for_incident(&agent, Duration::from_secs(3), |i| {
+        i["responses"]["502"].as_u64() == Some(bad_gateways)
+    });
     assert_eq!(incident["proxy"]["comm"], "nginx");
     assert_eq!(incident["proxy"]["known_proxy"], "nginx");
     let cause = &incident["causes"][0];

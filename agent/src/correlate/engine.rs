@@ -14,7 +14,7 @@ use std::{
 use super::{
     explain::{self, Failures, Knowledge},
     history::{Dated, ExitRecord, ProcessHistory, SignalRecord},
-    incident::{Incident, IncidentState, ProcessSummary},
+    incident::{Incident, IncidentState, ProcessSummary, NO_UPSTREAM},
     listeners::{ListenerTable, Owner},
     proxy,
 };
@@ -31,6 +31,11 @@ const FLOW_CAPACITY: usize = 10_000;
 const BASELINE_SECONDS: usize = 60;
 /// A spike must exceed this multiple of the baseline failure rate.
 const BASELINE_FACTOR: f64 = 3.0;
+/// The responses a proxy gives when it could not get one from its upstream.
+const BAD_GATEWAY_CODES: [u16; 3] = [502, 503, 504];
+/// Responses counted one by one in a flow's window, at most (a window only has to reach
+/// the threshold).
+const WINDOW_CAP: usize = 10_000;
 
 /// What an event or a tick changed.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +57,8 @@ impl Update {
 struct FlowKey {
     /// The proxy's unit when it has one (all its workers are one proxy), else its name.
     proxy: String,
-    upstream: Endpoint,
+    /// `None`: 5xx responses of the proxy with no upstream failure to blame.
+    upstream: Option<Endpoint>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +66,8 @@ struct Failure {
     mono: u64,
     time: SystemTime,
     kind: String,
+    /// How many (responses arrive counted; failures one by one).
+    count: u64,
 }
 
 struct OpenIncident {
@@ -81,6 +89,9 @@ struct Flow {
 }
 
 pub struct Engine {
+    /// 5xx responses of proxies whose failures have not (yet) made an incident, by proxy:
+    /// an incident that opens takes those of its window, the rest age out.
+    pending_responses: HashMap<String, VecDeque<(u64, u16, u64)>>,
     config: IncidentConfig,
     listeners: ListenerTable,
     history: ProcessHistory,
@@ -99,6 +110,7 @@ impl Engine {
         watching_since: SystemTime,
     ) -> Self {
         Self {
+            pending_responses: HashMap::new(),
             config,
             listeners: ListenerTable::new(LISTENER_CAPACITY),
             history: ProcessHistory::default(),
@@ -119,16 +131,19 @@ impl Engine {
         let time = event.time;
         match &event.detail {
             EventDetail::TcpConnectFailure(f) => {
-                return self.failure(event, Endpoint::Tcp(f.dst), f.kind());
+                return self.failure(event, Some(Endpoint::Tcp(f.dst)), f.kind(), 1);
             }
             EventDetail::ConnectSyscallError(e) => {
                 if e.is_benign() {
                     return Vec::new();
                 }
-                return self.failure(event, e.dst.clone(), e.errno.name().to_string());
+                return self.failure(event, Some(e.dst.clone()), e.errno.name().to_string(), 1);
             }
             EventDetail::TcpResetReceived(r) => {
-                return self.failure(event, Endpoint::Tcp(r.dst), "reset".into());
+                return self.failure(event, Some(Endpoint::Tcp(r.dst)), "reset".into(), 1);
+            }
+            EventDetail::HttpResponses(r) if BAD_GATEWAY_CODES.contains(&r.code) => {
+                return self.bad_responses(event, r.code, r.count);
             }
             EventDetail::ListenerOpened(l) => {
                 let owner = owner_of(event.process.as_ref(), mono, time, l.source);
@@ -192,7 +207,8 @@ impl Engine {
                 });
                 self.mark_open_dirty();
             }
-            EventDetail::TcpResetSent(_)
+            EventDetail::HttpResponses(_)
+            | EventDetail::TcpResetSent(_)
             | EventDetail::TcpSynRetransmit(_)
             | EventDetail::TcpSynackRetransmit(_)
             | EventDetail::ProcessExec(_) => {}
@@ -246,10 +262,66 @@ impl Engine {
         self.history.prune(horizon);
         self.flows
             .retain(|_, f| f.open.is_some() || f.last_mono >= horizon);
+        self.pending_responses.retain(|_, pending| {
+            pending.retain(|(mono, _, _)| *mono >= horizon);
+            !pending.is_empty()
+        });
         updates
     }
 
-    fn failure(&mut self, event: &Event, upstream: Endpoint, kind: String) -> Vec<Update> {
+    /// 5xx responses of a proxy: counted on its open incident when it has one (they are
+    /// what its upstream failures became), else a flow of their own, which opens an
+    /// incident of 5xx responses with no upstream failure to blame.
+    fn bad_responses(&mut self, event: &Event, code: u16, count: u64) -> Vec<Update> {
+        let Some(process) = &event.process else {
+            return Vec::new();
+        };
+        let proxy_key = summary(process)
+            .unit
+            .unwrap_or_else(|| process.comm.clone());
+        let open = self
+            .flows
+            .iter_mut()
+            .filter(|(k, f)| k.proxy == proxy_key && f.open.is_some())
+            .max_by_key(|(_, f)| f.open.as_ref().map_or(0, |o| o.last_mono));
+        if let Some((_, flow)) = open {
+            let open = flow.open.as_mut().expect("filtered on open");
+            *open.incident.responses.entry(code.to_string()).or_default() += count;
+            open.dirty = true;
+            return Vec::new();
+        }
+        // Failures of this proxy in the window, below the threshold so far: the responses
+        // are theirs, not a spike of their own.
+        let window_ns = self.config.window_ms * 1_000_000;
+        let recent_failures = self.flows.iter().any(|(k, f)| {
+            k.proxy == proxy_key
+                && k.upstream.is_some()
+                && f.window
+                    .back()
+                    .is_some_and(|last| last.mono + window_ns >= event.mono_ns)
+        });
+        if recent_failures {
+            let pending = self.pending_responses.entry(proxy_key).or_default();
+            while pending
+                .front()
+                .is_some_and(|(mono, _, _)| mono + 2 * window_ns < event.mono_ns)
+                || pending.len() >= WINDOW_CAP
+            {
+                pending.pop_front();
+            }
+            pending.push_back((event.mono_ns, code, count));
+            return Vec::new();
+        }
+        self.failure(event, None, code.to_string(), count)
+    }
+
+    fn failure(
+        &mut self,
+        event: &Event,
+        upstream: Option<Endpoint>,
+        kind: String,
+        count: u64,
+    ) -> Vec<Update> {
         let Some(process) = &event.process else {
             // The kernel did not know who connected: no proxy to tie the failure to.
             return Vec::new();
@@ -275,8 +347,12 @@ impl Engine {
         flow.last_mono = event.mono_ns;
         if let Some(open) = flow.open.as_mut() {
             let incident = &mut open.incident;
-            incident.failures += 1;
-            *incident.failure_kinds.entry(kind).or_default() += 1;
+            if key.upstream.is_some() {
+                incident.failures += count;
+                *incident.failure_kinds.entry(kind).or_default() += count;
+            } else {
+                *incident.responses.entry(kind).or_default() += count;
+            }
             incident.last_failure_at = event.time;
             open.last_mono = event.mono_ns;
             open.dirty = true;
@@ -284,28 +360,35 @@ impl Engine {
         }
 
         let required = flow.required(threshold, window_ns, event.mono_ns);
-        flow.count_for_baseline(event.mono_ns);
+        flow.count_for_baseline(event.mono_ns, count);
         flow.window.push_back(Failure {
             mono: event.mono_ns,
             time: event.time,
             kind,
+            count,
         });
         while flow
             .window
             .front()
             .is_some_and(|f| f.mono + window_ns < event.mono_ns)
+            || flow.window.len() > WINDOW_CAP
         {
             flow.window.pop_front();
         }
-        if (flow.window.len() as u64) < required {
+        let in_window: u64 = flow.window.iter().map(|f| f.count).sum();
+        if in_window < required {
             return Vec::new();
         }
 
         let first = flow.window.front().cloned().expect("window is not empty");
         let mut kinds = BTreeMap::new();
         for f in &flow.window {
-            *kinds.entry(f.kind.clone()).or_default() += 1;
+            *kinds.entry(f.kind.clone()).or_default() += f.count;
         }
+        let (failures, failure_kinds, responses) = match key.upstream {
+            Some(_) => (in_window, kinds, BTreeMap::new()),
+            None => (0, BTreeMap::new(), kinds),
+        };
         let incident = Incident {
             id: self.next_id,
             state: IncidentState::Open,
@@ -313,9 +396,13 @@ impl Engine {
             last_failure_at: event.time,
             closed_at: None,
             proxy: flow.proxy.clone(),
-            upstream: key.upstream.to_string(),
-            failures: flow.window.len() as u64,
-            failure_kinds: kinds,
+            upstream: key
+                .upstream
+                .as_ref()
+                .map_or_else(|| NO_UPSTREAM.to_string(), ToString::to_string),
+            failures,
+            failure_kinds,
+            responses,
             causes: Vec::new(),
         };
         self.next_id += 1;
@@ -326,6 +413,16 @@ impl Engine {
             last_mono: event.mono_ns,
             dirty: false,
         };
+        if key.upstream.is_some() {
+            // The 5xx responses its first failures already caused.
+            if let Some(pending) = self.pending_responses.remove(&key.proxy) {
+                for (mono, code, count) in pending {
+                    if mono + window_ns >= first.mono {
+                        *open.incident.responses.entry(code.to_string()).or_default() += count;
+                    }
+                }
+            }
+        }
         open.incident.causes = self.explain(&key, &open);
         let opened = open.incident.clone();
         self.flows.get_mut(&key).expect("just inserted").open = Some(open);
@@ -333,9 +430,12 @@ impl Engine {
     }
 
     fn explain(&self, key: &FlowKey, open: &OpenIncident) -> Vec<super::incident::Candidate> {
+        let Some(upstream) = &key.upstream else {
+            return vec![explain::no_upstream_connect(&open.incident)];
+        };
         explain::explain(
             &Failures {
-                upstream: &key.upstream,
+                upstream,
                 proxy: &open.incident.proxy,
                 first_mono: open.first_mono,
                 first_time: open.incident.started_at,
@@ -381,10 +481,11 @@ impl Flow {
         u64::from(threshold).max((per_window * BASELINE_FACTOR).ceil() as u64)
     }
 
-    fn count_for_baseline(&mut self, mono: u64) {
+    fn count_for_baseline(&mut self, mono: u64, count: u64) {
         let second = mono / 1_000_000_000;
         self.advance_baseline(second);
-        self.per_second[(second % BASELINE_SECONDS as u64) as usize] += 1;
+        let slot = &mut self.per_second[(second % BASELINE_SECONDS as u64) as usize];
+        *slot = slot.saturating_add(u32::try_from(count).unwrap_or(u32::MAX));
     }
 
     fn advance_baseline(&mut self, second: u64) {

@@ -129,6 +129,34 @@ pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
     candidates
 }
 
+/// A spike of 5xx responses with no upstream failure seen: the proxy did not get as far as
+/// a connect, or the failure is one the kernel cannot see.
+pub fn no_upstream_connect(incident: &super::incident::Incident) -> Candidate {
+    let total: u64 = incident.responses.values().sum();
+    Candidate {
+        cause: Cause::NoUpstreamConnect,
+        confidence: Confidence::Medium,
+        summary: format!(
+            "{} answered {} ({} responses) without any failed upstream connect or reset on \
+             this host: no upstream connection was attempted (a name that does not resolve, no \
+             live upstreams, a configuration error), or the upstream's TLS failed, which the \
+             kernel cannot see",
+            describe(&incident.proxy),
+            kinds_text(&incident.responses),
+            total
+        ),
+        hint: "read the proxy's error log for \"could not be resolved\", \"no live upstreams\" \
+               or SSL errors"
+            .into(),
+        process: Some(incident.proxy.clone()),
+        evidence: vec![Evidence {
+            time: incident.started_at,
+            kind: "http_responses".into(),
+            text: format!("first 5xx responses from {}", describe(&incident.proxy)),
+        }],
+    }
+}
+
 /// High memory pressure (host-wide, or in the listener owner's service) in the look-back:
 /// a candidate of its own, and part of an OOM kill's timeline.
 fn memory_pressure(

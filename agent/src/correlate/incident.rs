@@ -27,17 +27,24 @@ pub struct Incident {
     pub closed_at: Option<SystemTime>,
     /// The process failing to reach its upstream.
     pub proxy: ProcessSummary,
-    /// `127.0.0.1:9000` or `unix:/run/php/php-fpm.sock`.
+    /// `127.0.0.1:9000` or `unix:/run/php/php-fpm.sock`; [`NO_UPSTREAM`] for a spike of
+    /// 5xx responses with no upstream failure.
     pub upstream: String,
     /// All failures in the incident.
     pub failures: u64,
     /// Failures by kind: errno names (`ECONNREFUSED`), `timeout` (the proxy gave up while
     /// the SYN went unanswered), `reset` (RST on an established connection).
     pub failure_kinds: BTreeMap<String, u64>,
+    /// 5xx responses the proxy sent its clients meanwhile, by status code (`"502"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub responses: BTreeMap<String, u64>,
     /// Ranked, most likely first. Never empty: when nothing on the host explains the
     /// failures, the only candidate says so.
     pub causes: Vec<Candidate>,
 }
+
+/// The upstream of an incident made of 5xx responses alone.
+pub const NO_UPSTREAM: &str = "(no upstream failure)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -111,6 +118,9 @@ pub enum Cause {
     ConnectionResets,
     /// Nothing on this host explains the failures.
     NoLocalCause,
+    /// The proxy answered 502/503/504 without any failed upstream connect or reset: no
+    /// connect was attempted (DNS, no live upstreams, configuration), or TLS failed.
+    NoUpstreamConnect,
 }
 
 impl Cause {
@@ -129,6 +139,7 @@ impl Cause {
             Cause::PortExhaustion => "port_exhaustion",
             Cause::ConnectionResets => "connection_resets",
             Cause::NoLocalCause => "no_local_cause",
+            Cause::NoUpstreamConnect => "no_upstream_connect",
         }
     }
 }

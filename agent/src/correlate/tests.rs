@@ -13,8 +13,8 @@ use crate::{
     config::IncidentConfig,
     events::{
         ConnectFailure, ConnectSyscallError, Endpoint, Errno, Event, EventDetail, Exit,
-        ListenQueueFull, Listener, MemoryPressure, OomKill, ProcessInfo, ProcessRef, SignalSent,
-        Source, TcpReset, UnixListener,
+        HttpResponses, ListenQueueFull, Listener, MemoryPressure, OomKill, ProcessInfo, ProcessRef,
+        SignalSent, Source, TcpReset, UnixListener,
     },
 };
 
@@ -650,4 +650,66 @@ fn memory_pressure_joins_an_oom_kill_and_stands_on_its_own() {
         .causes
         .iter()
         .all(|c| c.cause != Cause::MemoryPressure));
+}
+
+fn responses(mono: u64, code: u16, count: u64) -> Event {
+    event(
+        mono,
+        Some(nginx()),
+        EventDetail::HttpResponses(HttpResponses { code, count }),
+    )
+}
+
+#[test]
+fn bad_gateway_responses_are_linked_to_the_failures_behind_them() {
+    let mut e = engine();
+    let mut events = vec![
+        listening(SEC, fpm(), BACKEND, Source::Kernel),
+        exit(10 * SEC, fpm(), 11),
+        closed(10 * SEC + MS, fpm(), BACKEND),
+    ];
+    // Three failures, their 502s counted by the kernel before the incident opens...
+    events.extend((0..3).map(|i| refused(10 * SEC + 100 * MS + i * MS, BACKEND, 111)));
+    events.push(responses(10 * SEC + 104 * MS, 502, 3));
+    // ...then seven more, the incident opens at the fifth, and their 502s follow.
+    events.extend((3..10).map(|i| refused(10 * SEC + 100 * MS + i * MS, BACKEND, 111)));
+    events.push(responses(10 * SEC + 350 * MS, 502, 7));
+    events.push(responses(10 * SEC + 350 * MS, 200, 4));
+    let incident = run(&mut e, &events);
+    assert_eq!(top(&incident).0, Cause::Crash);
+    assert_eq!(incident.failures, 10);
+    assert_eq!(incident.responses.get("502"), Some(&10));
+    assert!(!incident.responses.contains_key("200"));
+}
+
+#[test]
+fn bad_gateway_without_upstream_failures_is_its_own_incident() {
+    let mut e = engine();
+    assert!(
+        e.observe(&responses(SEC, 502, 3)).is_empty(),
+        "three are not a spike"
+    );
+    let opened = e.observe(&responses(SEC + 250 * MS, 502, 20));
+    let Some(Update::Opened(incident)) = opened.first() else {
+        panic!("{opened:?}")
+    };
+    assert_eq!(incident.upstream, super::incident::NO_UPSTREAM);
+    assert_eq!(incident.failures, 0);
+    assert_eq!(incident.responses.get("502"), Some(&23));
+    assert_eq!(
+        top(incident),
+        (Cause::NoUpstreamConnect, Confidence::Medium)
+    );
+    assert!(
+        incident.causes[0].summary.contains("502 ×23"),
+        "{}",
+        incident.causes[0].summary
+    );
+    // More of them count on the same incident.
+    assert!(e.observe(&responses(SEC + 500 * MS, 504, 2)).is_empty());
+    let updates = e.tick(SEC + 600 * MS, at(SEC + 600 * MS));
+    let Some(Update::Updated(updated)) = updates.first() else {
+        panic!("{updates:?}")
+    };
+    assert_eq!(updated.responses.get("504"), Some(&2));
 }

@@ -89,6 +89,15 @@ pub enum EventDetail {
     OomKill(OomKill),
     MemoryPressure(MemoryPressure),
     ListenQueueFull(ListenQueueFull),
+    HttpResponses(HttpResponses),
+}
+
+/// A proxy wrote `count` HTTP responses with this status code since the last report
+/// (counted in the kernel, reported every 250 ms; only 5xx codes travel as events).
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpResponses {
+    pub code: u16,
+    pub count: u64,
 }
 
 /// Memory pressure (PSI `some` avg10) rose above the configured threshold, host-wide or in
@@ -340,6 +349,7 @@ impl EventDetail {
             EventDetail::OomKill(_) => "oom_kill",
             EventDetail::MemoryPressure(_) => "memory_pressure",
             EventDetail::ListenQueueFull(_) => "listen_queue_full",
+            EventDetail::HttpResponses(_) => "http_responses",
         }
     }
 }

@@ -72,8 +72,50 @@ impl KernelDeltas {
     }
 }
 
+/// Growth of plain kernel counters that may be evicted and recreated.
+#[derive(Debug)]
+pub struct CounterDeltas<K> {
+    seen: HashMap<K, u64>,
+}
+
+impl<K> Default for CounterDeltas<K> {
+    fn default() -> Self {
+        Self {
+            seen: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy> CounterDeltas<K> {
+    /// `(key, growth)` for every counter that grew; forgets counters no longer there.
+    pub fn advance(&mut self, current: &[(K, u64)]) -> Vec<(K, u64)> {
+        let mut next = HashMap::with_capacity(current.len());
+        let mut growth = Vec::new();
+        for &(key, now) in current {
+            let before = self.seen.get(&key).copied().unwrap_or(0);
+            // Smaller than before: evicted and recreated, all of it is new.
+            let grew = if now >= before { now - before } else { now };
+            if grew > 0 {
+                growth.push((key, grew));
+            }
+            next.insert(key, now);
+        }
+        self.seen = next;
+        growth
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn counter_deltas() {
+        let mut d = super::CounterDeltas::default();
+        assert_eq!(d.advance(&[(1u32, 3)]), vec![(1, 3)]);
+        assert_eq!(d.advance(&[(1, 5)]), vec![(1, 2)]);
+        assert_eq!(d.advance(&[(1, 5)]), vec![]);
+        assert_eq!(d.advance(&[(1, 1)]), vec![(1, 1)]);
+    }
+
     use super::*;
 
     fn agg(tgid: u32, established: u64) -> ConnectAggregate {

@@ -78,6 +78,7 @@ pub struct Metrics {
     queue_backlog: IntGaugeVec,
     incidents: IntCounterVec,
     incident_open: IntGaugeVec,
+    http_responses: IntCounterVec,
     events: IntCounterVec,
     ringbuf_dropped: IntCounterVec,
     probe_errors: IntCounterVec,
@@ -163,6 +164,12 @@ impl Metrics {
             queue_backlog: gauge(&r, "why502_listener_queue_backlog", "A listener's accept queue size (its backlog).", &["service", "endpoint"])?,
             incidents: counter(&r, "why502_incidents_total", "Incidents opened, by their top cause when they opened.", &["cause", "confidence"])?,
             incident_open: gauge(&r, "why502_incident_open", "1 while an incident is open for this proxy and upstream.", &["proxy", "upstream"])?,
+            http_responses: counter(
+                &r,
+                "why502_http_responses_total",
+                "HTTP/1.x responses proxies wrote to their clients, by status code (plain-text HTTP only).",
+                &["proxy", "code"],
+            )?,
             events: counter(&r, "why502_events_total", "Events received from the kernel, by kind.", &["kind"])?,
             ringbuf_dropped: counter(&r, "why502_ringbuf_dropped_events_total", "Events lost because the ring buffer was full, by kind.", &["kind"])?,
             probe_errors: counter(&r, "why502_probe_errors_total", "Failed reads of kernel or user memory in a probe.", &["probe"])?,
@@ -327,6 +334,14 @@ impl Metrics {
             }
             Update::Updated(_) => {}
         }
+    }
+
+    /// Counts responses a proxy wrote.
+    pub fn http_responses(&self, proxy: &str, code: u16, count: u64) {
+        let proxy = capped(&mut self.state().proxies, proxy, "proxy", &self.label_folds);
+        self.http_responses
+            .with_label_values(&[&proxy, &code.to_string()])
+            .inc_by(count);
     }
 
     /// Reads the kernel's aggregates and counters (done at every scrape).

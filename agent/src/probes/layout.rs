@@ -149,6 +149,20 @@ pub fn build(
                     f.missing.push("filename as __data_loc".into());
                 }
             }
+            Probe::SysEnterWrite => {
+                config.http.write_buf = f.required("buf");
+                config.http.write_count = f.required("count");
+            }
+            Probe::SysEnterWritev => {
+                config.http.writev_vec = f.required("vec");
+                config.http.writev_vlen = f.required("vlen");
+            }
+            Probe::SysEnterSendto => {
+                config.http.sendto_buf = f.required("buff");
+                config.http.sendto_len = f.required("len");
+            }
+            Probe::SysEnterSendmsg => config.http.sendmsg_msg = f.required("msg"),
+            Probe::SchedProcessFork => config.http.fork_child_pid = f.required("child_pid"),
             Probe::SchedProcessExit => {
                 config.process.exit_group_dead = f.optional("group_dead");
             }

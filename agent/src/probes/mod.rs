@@ -13,6 +13,7 @@ use agent_common::{
     config::Probe,
     connect::{ConnectKey, ConnectStats, LATENCY_BUCKETS},
     event::{counter, EventKind, EVENT_KIND_SLOTS},
+    http::ResponseKey,
 };
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -218,6 +219,47 @@ impl ProbeSet {
             watched.insert(tgid, 1, 0).map_err(map_err)?;
         }
         Ok(())
+    }
+
+    /// Marks processes whose writes are inspected for HTTP responses (their forked
+    /// children are marked by the kernel).
+    pub fn mark_proxies(&mut self, tgids: impl IntoIterator<Item = u32>) -> Result<(), ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            name: "PROXIES",
+            source,
+        };
+        let map =
+            self.ebpf
+                .map_mut("PROXIES")
+                .ok_or(map_err(aya::maps::MapError::InvalidName {
+                    name: "PROXIES".into(),
+                }))?;
+        let mut proxies: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(map).map_err(map_err)?;
+        for tgid in tgids {
+            proxies.insert(tgid, 1, 0).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// HTTP responses written by proxies, per (tgid, status code), summed over CPUs.
+    pub fn response_counts(&self) -> Result<Vec<(ResponseKey, u64)>, ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            name: "RESPONSES",
+            source,
+        };
+        let map = self
+            .ebpf
+            .map("RESPONSES")
+            .ok_or(map_err(aya::maps::MapError::InvalidName {
+                name: "RESPONSES".into(),
+            }))?;
+        let counts: PerCpuHashMap<_, ResponseKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(map_err)?;
+        Ok(counts
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
+            .collect())
     }
 
     /// Drop and error counters, summed over CPUs.

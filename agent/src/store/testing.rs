@@ -50,6 +50,7 @@ pub(crate) fn incident(id: u64, started_at: SystemTime) -> Incident {
         upstream: "127.0.0.1:9000".into(),
         failures: 312,
         failure_kinds: BTreeMap::from([("ECONNREFUSED".into(), 312)]),
+        responses: BTreeMap::from([("502".into(), 287)]),
         causes: vec![
             Candidate {
                 cause: Cause::OomKill,

@@ -9,7 +9,12 @@ pub fn explain(incident: &Incident, style: &Style) -> String {
     // The header is wrapped too (rarely: a long unix socket path), between its parts.
     let header = text::hanging_indent("", "", &header(incident, style), style.width, 2);
     let mut out = vec![style.paint.bold(&header)];
-    out.push(failures_line(incident));
+    if incident.failures > 0 || incident.responses.is_empty() {
+        out.push(failures_line(incident));
+    }
+    if let Some(line) = responses_line(incident) {
+        out.push(line);
+    }
     let Some((top, others)) = incident.causes.split_first() else {
         return out.join("\n");
     };
@@ -81,6 +86,22 @@ fn header(incident: &Incident, style: &Style) -> [String; 3] {
     ]
 }
 
+/// `Clients got 502 ×287 (for 312 upstream failures)`: what the failures became.
+fn responses_line(incident: &Incident) -> Option<String> {
+    if incident.responses.is_empty() {
+        return None;
+    }
+    let codes = crate::correlate::explain::kinds_text(&incident.responses);
+    Some(if incident.failures > 0 {
+        format!(
+            "Clients got {codes} (for {} upstream failures)",
+            incident.failures
+        )
+    } else {
+        format!("Clients got {codes}, with no upstream failure seen")
+    })
+}
+
 /// `312 connect failures: ECONNREFUSED ×312`.
 fn failures_line(incident: &Incident) -> String {
     let kinds = &incident.failure_kinds;
@@ -119,6 +140,7 @@ mod tests {
         let expected = "\
 Incident 17 · 14:02:03 → 14:02:09 (6.1 s) · nginx → 127.0.0.1:9000
 312 connect failures: ECONNREFUSED ×312
+Clients got 502 ×287 (for 312 upstream failures)
 Cause (high): php-fpm (pid 1234, php8.2-fpm.service), listener of 127.0.0.1:9000, was
               killed by the OOM killer at 14:02:02.871 (anon RSS 1.9 GiB)
 Timeline: 14:02:01.200 memory pressure 43% · 14:02:02.871 OOM kill pid 1234 ·

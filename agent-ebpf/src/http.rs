@@ -1,0 +1,169 @@
+//! HTTP status codes of the responses proxies write, counted per (process, code).
+//! Non-proxies return after one map lookup.
+
+use agent_common::http::{status_code, ResponseKey, STATUS_LINE_LEN};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+
+use crate::{
+    maps::{config, PROXIES, RESPONSES},
+    read::field,
+};
+
+/// One `struct iovec` as user space lays it out.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoVec {
+    base: u64,
+    len: u64,
+}
+
+/// Marks a process as a proxy. Done in the kernel, at the moment it shows itself (exec of a
+/// known proxy, a failed upstream connect), so that workers it forks right after, and the
+/// 502 it writes right after, are already counted: userspace would be milliseconds late.
+#[inline(always)]
+pub fn mark_proxy(tgid: u32) {
+    if tgid != 0 && PROXIES.get_ptr(tgid).is_none() {
+        let _ = PROXIES.insert(tgid, 1, 0);
+    }
+}
+
+/// Names of well-known proxies, as `comm` shows them after exec.
+const KNOWN: [&[u8]; 8] = [
+    b"nginx",
+    b"haproxy",
+    b"envoy",
+    b"httpd",
+    b"apache2",
+    b"caddy",
+    b"traefik",
+    b"openresty",
+];
+
+/// Whether `comm` (NUL-padded) is one of [`KNOWN`].
+#[inline(always)]
+pub fn is_known_proxy(comm: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < KNOWN.len() {
+        let name = KNOWN[i];
+        let mut equal = comm[name.len()] == 0;
+        let mut j = 0;
+        while equal && j < name.len() {
+            equal = comm[j] == name[j];
+            j += 1;
+        }
+        if equal {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn current_proxy() -> Option<u32> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    PROXIES.get_ptr(tgid).map(|_| tgid)
+}
+
+/// Counts the response whose first bytes are at `buf`, `len` bytes long.
+#[inline(always)]
+fn count(tgid: u32, buf: u64, len: u64) {
+    if buf == 0 || len < STATUS_LINE_LEN as u64 {
+        return;
+    }
+    let mut line = [0u8; STATUS_LINE_LEN];
+    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut line) }.is_err() {
+        return;
+    }
+    let Some(code) = status_code(&line) else {
+        return;
+    };
+    let key = ResponseKey {
+        tgid,
+        code,
+        _pad: 0,
+    };
+    match RESPONSES.get_ptr_mut(key) {
+        // Per-CPU values: no other CPU writes this copy.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = RESPONSES.insert(key, 1, 0);
+        }
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_write")]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    if let Some(tgid) = current_proxy() {
+        let buf = field::<u64>(&ctx, config!(http.write_buf)).unwrap_or(0);
+        let len = field::<u64>(&ctx, config!(http.write_count)).unwrap_or(0);
+        count(tgid, buf, len);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    if let Some(tgid) = current_proxy() {
+        let buf = field::<u64>(&ctx, config!(http.sendto_buf)).unwrap_or(0);
+        let len = field::<u64>(&ctx, config!(http.sendto_len)).unwrap_or(0);
+        count(tgid, buf, len);
+    }
+    0
+}
+
+/// The first iovec holds the status line: proxies write headers first.
+#[inline(always)]
+fn count_iovec(tgid: u32, iov: u64) {
+    if iov == 0 {
+        return;
+    }
+    if let Ok(first) = unsafe { bpf_probe_read_user(iov as *const IoVec) } {
+        count(tgid, first.base, first.len);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    if let Some(tgid) = current_proxy() {
+        let vlen = field::<u64>(&ctx, config!(http.writev_vlen)).unwrap_or(0);
+        if vlen > 0 {
+            count_iovec(
+                tgid,
+                field::<u64>(&ctx, config!(http.writev_vec)).unwrap_or(0),
+            );
+        }
+    }
+    0
+}
+
+/// `struct user_msghdr`: `msg_iov` sits after `msg_name` (8) and `msg_namelen` (4 + 4 pad).
+const MSGHDR_IOV: u64 = 16;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    if let Some(tgid) = current_proxy() {
+        let msg = field::<u64>(&ctx, config!(http.sendmsg_msg)).unwrap_or(0);
+        if msg != 0 {
+            if let Ok(iov) = unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) } {
+                count_iovec(tgid, iov);
+            }
+        }
+    }
+    0
+}
+
+/// A proxy's forked workers are proxies too (nginx, Apache prefork, HAProxy master-worker).
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    if current_proxy().is_some() {
+        if let Some(child) = field::<i32>(&ctx, config!(http.fork_child_pid)) {
+            let _ = PROXIES.insert(child as u32, 1, 0);
+        }
+    }
+    0
+}
