@@ -93,7 +93,14 @@ fn listener_opening_and_closing() {
         "listener closed",
         |e| matches!(&e.detail, EventDetail::ListenerClosed(l) if l.endpoint == addr),
     );
-    assert_eq!(pid_of(&closed), Some(std::process::id()));
+    // The last close is the kernel's to attribute: a child forked by a concurrent test
+    // holds a copy of the fd until its exec closes it, and may be the one that does.
+    let closer = closed.process.as_ref().expect("the closing process");
+    let me = std::process::id();
+    assert!(
+        closer.pid == me || closer.info.as_ref().and_then(|i| i.ppid) == Some(me),
+        "closed by {closer:?}"
+    );
 }
 
 #[test]
