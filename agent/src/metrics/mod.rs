@@ -87,37 +87,40 @@ pub struct Metrics {
     state: Mutex<State>,
 }
 
-fn counter(
+/// Registers `metric` and hands it back.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
+    metric: C,
+) -> Result<C, MetricsError> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counter(
+    r: &Registry,
     name: &str,
     help: &str,
     labels: &[&str],
 ) -> Result<IntCounterVec, MetricsError> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(c.clone()))?;
-    Ok(c)
+    registered(r, IntCounterVec::new(Opts::new(name, help), labels)?)
 }
 
 fn gauge(
-    registry: &Registry,
+    r: &Registry,
     name: &str,
     help: &str,
     labels: &[&str],
 ) -> Result<IntGaugeVec, MetricsError> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(g.clone()))?;
-    Ok(g)
+    registered(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
 }
 
 fn seconds(
-    registry: &Registry,
+    r: &Registry,
     name: &str,
     help: &str,
     labels: &[&str],
 ) -> Result<CounterVec, MetricsError> {
-    let c = CounterVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(c.clone()))?;
-    Ok(c)
+    registered(r, CounterVec::new(Opts::new(name, help), labels)?)
 }
 
 impl Metrics {
@@ -126,9 +129,7 @@ impl Metrics {
         let latency = Arc::new(LatencyHistograms::new());
         r.register(Box::new(ArcCollector(latency.clone())))?;
         let single = |name: &str, help: &str| -> Result<IntCounter, MetricsError> {
-            let c = IntCounter::new(name, help)?;
-            r.register(Box::new(c.clone()))?;
-            Ok(c)
+            registered(&r, IntCounter::new(name, help)?)
         };
         let build_info = gauge(
             &r,
