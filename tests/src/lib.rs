@@ -6,20 +6,31 @@ pub mod agent;
 pub mod backend;
 pub mod cgroup;
 pub mod http;
+pub mod lab;
 pub mod netns;
 pub mod nginx;
 pub mod prometheus;
 
 use std::path::PathBuf;
 
-/// A binary built into the same target directory as the running test.
+/// Where [`sibling_binary`] looks instead of next to the running executable (`cargo xtask
+/// lab` sets it to `target/debug`).
+pub const BIN_DIR_ENV: &str = "WHY502_BIN_DIR";
+
+/// A binary built into the same target directory as the running test (or into
+/// `$WHY502_BIN_DIR`).
 pub fn sibling_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
+    let dir = match std::env::var_os(BIN_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("current test executable");
+            // target/<profile>/deps/<test> → target/<profile>/<name>
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .expect("test executable lives in target/<profile>/deps")
+                .to_path_buf()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

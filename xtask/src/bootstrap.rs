@@ -7,11 +7,12 @@ use anyhow::{bail, Result};
 
 use crate::cmd;
 
-/// What the set-up is for; testing needs more packages than running.
+/// What the set-up is for; testing and benchmarking need more packages than running.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     Run,
     Test,
+    Bench,
 }
 
 /// Debian packages `cargo xtask run` needs (`ip`, `ss`, `ps`, `sysctl`).
@@ -31,6 +32,11 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
 ];
 
+/// Debian packages `cargo xtask bench` needs: the load generator, the reference tracer, a
+/// real nginx to proxy through, `ps`/`sysctl`, and bpftool to name the kernel programs in
+/// the profile.
+const BENCH_PACKAGES: &[&str] = &["wrk", "bpftrace", "nginx-light", "procps", "bpftool"];
+
 /// Newer bpf-linker releases need a system LLVM 21+, which Debian 12 does not have.
 const BPF_LINKER_VERSION: &str = "0.10.1";
 
@@ -45,6 +51,7 @@ pub fn run(level: Level) -> Result<()> {
     debian_packages(match level {
         Level::Run => RUN_PACKAGES,
         Level::Test => TEST_PACKAGES,
+        Level::Bench => BENCH_PACKAGES,
     })?;
     nightly_rust_src()?;
     if level == Level::Test {

@@ -1,7 +1,9 @@
-//! Development tasks for why502: `cargo xtask bootstrap | run | test`.
+//! Development tasks for why502: `cargo xtask bootstrap | run | test | bench | lab`.
 
+mod bench;
 mod bootstrap;
 mod cmd;
+mod lab;
 mod run;
 mod test;
 
@@ -42,6 +44,26 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run one scenario of the 502 lab (a real nginx, backends, one injected fault) and
+    /// show what the agent made of it (as root).
+    Lab {
+        /// List the scenarios.
+        #[arg(long)]
+        list: bool,
+        /// The scenario to run (see --list).
+        #[arg(required_unless_present = "list")]
+        scenario: Option<String>,
+    },
+    /// Measure the agent's overhead, throughput, latency, memory and start-up (as root);
+    /// writes target/bench/results.json.
+    Bench {
+        /// A ~3-minute smoke run instead of the full ~10-minute one.
+        #[arg(long)]
+        quick: bool,
+        /// Run only these sections (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Section>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +83,8 @@ fn try_main() -> Result<()> {
         Task::Bootstrap => bootstrap::run(Level::Test),
         Task::Run { debug, args, .. } => run::run(&root, debug, &args),
         Task::Test { args } => test::run(&root, &args),
+        Task::Lab { list, scenario } => lab::run(&root, list, scenario.as_deref()),
+        Task::Bench { quick, only } => bench::run(&root, &bench::Options { quick, only }),
     }
 }
 

@@ -33,6 +33,9 @@ const BASELINE_SECONDS: usize = 60;
 const BASELINE_FACTOR: f64 = 3.0;
 /// The responses a proxy gives when it could not get one from its upstream.
 const BAD_GATEWAY_CODES: [u16; 3] = [502, 503, 504];
+/// How long 5xx responses wait for the failures behind them before they may count as a
+/// spike of their own (the failures travel a different, streamed, path).
+const RESPONSE_GRACE_NS: u64 = 500_000_000;
 /// Responses counted one by one in a flow's window, at most (a window only has to reach
 /// the threshold).
 const WINDOW_CAP: usize = 10_000;
@@ -70,6 +73,18 @@ struct Failure {
     count: u64,
 }
 
+/// 5xx responses not yet tied to an incident.
+#[derive(Debug, Clone)]
+struct PendingResponses {
+    mono: u64,
+    time: SystemTime,
+    code: u16,
+    count: u64,
+    process: ProcessRef,
+    /// Already judged (opened or counted on a response-only incident).
+    used: bool,
+}
+
 struct OpenIncident {
     incident: Incident,
     first_mono: u64,
@@ -91,7 +106,7 @@ struct Flow {
 pub struct Engine {
     /// 5xx responses of proxies whose failures have not (yet) made an incident, by proxy:
     /// an incident that opens takes those of its window, the rest age out.
-    pending_responses: HashMap<String, VecDeque<(u64, u16, u64)>>,
+    pending_responses: HashMap<String, VecDeque<PendingResponses>>,
     config: IncidentConfig,
     listeners: ListenerTable,
     history: ProcessHistory,
@@ -220,7 +235,7 @@ impl Engine {
     /// that changed, forgets what is older than the look-back.
     pub fn tick(&mut self, now_mono: u64, now: SystemTime) -> Vec<Update> {
         let quiet = self.config.quiet_seconds * 1_000_000_000;
-        let mut updates = Vec::new();
+        let mut updates = self.responses_without_failures(now_mono);
         let keys: Vec<FlowKey> = self
             .flows
             .iter()
@@ -263,7 +278,7 @@ impl Engine {
         self.flows
             .retain(|_, f| f.open.is_some() || f.last_mono >= horizon);
         self.pending_responses.retain(|_, pending| {
-            pending.retain(|(mono, _, _)| *mono >= horizon);
+            pending.retain(|r| r.mono >= horizon);
             !pending.is_empty()
         });
         updates
@@ -290,29 +305,82 @@ impl Engine {
             open.dirty = true;
             return Vec::new();
         }
-        // Failures of this proxy in the window, below the threshold so far: the responses
-        // are theirs, not a spike of their own.
+        // Not (yet) tied to an incident: the failures behind them may still be on their
+        // way through the ring buffer (responses are polled, failures streamed). An
+        // incident that opens takes them; `tick` decides about the rest after a grace.
         let window_ns = self.config.window_ms * 1_000_000;
-        let recent_failures = self.flows.iter().any(|(k, f)| {
-            k.proxy == proxy_key
-                && k.upstream.is_some()
-                && f.window
-                    .back()
-                    .is_some_and(|last| last.mono + window_ns >= event.mono_ns)
-        });
-        if recent_failures {
-            let pending = self.pending_responses.entry(proxy_key).or_default();
-            while pending
-                .front()
-                .is_some_and(|(mono, _, _)| mono + 2 * window_ns < event.mono_ns)
-                || pending.len() >= WINDOW_CAP
-            {
-                pending.pop_front();
-            }
-            pending.push_back((event.mono_ns, code, count));
-            return Vec::new();
+        let pending = self.pending_responses.entry(proxy_key).or_default();
+        while pending
+            .front()
+            .is_some_and(|p| p.mono + window_ns + 2 * RESPONSE_GRACE_NS < event.mono_ns)
+            || pending.len() >= WINDOW_CAP
+        {
+            pending.pop_front();
         }
-        self.failure(event, None, code.to_string(), count)
+        pending.push_back(PendingResponses {
+            mono: event.mono_ns,
+            time: event.time,
+            code,
+            count,
+            process: process.clone(),
+            used: false,
+        });
+        Vec::new()
+    }
+
+    /// 5xx responses pending past their grace with no failure of their proxy around them
+    /// open an incident of their own when they are a spike.
+    fn responses_without_failures(&mut self, now_mono: u64) -> Vec<Update> {
+        let window_ns = self.config.window_ms * 1_000_000;
+        let ready: Vec<String> = self
+            .pending_responses
+            .iter()
+            .filter(|(_, p)| {
+                p.iter()
+                    .any(|r| !r.used && r.mono + RESPONSE_GRACE_NS <= now_mono)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut updates = Vec::new();
+        for proxy in ready {
+            let Some(pending) = self.pending_responses.get(&proxy) else {
+                continue;
+            };
+            let due: Vec<PendingResponses> = pending
+                .iter()
+                .filter(|r| !r.used && r.mono + RESPONSE_GRACE_NS <= now_mono)
+                .cloned()
+                .collect();
+            let Some(first) = due.first() else { continue };
+            // Failures of this proxy around them: the responses are theirs, waiting for an
+            // incident to open (or to age out below the threshold).
+            let failing = self.flows.iter().any(|(k, f)| {
+                k.proxy == proxy
+                    && k.upstream.is_some()
+                    && f.last_mono + window_ns + RESPONSE_GRACE_NS >= first.mono
+            });
+            if failing {
+                continue;
+            }
+            if let Some(pending) = self.pending_responses.get_mut(&proxy) {
+                for r in pending.iter_mut().filter(|r| r.mono <= now_mono) {
+                    r.used = true;
+                }
+            }
+            for r in due {
+                let event = Event {
+                    time: r.time,
+                    mono_ns: r.mono,
+                    process: Some(r.process),
+                    detail: EventDetail::HttpResponses(crate::events::HttpResponses {
+                        code: r.code,
+                        count: r.count,
+                    }),
+                };
+                updates.extend(self.failure(&event, None, r.code.to_string(), r.count));
+            }
+        }
+        updates
     }
 
     fn failure(
@@ -332,7 +400,7 @@ impl Engine {
             upstream,
         };
         if !self.flows.contains_key(&key) && self.flows.len() >= FLOW_CAPACITY {
-            self.evict_idle_flow();
+            self.evict_idle_flows();
         }
         let window_ns = self.config.window_ms * 1_000_000;
         let threshold = self.config.open_threshold;
@@ -416,9 +484,13 @@ impl Engine {
         if key.upstream.is_some() {
             // The 5xx responses its first failures already caused.
             if let Some(pending) = self.pending_responses.remove(&key.proxy) {
-                for (mono, code, count) in pending {
-                    if mono + window_ns >= first.mono {
-                        *open.incident.responses.entry(code.to_string()).or_default() += count;
+                for r in pending {
+                    if !r.used && r.mono + window_ns >= first.mono {
+                        *open
+                            .incident
+                            .responses
+                            .entry(r.code.to_string())
+                            .or_default() += r.count;
                     }
                 }
             }
@@ -458,14 +530,17 @@ impl Engine {
         }
     }
 
-    fn evict_idle_flow(&mut self) {
-        let idle = self
+    /// Forgets the least recently failing tenth of the idle flows at once: one sort per
+    /// thousands of new flows, so that a storm of distinct upstreams stays cheap.
+    fn evict_idle_flows(&mut self) {
+        let mut idle: Vec<(u64, FlowKey)> = self
             .flows
             .iter()
             .filter(|(_, f)| f.open.is_none())
-            .min_by_key(|(_, f)| f.last_mono)
-            .map(|(k, _)| k.clone());
-        if let Some(key) = idle {
+            .map(|(k, f)| (f.last_mono, k.clone()))
+            .collect();
+        idle.sort_unstable_by_key(|(mono, _)| *mono);
+        for (_, key) in idle.into_iter().take(FLOW_CAPACITY / 10) {
             self.flows.remove(&key);
         }
     }

@@ -79,7 +79,7 @@ pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
         }
         let owner = alive.map(|o| &o.process).or_else(|| {
             record
-                .last_past_before(f.first_mono)
+                .last_past_before(f.first_mono + CLOSE_IN_TIME.as_nanos() as u64)
                 .map(|p| &p.owner.process)
         });
         memory_pressure(f, k, owner, &mut candidates);
@@ -365,7 +365,9 @@ fn gone_listener(
     first: &Evidence,
     out: &mut Vec<Candidate>,
 ) {
-    let Some(past) = record.last_past_before(f.first_mono) else {
+    // A backend that dies with requests in flight resets them a moment before its
+    // listener closes: the owner to blame may have closed just after the first failure.
+    let Some(past) = record.last_past_before(f.first_mono + CLOSE_IN_TIME.as_nanos() as u64) else {
         return;
     };
     let owner = &past.owner;

@@ -685,11 +685,18 @@ fn bad_gateway_responses_are_linked_to_the_failures_behind_them() {
 #[test]
 fn bad_gateway_without_upstream_failures_is_its_own_incident() {
     let mut e = engine();
+    assert!(e.observe(&responses(SEC, 502, 3)).is_empty());
     assert!(
-        e.observe(&responses(SEC, 502, 3)).is_empty(),
+        e.tick(SEC + 600 * MS, at(SEC + 600 * MS)).is_empty(),
         "three are not a spike"
     );
-    let opened = e.observe(&responses(SEC + 250 * MS, 502, 20));
+    // Responses wait half a second for the failures behind them before they count alone.
+    assert!(e.observe(&responses(SEC + 700 * MS, 502, 20)).is_empty());
+    assert!(
+        e.tick(SEC + 900 * MS, at(SEC + 900 * MS)).is_empty(),
+        "still in grace"
+    );
+    let opened = e.tick(SEC + 1300 * MS, at(SEC + 1300 * MS));
     let Some(Update::Opened(incident)) = opened.first() else {
         panic!("{opened:?}")
     };
@@ -706,10 +713,76 @@ fn bad_gateway_without_upstream_failures_is_its_own_incident() {
         incident.causes[0].summary
     );
     // More of them count on the same incident.
-    assert!(e.observe(&responses(SEC + 500 * MS, 504, 2)).is_empty());
-    let updates = e.tick(SEC + 600 * MS, at(SEC + 600 * MS));
+    assert!(e.observe(&responses(SEC + 1400 * MS, 504, 2)).is_empty());
+    let updates = e.tick(SEC + 2 * SEC, at(SEC + 2 * SEC));
     let Some(Update::Updated(updated)) = updates.first() else {
         panic!("{updates:?}")
     };
     assert_eq!(updated.responses.get("504"), Some(&2));
+}
+
+#[test]
+fn responses_polled_before_their_failures_are_not_an_incident_of_their_own() {
+    let mut e = engine();
+    // The kernel's counts arrive before the ring buffer's failures (a busy host).
+    assert!(e.observe(&responses(10 * SEC, 502, 10)).is_empty());
+    let mut events: Vec<Event> = (0..10)
+        .map(|i| refused(10 * SEC + 100 * MS + i * MS, "127.0.0.1:9999", 111))
+        .collect();
+    events.push(responses(10 * SEC + 400 * MS, 502, 5));
+    let incident = run(&mut e, &events);
+    assert_eq!(incident.upstream, "127.0.0.1:9999");
+    assert_eq!(incident.responses.get("502"), Some(&15));
+    let later = e.tick(12 * SEC, at(12 * SEC));
+    assert!(
+        later
+            .iter()
+            .all(|u| u.incident().upstream != super::incident::NO_UPSTREAM),
+        "{later:?}"
+    );
+}
+
+#[test]
+fn an_in_flight_reset_just_before_the_listener_closes_still_blames_the_crash() {
+    let mut e = engine();
+    let reset = event(
+        10 * SEC + 50_000,
+        Some(nginx()),
+        EventDetail::TcpResetReceived(TcpReset {
+            src: "127.0.0.1:40000".parse().unwrap(),
+            dst: BACKEND.parse().unwrap(),
+            state: "ESTABLISHED",
+            reason: None,
+        }),
+    );
+    let mut events = vec![
+        listening(SEC, fpm(), BACKEND, Source::Kernel),
+        exit(10 * SEC, fpm(), 11),
+        reset,
+        // The listener closes 28 µs after nginx saw the reset.
+        closed(10 * SEC + 78_000, fpm(), BACKEND),
+    ];
+    events.extend(burst(10 * SEC + 100 * MS, BACKEND, libc::ECONNREFUSED));
+    let incident = run(&mut e, &events);
+    assert_eq!(
+        top(&incident),
+        (Cause::Crash, Confidence::High),
+        "{incident:#?}"
+    );
+    assert_eq!(incident.failure_kinds["reset"], 1);
+}
+
+#[test]
+fn a_connect_given_up_after_the_initial_rto_is_a_timeout() {
+    let failure = |duration_ms, retransmits| ConnectFailure {
+        src: "127.0.0.1:40000".parse().unwrap(),
+        dst: BACKEND.parse().unwrap(),
+        errno: Errno(0),
+        errno_source: "none",
+        duration: Duration::from_millis(duration_ms),
+        syn_retransmits: retransmits,
+    };
+    assert_eq!(failure(2000, 0).kind(), "timeout");
+    assert_eq!(failure(200, 1).kind(), "timeout");
+    assert_eq!(failure(3, 0).kind(), "aborted");
 }

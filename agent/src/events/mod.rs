@@ -183,11 +183,14 @@ pub struct ConnectFailure {
 
 impl ConnectFailure {
     /// How the failure is counted: the errno's name, `timeout` when the process gave up
-    /// while its SYN went unanswered, `aborted` when it gave up before any retransmit.
+    /// while its SYN went unanswered, `aborted` when it gave up at once.
     pub fn kind(&self) -> String {
+        // The first SYN retransmit comes after the initial RTO (1 s), but the kernel does
+        // not always trace one before a process gives up: the time spent says it as well.
+        const INITIAL_RTO: Duration = Duration::from_secs(1);
         if self.errno.0 != 0 {
             self.errno.name().to_string()
-        } else if self.syn_retransmits > 0 {
+        } else if self.syn_retransmits > 0 || self.duration >= INITIAL_RTO {
             "timeout".into()
         } else {
             "aborted".into()

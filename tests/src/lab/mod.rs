@@ -1,0 +1,315 @@
+//! The 502 lab: fault-injection scenarios, each a real nginx in front of small backends, a
+//! client producing a bounded load, and one injected fault; the harness's agent watching.
+//!
+//! A [`Lab`] starts an agent of its own and a [`Topology`] (nginx, backends, and where the
+//! scenario needs them a network namespace or a memory cgroup), drives the load and
+//! injects the fault, then gathers an [`Outcome`]: what the client got, what nginx logged,
+//! what the agent made of it. [`Outcome::failed_checks`] holds the scenario to its
+//! expectations. Everything is torn down on drop, also when a check or a step panics.
+//!
+//! `cargo xtask lab` and `tests/tests/lab.rs` run the same code.
+
+mod backend;
+mod client;
+mod logs;
+mod metrics;
+mod nginx;
+mod outcome;
+mod topology;
+
+use std::{
+    fmt,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+pub use backend::DetachedBackend;
+pub use client::{Client, Exchange};
+pub use logs::{AccessLog, ErrorLog};
+pub use nginx::{LabNginx, NginxSpec};
+pub use outcome::Outcome;
+pub use topology::Topology;
+
+use crate::agent::Agent;
+
+/// One fault-injection scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Crash,
+    Oom,
+    Deploy,
+    WrongPort,
+    MissingUnixSocket,
+    UnixBacklogFull,
+    TcpBacklogOverflow,
+    FirewallReject,
+    FirewallDrop,
+    KeepaliveRace,
+    PortExhaustion,
+    Healthy,
+}
+
+/// Which process the top cause must name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Culprit {
+    /// The (first) backend: the listener's owner.
+    Backend,
+    /// nginx's worker: the proxy itself ran out of something.
+    Proxy,
+    /// No process: nothing ever listened there.
+    Nobody,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 12] = [
+        Scenario::Crash,
+        Scenario::Oom,
+        Scenario::Deploy,
+        Scenario::WrongPort,
+        Scenario::MissingUnixSocket,
+        Scenario::UnixBacklogFull,
+        Scenario::TcpBacklogOverflow,
+        Scenario::FirewallReject,
+        Scenario::FirewallDrop,
+        Scenario::KeepaliveRace,
+        Scenario::PortExhaustion,
+        Scenario::Healthy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Crash => "crash",
+            Scenario::Oom => "oom",
+            Scenario::Deploy => "deploy",
+            Scenario::WrongPort => "wrong_port",
+            Scenario::MissingUnixSocket => "missing_unix_socket",
+            Scenario::UnixBacklogFull => "unix_backlog_full",
+            Scenario::TcpBacklogOverflow => "tcp_backlog_overflow",
+            Scenario::FirewallReject => "firewall_reject",
+            Scenario::FirewallDrop => "firewall_drop",
+            Scenario::KeepaliveRace => "keepalive_race",
+            Scenario::PortExhaustion => "port_exhaustion",
+            Scenario::Healthy => "healthy",
+        }
+    }
+
+    /// The scenario called `name` (`-` and `_` alike).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let name = name.replace('-', "_");
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Scenario::Crash => "the backend is killed by SIGSEGV under load",
+            Scenario::Oom => {
+                "the backend, in a 64 MiB memory cgroup, is OOM-killed by a request (GET /alloc)"
+            }
+            Scenario::Deploy => {
+                "the backend gets SIGTERM and is started again 2 s later (its parent is init, as \
+                 under a service manager)"
+            }
+            Scenario::WrongPort => "proxy_pass to a TCP port nobody ever listened on",
+            Scenario::MissingUnixSocket => "proxy_pass to a unix socket that never existed",
+            Scenario::UnixBacklogFull => {
+                "a unix-socket backend with listen backlog 1 that never accepts: connect() EAGAIN"
+            }
+            Scenario::TcpBacklogOverflow => {
+                "a TCP backend with listen backlog 1 that never accepts: SYNs dropped, nginx \
+                 times out connecting (504)"
+            }
+            Scenario::FirewallReject => {
+                "in a network namespace, iptables REJECT --reject-with tcp-reset on the live \
+                 backend's port"
+            }
+            Scenario::FirewallDrop => {
+                "in a network namespace, iptables DROP on the live backend's port: SYN \
+                 retransmits, 504"
+            }
+            Scenario::KeepaliveRace => {
+                "nginx upstream keepalive; the backend drops connections idle for more than 1 s \
+                 as the next request arrives: POSTs on reused connections are reset"
+            }
+            Scenario::PortExhaustion => {
+                "in a network namespace with ip_local_port_range 40000-40007, 24 parallel slow \
+                 requests: connect() EADDRNOTAVAIL"
+            }
+            Scenario::Healthy => "steady load, no fault",
+        }
+    }
+
+    /// The causes the incident's top explanation may have; empty: no incident at all.
+    pub fn expected_causes(self) -> &'static [&'static str] {
+        match self {
+            Scenario::Crash => &["crash"],
+            Scenario::Oom => &["oom_kill"],
+            Scenario::Deploy => &["restart"],
+            Scenario::WrongPort | Scenario::MissingUnixSocket => &["wrong_port"],
+            Scenario::UnixBacklogFull => &["unix_backlog_full"],
+            // `overload` when the agent's queue sampling caught the full accept queue.
+            Scenario::TcpBacklogOverflow => &["overload", "syn_timeout"],
+            Scenario::FirewallReject => &["firewall_reject"],
+            Scenario::FirewallDrop => &["syn_timeout"],
+            Scenario::KeepaliveRace => &["connection_resets"],
+            Scenario::PortExhaustion => &["port_exhaustion"],
+            Scenario::Healthy => &[],
+        }
+    }
+
+    /// Which process the top cause names.
+    pub fn culprit(self) -> Culprit {
+        match self {
+            Scenario::WrongPort | Scenario::MissingUnixSocket | Scenario::Healthy => {
+                Culprit::Nobody
+            }
+            Scenario::PortExhaustion => Culprit::Proxy,
+            _ => Culprit::Backend,
+        }
+    }
+
+    /// The HTTP status nginx answers with while the fault lasts.
+    pub fn failure_status(self) -> Option<u16> {
+        match self {
+            Scenario::TcpBacklogOverflow | Scenario::FirewallDrop => Some(504),
+            Scenario::Healthy => None,
+            _ => Some(502),
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A run stopped early by [`request_stop`] (Ctrl-C in `cargo xtask lab`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks the running lab to stop at its next step (async-signal-safe: one atomic store).
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Sleeps `d`, in short steps so that a stop request ends it early.
+pub fn pause(d: Duration) -> Result<(), Interrupted> {
+    let deadline = Instant::now() + d;
+    loop {
+        if stop_requested() {
+            return Err(Interrupted);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(());
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
+    }
+}
+
+/// Says what the lab does, with the time since it started (on stdout: captured by the test
+/// harness, shown by `cargo xtask lab`).
+#[derive(Debug, Clone, Copy)]
+pub struct Narrator {
+    start: Instant,
+}
+
+impl Narrator {
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+        }
+    }
+
+    pub fn say(&self, what: impl fmt::Display) {
+        println!("[{:6.2}s] {what}", self.start.elapsed().as_secs_f64());
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+impl Default for Narrator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Requests per second of the steady load.
+pub const RATE: u32 = 20;
+
+/// One scenario's agent and topology.
+pub struct Lab {
+    pub scenario: Scenario,
+    // Dropped in this order: the topology (nginx, backends, netns, cgroup), then the agent.
+    pub topology: Topology,
+    pub agent: Agent,
+    pub narrator: Narrator,
+}
+
+impl Lab {
+    /// Starts an agent, then the scenario's topology, and checks that nginx answers.
+    pub fn start(scenario: Scenario) -> Result<Self, Interrupted> {
+        let narrator = Narrator::new();
+        narrator.say(format!("scenario {scenario}: {}", scenario.description()));
+        narrator.say("starting the why502 agent (its own store, socket and metrics port)");
+        let agent = Agent::start();
+        narrator.say(format!(
+            "agent running: socket {}, metrics http://{}/metrics",
+            agent.socket().display(),
+            agent.metrics_addr()
+        ));
+        if stop_requested() {
+            return Err(Interrupted);
+        }
+        let topology = Topology::build(scenario, &narrator)?;
+        Ok(Self {
+            scenario,
+            topology,
+            agent,
+            narrator,
+        })
+    }
+
+    /// Injects the scenario's fault. Faults that are configuration (a wrong port, a full
+    /// backlog) are in place from the start; this says so (and fills the backlogs).
+    pub fn inject(&mut self) -> Result<Vec<Exchange>, Interrupted> {
+        self.topology.inject(self.scenario, &self.narrator)
+    }
+
+    /// A steady load of [`RATE`] requests per second for `duration`, in the background.
+    pub fn load(&self, duration: Duration) -> client::SteadyLoad {
+        let count = (f64::from(RATE) * duration.as_secs_f64()).round() as u32;
+        self.narrator.say(format!(
+            "load: {count} requests GET / at {RATE}/s over {:.1} s",
+            duration.as_secs_f64()
+        ));
+        self.topology.client.steady(RATE, count, "GET", "/")
+    }
+
+    /// Runs the scenario (load, fault, settling) and gathers its outcome; the lab is torn
+    /// down when this returns.
+    pub fn run(mut self) -> Result<Outcome, Interrupted> {
+        outcome::exercise(&mut self)
+    }
+}
+
+/// Runs `scenario` from start to teardown.
+pub fn run(scenario: Scenario) -> Result<Outcome, Interrupted> {
+    Lab::start(scenario)?.run()
+}

@@ -1,0 +1,192 @@
+//! The lab's nginx: a real nginx with a prefix, config and logs of its own, optionally in a
+//! network namespace, proxying to one upstream server (TCP or unix socket) with or without
+//! upstream keepalive. Its access log starts each line with `$status`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::client::Client;
+use crate::netns::Netns;
+
+/// How nginx is set up.
+#[derive(Debug, Clone)]
+pub struct NginxSpec {
+    /// `127.0.0.1:9000` or `unix:/path/to.sock`.
+    pub upstream: String,
+    pub port: u16,
+    /// Listen on every address (inside a namespace of the lab's own), not just 127.0.0.1.
+    pub any_address: bool,
+    /// Idle upstream connections kept per worker (`keepalive N`, with HTTP/1.1 upstream).
+    pub keepalive: Option<u32>,
+}
+
+pub struct LabNginx {
+    child: Child,
+    prefix: PathBuf,
+    pub spec: NginxSpec,
+}
+
+/// nginx's timeouts towards the upstream: longer than the first SYN retransmit (1 s), so
+/// that a connect that times out has retransmitted.
+pub const CONNECT_TIMEOUT_S: u32 = 2;
+pub const READ_TIMEOUT_S: u32 = 2;
+
+impl LabNginx {
+    /// Starts nginx with its prefix in `prefix` (inside `netns` if given) and waits until
+    /// `client` can connect.
+    pub fn start(spec: NginxSpec, prefix: &Path, netns: Option<&Netns>, client: &Client) -> Self {
+        assert!(
+            Path::new(crate::nginx::NGINX).exists(),
+            "{} is missing: `cargo xtask bootstrap` installs Debian's nginx-light",
+            crate::nginx::NGINX
+        );
+        std::fs::create_dir_all(prefix.join("tmp")).expect("nginx prefix");
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(&conf, config(&spec, prefix)).expect("write nginx.conf");
+        let mut cmd = match netns {
+            Some(ns) => {
+                // `ip netns exec` execs nginx itself: the child is nginx's master.
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &ns.name, crate::nginx::NGINX]);
+                cmd
+            }
+            None => Command::new(crate::nginx::NGINX),
+        };
+        let log = std::fs::File::create(prefix.join("stderr.log")).expect("nginx stderr");
+        cmd.arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("nginx stderr"))
+            .stderr(log);
+        let child = cmd.spawn().expect("start nginx");
+        let mut nginx = Self {
+            child,
+            prefix: prefix.to_path_buf(),
+            spec,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !client.connects() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!(
+                    "nginx exited ({status}): {}{}",
+                    nginx.read("stderr.log"),
+                    nginx.error_log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen on {}: {}",
+                nginx.spec.port,
+                nginx.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nginx
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.prefix.join(name)).unwrap_or_default()
+    }
+
+    pub fn error_log(&self) -> String {
+        self.read("error.log")
+    }
+
+    pub fn access_log(&self) -> String {
+        self.read("access.log")
+    }
+
+    pub fn config(&self) -> String {
+        self.read("nginx.conf")
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The worker's pid (`worker_processes 1`), from the master's children.
+    pub fn worker_pid(&self) -> Option<u32> {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for LabNginx {
+    fn drop(&mut self) {
+        // SIGQUIT: graceful stop of the master and its worker; SIGKILL if that lingers.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let worker = self.worker_pid();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(worker) = worker {
+            // SAFETY: the worker of the nginx this lab started.
+            unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn config(spec: &NginxSpec, prefix: &Path) -> String {
+    let p = prefix.display();
+    let listen = if spec.any_address {
+        spec.port.to_string()
+    } else {
+        format!("127.0.0.1:{}", spec.port)
+    };
+    let (keepalive, http11) = match spec.keepalive {
+        Some(n) => (
+            format!("\n        keepalive {n};"),
+            "\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";",
+        ),
+        None => (String::new(), ""),
+    };
+    format!(
+        "daemon off;
+master_process on;
+user root;
+worker_processes 1;
+pid {p}/nginx.pid;
+error_log {p}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    log_format lab '$status $request_method \"$request_uri\" upstream=$upstream_addr status=$upstream_status connect=$upstream_connect_time at=$msec';
+    access_log {p}/access.log lab;
+    client_body_temp_path {p}/tmp/body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+    upstream lab_backend {{
+        server {upstream} max_fails=0;{keepalive}
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://lab_backend;{http11}
+            proxy_connect_timeout {CONNECT_TIMEOUT_S}s;
+            proxy_read_timeout {READ_TIMEOUT_S}s;
+            proxy_send_timeout {READ_TIMEOUT_S}s;
+        }}
+    }}
+}}
+",
+        upstream = spec.upstream,
+    )
+}

@@ -1,0 +1,104 @@
+//! The 502 lab: one test per fault-injection scenario (see `why502_e2e::lab`). Each runs a
+//! real nginx, small backends, a bounded load and one fault under an agent of its own, and
+//! holds the agent's incident to nginx's own logs:
+//!
+//! a. exactly one incident for the scenario's upstream (none when healthy), queryable
+//!    within a second of the response that made the 5th failure;
+//! b. its top cause is the injected one and names the right process;
+//! c. its failure kinds equal the errors nginx logged, and the agent's count of nginx's
+//!    502 and 504 responses rose by what access.log shows.
+
+use why502_e2e::{
+    can_load_ebpf,
+    lab::{self, Scenario},
+    serial,
+};
+
+fn scenario(scenario: Scenario) {
+    if !can_load_ebpf() {
+        return;
+    }
+    let _serial = serial();
+    let outcome = lab::run(scenario).expect("not interrupted");
+    let failed = outcome.failed_checks();
+    assert!(failed.is_empty(), "{}", outcome.report());
+}
+
+#[test]
+fn crash() {
+    scenario(Scenario::Crash);
+}
+
+#[test]
+fn oom() {
+    scenario(Scenario::Oom);
+}
+
+#[test]
+fn deploy() {
+    scenario(Scenario::Deploy);
+}
+
+#[test]
+fn wrong_port() {
+    scenario(Scenario::WrongPort);
+}
+
+#[test]
+fn missing_unix_socket() {
+    scenario(Scenario::MissingUnixSocket);
+}
+
+#[test]
+fn unix_backlog_full() {
+    scenario(Scenario::UnixBacklogFull);
+}
+
+#[test]
+fn tcp_backlog_overflow() {
+    scenario(Scenario::TcpBacklogOverflow);
+}
+
+#[test]
+fn firewall_reject() {
+    scenario(Scenario::FirewallReject);
+}
+
+#[test]
+fn firewall_drop() {
+    scenario(Scenario::FirewallDrop);
+}
+
+#[test]
+fn keepalive_race() {
+    scenario(Scenario::KeepaliveRace);
+}
+
+#[test]
+fn port_exhaustion() {
+    scenario(Scenario::PortExhaustion);
+}
+
+#[test]
+fn healthy() {
+    scenario(Scenario::Healthy);
+}
+
+#[test]
+fn every_scenario_has_a_test_and_a_name() {
+    for s in Scenario::ALL {
+        assert_eq!(Scenario::from_name(s.name()), Some(s));
+        assert!(!s.description().is_empty());
+    }
+    assert_eq!(
+        Scenario::from_name("port-exhaustion"),
+        Some(Scenario::PortExhaustion)
+    );
+    let source = include_str!("lab.rs");
+    for s in Scenario::ALL {
+        assert!(
+            source.contains(&format!("fn {}() {{", s.name())),
+            "no test for {s}"
+        );
+    }
+}
