@@ -334,6 +334,7 @@ fn status_report(
                 probe_errors: to_strings(kernel.probe_errors),
             },
             incidents_open: correlation.open_incidents.load(Ordering::Relaxed),
+            correlation_lagged_events: correlation.lagged_events.load(Ordering::Relaxed),
             store_dropped_writes: store_writer.dropped_writes(),
         }
     })

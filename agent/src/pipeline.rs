@@ -17,8 +17,9 @@ use crate::{
     events::{decode, Event},
 };
 
-/// Events a slow subscriber may fall behind by before it loses some.
-pub const BUS_CAPACITY: usize = 1 << 16;
+/// Events a slow subscriber may fall behind by before it loses some. Every slot keeps its
+/// event alive until overwritten, so this is also memory: about 350 bytes a slot.
+pub const BUS_CAPACITY: usize = 1 << 14;
 
 /// Fan-out of enriched events to the later stages.
 #[derive(Clone)]

@@ -75,6 +75,7 @@ fn status_report() -> StatusReport {
         events: api::EventCounts::default(),
         kernel: api::KernelReport::default(),
         incidents_open: 1,
+        correlation_lagged_events: 0,
         store_dropped_writes: 0,
     }
 }

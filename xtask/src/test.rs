@@ -9,8 +9,14 @@ use crate::bootstrap::{self, Level};
 use crate::cmd;
 
 /// The host crates; agent-ebpf only builds for the BPF target, via agent/build.rs.
-const CLIPPY_PACKAGES: &[&str] = &["why502", "agent-common", "xtask", "why502-e2e"];
-const TEST_PACKAGES: &[&str] = &["why502", "agent-common", "why502-e2e"];
+const CLIPPY_PACKAGES: &[&str] = &[
+    "why502",
+    "agent-common",
+    "xtask",
+    "why502-e2e",
+    "why502-bench",
+];
+const TEST_PACKAGES: &[&str] = &["why502", "agent-common", "why502-e2e", "why502-bench"];
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let start = Instant::now();

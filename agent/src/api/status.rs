@@ -28,6 +28,9 @@ pub struct StatusReport {
     pub events: EventCounts,
     pub kernel: KernelReport,
     pub incidents_open: u64,
+    /// Events the correlation engine missed because it fell behind.
+    #[serde(default)]
+    pub correlation_lagged_events: u64,
     /// Incident saves lost because the store could not keep up.
     pub store_dropped_writes: u64,
 }

@@ -56,6 +56,7 @@ fn report() -> StatusReport {
         },
         kernel: KernelReport::default(),
         incidents_open: 1,
+        correlation_lagged_events: 0,
         store_dropped_writes: 0,
     }
 }

@@ -99,11 +99,14 @@ struct Flow {
     /// Failures per second over the last minute (outside incidents), for the baseline.
     per_second: [u32; BASELINE_SECONDS],
     baseline_second: u64,
-    open: Option<OpenIncident>,
+    /// Boxed: most flows never open one, and an incident is large.
+    open: Option<Box<OpenIncident>>,
     last_mono: u64,
 }
 
 pub struct Engine {
+    /// Flows with an open incident (kept, not counted per event: that was a scan).
+    open_count: usize,
     /// 5xx responses of proxies whose failures have not (yet) made an incident, by proxy:
     /// an incident that opens takes those of its window, the rest age out.
     pending_responses: HashMap<String, VecDeque<PendingResponses>>,
@@ -125,6 +128,7 @@ impl Engine {
         watching_since: SystemTime,
     ) -> Self {
         Self {
+            open_count: 0,
             pending_responses: HashMap::new(),
             config,
             listeners: ListenerTable::new(LISTENER_CAPACITY),
@@ -137,7 +141,7 @@ impl Engine {
     }
 
     pub fn open_incidents(&self) -> usize {
-        self.flows.values().filter(|f| f.open.is_some()).count()
+        self.open_count
     }
 
     /// Takes one event; returns the incidents it opened.
@@ -251,6 +255,7 @@ impl Engine {
             if closing {
                 let flow = self.flows.get_mut(&key).expect("key from the map");
                 let mut open = flow.open.take().expect("checked open");
+                self.open_count -= 1;
                 flow.window.clear();
                 open.incident.state = IncidentState::Closed;
                 open.incident.closed_at = Some(now);
@@ -497,7 +502,8 @@ impl Engine {
         }
         open.incident.causes = self.explain(&key, &open);
         let opened = open.incident.clone();
-        self.flows.get_mut(&key).expect("just inserted").open = Some(open);
+        self.flows.get_mut(&key).expect("just inserted").open = Some(Box::new(open));
+        self.open_count += 1;
         vec![Update::Opened(opened)]
     }
 

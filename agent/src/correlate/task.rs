@@ -20,6 +20,9 @@ use crate::events::{clock, Event};
 /// How often quiet incidents are closed and changed ones re-explained (and saved).
 pub const TICK: Duration = Duration::from_millis(250);
 
+/// Falling behind is logged at most this often.
+const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// What the correlation task exposes to status and metrics.
 #[derive(Debug, Default)]
 pub struct CorrelationStats {
@@ -35,6 +38,7 @@ pub async fn run(
     stats: Arc<CorrelationStats>,
     mut on_update: impl FnMut(Update) + Send,
 ) {
+    let mut last_lag_log = std::time::Instant::now();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -42,8 +46,15 @@ pub async fn run(
             received = events.recv() => match received {
                 Ok(event) => engine.observe(&event),
                 Err(RecvError::Lagged(n)) => {
-                    stats.lagged_events.fetch_add(n, Ordering::Relaxed);
-                    log::warn!("correlation fell behind: {n} events not correlated");
+                    let before = stats.lagged_events.fetch_add(n, Ordering::Relaxed);
+                    // Once per storm, not once per lag: the count is in the status.
+                    if before == 0 || last_lag_log.elapsed() >= LAG_LOG_INTERVAL {
+                        log::warn!(
+                            "correlation fell behind: {} events not correlated so far",
+                            before + n
+                        );
+                        last_lag_log = std::time::Instant::now();
+                    }
                     continue;
                 }
                 Err(RecvError::Closed) => return,

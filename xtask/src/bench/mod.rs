@@ -360,13 +360,16 @@ fn overhead_rows(runs: &[overhead::Run], rows: &mut Vec<Row>) {
         let (loss, p99) = overhead::ratios(runs, variant, Mode::Why502);
         let (bt_loss, bt_p99) = overhead::ratios(runs, variant, Mode::Bpftrace);
         let v = variant.name();
+        let spread = (off.rps_max - off.rps_min) / off.rps * 100.0;
+        let (paired_loss, paired_p99) = overhead::paired_ratios(runs, variant, Mode::Why502);
         rows.push(Row::new(
             &format!("{v}: throughput loss, why502"),
             format!(
-                "{:.2} % ({:.0} → {:.0} req/s)",
+                "{:.2} % ({:.0} → {:.0} req/s; paired {:.2} %; off spread {spread:.0} %)",
                 loss * 100.0,
                 off.rps,
-                on.rps
+                on.rps,
+                paired_loss * 100.0
             ),
             "≤ 1 %",
             Some(loss <= 0.01),
@@ -374,10 +377,11 @@ fn overhead_rows(runs: &[overhead::Run], rows: &mut Vec<Row>) {
         rows.push(Row::new(
             &format!("{v}: p99 increase, why502"),
             format!(
-                "{:.2} % ({:.3} → {:.3} ms)",
+                "{:.2} % ({:.3} → {:.3} ms; paired {:.2} %)",
                 p99 * 100.0,
                 off.p99_ms,
-                on.p99_ms
+                on.p99_ms,
+                paired_p99 * 100.0
             ),
             "≤ 2 %",
             Some(p99 <= 0.02),

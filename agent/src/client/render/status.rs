@@ -63,6 +63,12 @@ pub fn status(report: &StatusReport, style: &Style) -> String {
         style,
     ));
     out.push(format!("Open incidents: {}", report.incidents_open));
+    if report.correlation_lagged_events > 0 {
+        out.push(format!(
+            "Events the correlation missed (it fell behind): {}",
+            report.correlation_lagged_events
+        ));
+    }
     let dropped = report.store_dropped_writes;
     out.push(if dropped == 0 {
         "Incident saves dropped: 0".to_string()
@@ -147,6 +153,7 @@ mod tests {
                 probe_errors: BTreeMap::new(),
             },
             incidents_open: 1,
+            correlation_lagged_events: 0,
             store_dropped_writes: 0,
         };
         let style = Style::plain(100, testing::base_time());
