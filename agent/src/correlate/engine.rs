@@ -26,7 +26,7 @@ use crate::{
 /// Endpoints the listener table remembers.
 const LISTENER_CAPACITY: usize = 8192;
 /// (proxy, upstream) pairs followed at once; idle ones are forgotten first.
-const FLOW_CAPACITY: usize = 10_000;
+const FLOW_CAPACITY: usize = 4096;
 /// Seconds of failure history that make up a flow's baseline.
 const BASELINE_SECONDS: usize = 60;
 /// A spike must exceed this multiple of the baseline failure rate.
@@ -97,7 +97,8 @@ struct Flow {
     /// Failures inside the current window, oldest first.
     window: VecDeque<Failure>,
     /// Failures per second over the last minute (outside incidents), for the baseline.
-    per_second: [u32; BASELINE_SECONDS],
+    /// u16: a second with more failures than that is a spike anyway.
+    per_second: [u16; BASELINE_SECONDS],
     baseline_second: u64,
     /// Boxed: most flows never open one, and an incident is large.
     open: Option<Box<OpenIncident>>,
@@ -557,7 +558,7 @@ impl Flow {
     /// when this flow already fails steadily (its baseline).
     fn required(&mut self, threshold: u32, window_ns: u64, mono: u64) -> u64 {
         self.advance_baseline(mono / 1_000_000_000);
-        let per_minute: u32 = self.per_second.iter().sum();
+        let per_minute: u32 = self.per_second.iter().map(|&n| u32::from(n)).sum();
         let per_window = f64::from(per_minute) / BASELINE_SECONDS as f64 * window_ns as f64 / 1e9;
         u64::from(threshold).max((per_window * BASELINE_FACTOR).ceil() as u64)
     }
@@ -566,7 +567,7 @@ impl Flow {
         let second = mono / 1_000_000_000;
         self.advance_baseline(second);
         let slot = &mut self.per_second[(second % BASELINE_SECONDS as u64) as usize];
-        *slot = slot.saturating_add(u32::try_from(count).unwrap_or(u32::MAX));
+        *slot = slot.saturating_add(u16::try_from(count).unwrap_or(u16::MAX));
     }
 
     fn advance_baseline(&mut self, second: u64) {
