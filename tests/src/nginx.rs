@@ -94,14 +94,8 @@ http {{
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGQUIT: graceful stop of the master and its workers.
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if crate::signal_and_wait(&mut self.child, libc::SIGQUIT, Duration::from_secs(5)) {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -124,14 +124,8 @@ impl LabNginx {
 impl Drop for LabNginx {
     fn drop(&mut self) {
         // SIGQUIT: graceful stop of the master and its worker; SIGKILL if that lingers.
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if crate::signal_and_wait(&mut self.child, libc::SIGQUIT, Duration::from_secs(3)) {
+            return;
         }
         let worker = self.worker_pid();
         let _ = self.child.kill();
