@@ -75,10 +75,12 @@ impl Plan {
                 min_latency_samples: 15,
             }
         } else {
+            // Sized so that a fresh machine (packages, bpf-linker, the release build) runs
+            // the whole benchmark in under 15 minutes.
             Self {
                 name: "full",
-                reps: 5,
-                wrk_seconds: 10,
+                reps: 4,
+                wrk_seconds: 8,
                 storm_seconds: 10.0,
                 endpoint_hosts: 1000,
                 forks: 100_000,
