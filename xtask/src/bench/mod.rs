@@ -48,7 +48,7 @@ pub struct Options {
     pub only: Vec<Section>,
 }
 
-/// How long and how much: full (~8 minutes after the build) or quick (~2 minutes).
+/// How long and how much: full (~6 minutes after the build) or quick (~2 minutes).
 pub struct Plan {
     pub name: &'static str,
     pub reps: usize,
