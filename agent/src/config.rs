@@ -516,6 +516,27 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_says_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/why502.toml");
+        let config = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+        let defaults = Config::default();
+        assert_eq!(
+            config.probes.ring_buffer_bytes,
+            defaults.probes.ring_buffer_bytes
+        );
+        assert_eq!(config.probes.signals, defaults.probes.signals);
+        assert_eq!(config.enrich.redact_keys, defaults.enrich.redact_keys);
+        assert_eq!(
+            config.incidents.open_threshold,
+            defaults.incidents.open_threshold
+        );
+        assert_eq!(config.store.path, defaults.store.path);
+        assert_eq!(config.api.socket, defaults.api.socket);
+        assert_eq!(config.metrics.listen, defaults.metrics.listen);
+        assert_eq!(config.enabled_probes().len(), Probe::ALL.len());
+    }
+
+    #[test]
     fn missing_explicit_file_is_an_error() {
         let err = Config::load(Some(Path::new("/nonexistent/why502.toml"))).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/why502.toml"));
