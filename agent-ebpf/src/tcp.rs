@@ -63,6 +63,8 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (header, owner_known) = owner_header(EventKind::TcpResetReceived, tracked);
+    // A process whose upstream connections get reset is a proxy: its 502s count.
+    crate::http::mark_proxy(header.tgid);
     let Some(mut entry) = reserve::<TcpResetReceived>(EventKind::TcpResetReceived) else {
         return 0;
     };
