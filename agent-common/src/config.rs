@@ -250,7 +250,8 @@ pub struct KernelConfig {
     pub syscalls: SyscallFields,
     pub http: HttpFields,
     pub kernel: KernelOffsets,
-    pub _pad: u16,
+    /// Explicit, so that `signal_mask` is 8-aligned with no uninitialised bytes before it.
+    pub _pad: [u16; 2],
     /// Bit `n` set: report signal `n`.
     pub signal_mask: u64,
 }
@@ -341,7 +342,7 @@ impl KernelConfig {
             task_tgid: NO,
             task_exit_code: NO,
         },
-        _pad: 0,
+        _pad: [0; 2],
         signal_mask: 0,
     };
 }

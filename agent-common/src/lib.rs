@@ -9,9 +9,11 @@ pub mod config;
 pub mod connect;
 pub mod event;
 pub mod http;
+mod layout;
 pub mod listener;
 pub mod net;
 pub mod process;
+pub mod proxy;
 pub mod tcp;
 
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).

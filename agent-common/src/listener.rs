@@ -2,8 +2,9 @@
 
 use crate::{event::EventHeader, net::SockTuple};
 
-/// A TCP socket entered or left LISTEN. The header names the process that called
-/// `listen(2)` or closed the socket.
+/// A TCP socket entered or left LISTEN: the layout of [`ListenerOpened`] and
+/// [`ListenerClosed`]. The header names the process that called `listen(2)` or closed the
+/// socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ListenerChange {
@@ -12,7 +13,19 @@ pub struct ListenerChange {
     pub tuple: SockTuple,
 }
 
-/// `listen(2)` returned 0 on `fd`. TCP listeners are reported by [`ListenerChange`] too;
+/// [`EventKind::ListenerOpened`](crate::event::EventKind::ListenerOpened): a TCP socket
+/// entered LISTEN.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerOpened(pub ListenerChange);
+
+/// [`EventKind::ListenerClosed`](crate::event::EventKind::ListenerClosed): a TCP socket left
+/// LISTEN.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerClosed(pub ListenerChange);
+
+/// `listen(2)` returned 0 on `fd`. TCP listeners are reported by [`ListenerOpened`] too;
 /// this is how the agent learns of unix-socket listeners, which have no tracepoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -23,4 +36,4 @@ pub struct ListenCall {
 }
 
 #[cfg(feature = "user")]
-crate::impl_pod!(ListenerChange, ListenCall);
+crate::impl_pod!(ListenerChange, ListenerOpened, ListenerClosed, ListenCall);

@@ -44,7 +44,8 @@ pub struct TcpResetSent {
     pub _pad: u32,
 }
 
-/// A SYN (client side) or SYN-ACK (listener side) retransmission.
+/// A SYN (client side) or SYN-ACK (listener side) retransmission: the layout of
+/// [`TcpSynRetransmit`] and [`TcpSynAckRetransmit`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TcpHandshakeRetransmit {
@@ -55,5 +56,23 @@ pub struct TcpHandshakeRetransmit {
     pub owner_known: u32,
 }
 
+/// [`EventKind::TcpSynRetransmit`](crate::event::EventKind::TcpSynRetransmit): a connecting
+/// socket retransmitted its SYN.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpSynRetransmit(pub TcpHandshakeRetransmit);
+
+/// [`EventKind::TcpSynAckRetransmit`](crate::event::EventKind::TcpSynAckRetransmit): a
+/// listener retransmitted a SYN-ACK (`count` is 0).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpSynAckRetransmit(pub TcpHandshakeRetransmit);
+
 #[cfg(feature = "user")]
-crate::impl_pod!(TcpResetReceived, TcpResetSent, TcpHandshakeRetransmit);
+crate::impl_pod!(
+    TcpResetReceived,
+    TcpResetSent,
+    TcpHandshakeRetransmit,
+    TcpSynRetransmit,
+    TcpSynAckRetransmit
+);

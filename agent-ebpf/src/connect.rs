@@ -7,11 +7,10 @@ use agent_common::{
         errno_source, latency_bucket, ConnectCall, ConnectKey, ConnectStats, ConnectSyscallError,
         TcpConnectFailure, TrackedConnect,
     },
-    event::{EventHeader, EventKind},
-    listener::ListenerChange,
+    event::{EventKind, Record},
+    listener::{ListenerChange, ListenerClosed, ListenerOpened},
     net::{RawSockAddr, AF_INET, AF_INET6, AF_UNIX, SOCKADDR_MAX},
     tcp::state,
-    COMM_LEN,
 };
 use aya_ebpf::{
     helpers::{
@@ -25,7 +24,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{config, CALLS, CONNECT_STATS, SOCK_ERRORS, TRACKED, WATCHED},
-    read::{current_header, field, kernel_field, required, reserve, tuple},
+    read::{anonymous_header_at, current_header, field, kernel_field, required, reserve, tuple},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -54,8 +53,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         (state::CLOSE, state::SYN_SENT) => track(skaddr),
         (state::SYN_SENT, state::ESTABLISHED) => established(&ctx, skaddr),
         (state::SYN_SENT, state::CLOSE) => failed(&ctx, skaddr),
-        (state::CLOSE, state::LISTEN) => listener(&ctx, EventKind::ListenerOpened),
-        (state::LISTEN, state::CLOSE) => listener(&ctx, EventKind::ListenerClosed),
+        (state::CLOSE, state::LISTEN) => listener(&ctx, ListenerOpened),
+        (state::LISTEN, state::CLOSE) => listener(&ctx, ListenerClosed),
         (_, state::CLOSE) => {
             let _ = TRACKED.remove(skaddr);
         }
@@ -160,21 +159,13 @@ fn failed(ctx: &TracePointContext, skaddr: u64) {
             }
         }
     }
-    let Some(mut entry) = reserve::<TcpConnectFailure>(EventKind::TcpConnectFailure) else {
+    let Some(mut entry) = reserve::<TcpConnectFailure>() else {
         return;
     };
     // Filled in place: the record is too large to assemble on the BPF stack next to the rest.
     let event = entry.as_mut_ptr();
     unsafe {
-        (*event).header = EventHeader {
-            kind: EventKind::TcpConnectFailure as u32,
-            pid: 0,
-            tgid: 0,
-            _pad: 0,
-            ts_ns: now,
-            cgroup_id: 0,
-            comm: [0; COMM_LEN],
-        };
+        (*event).header = anonymous_header_at::<TcpConnectFailure>(now);
         (*event).tuple = t;
         (*event).duration_ns = 0;
         (*event).errno = errno;
@@ -199,19 +190,21 @@ fn failed(ctx: &TracePointContext, skaddr: u64) {
     let _ = TRACKED.remove(skaddr);
 }
 
+/// Reports a listener change as the record `record` wraps it in ([`ListenerOpened`] or
+/// [`ListenerClosed`]).
 #[inline(always)]
-fn listener(ctx: &TracePointContext, kind: EventKind) {
+fn listener<T: Record>(ctx: &TracePointContext, record: impl FnOnce(ListenerChange) -> T) {
     let Some(t) = tuple(ctx, &config!(set_state.tuple)) else {
         return;
     };
-    let header = current_header(kind);
-    if kind == EventKind::ListenerOpened {
+    let header = current_header::<T>();
+    if matches!(T::KIND, EventKind::ListenerOpened) {
         let _ = WATCHED.insert(header.tgid, 1, 0);
     }
-    let Some(mut entry) = reserve::<ListenerChange>(kind) else {
+    let Some(mut entry) = reserve::<T>() else {
         return;
     };
-    entry.write(ListenerChange { header, tuple: t });
+    entry.write(record(ListenerChange { header, tuple: t }));
     entry.submit(0);
 }
 
@@ -302,9 +295,9 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn report_syscall_error(call: *const ConnectCall, errno: i32) {
-    let header = current_header(EventKind::ConnectSyscallError);
+    let header = current_header::<ConnectSyscallError>();
     crate::http::mark_proxy(header.tgid);
-    let Some(mut entry) = reserve::<ConnectSyscallError>(EventKind::ConnectSyscallError) else {
+    let Some(mut entry) = reserve::<ConnectSyscallError>() else {
         return;
     };
     // Field by field, straight from the map into the ring: the record is too large to

@@ -31,38 +31,6 @@ pub fn mark_proxy(tgid: u32) {
     }
 }
 
-/// Names of well-known proxies, as `comm` shows them after exec.
-const KNOWN: [&[u8]; 8] = [
-    b"nginx",
-    b"haproxy",
-    b"envoy",
-    b"httpd",
-    b"apache2",
-    b"caddy",
-    b"traefik",
-    b"openresty",
-];
-
-/// Whether `comm` (NUL-padded) is one of [`KNOWN`].
-#[inline(always)]
-pub fn is_known_proxy(comm: &[u8; 16]) -> bool {
-    let mut i = 0;
-    while i < KNOWN.len() {
-        let name = KNOWN[i];
-        let mut equal = comm[name.len()] == 0;
-        let mut j = 0;
-        while equal && j < name.len() {
-            equal = comm[j] == name[j];
-            j += 1;
-        }
-        if equal {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
 #[inline(always)]
 fn current_proxy() -> Option<u32> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

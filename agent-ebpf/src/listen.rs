@@ -1,7 +1,7 @@
 //! `listen(2)`: unix-socket listeners have no tracepoint of their own, so a successful
 //! `listen(2)` is reported with its fd and the agent looks the socket up in procfs.
 
-use agent_common::{config::Probe, event::EventKind, listener::ListenCall};
+use agent_common::{config::Probe, listener::ListenCall};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
@@ -29,9 +29,9 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     if required::<i64>(&ctx, config!(syscalls.exit_ret), Probe::SysExitListen) != Some(0) {
         return 0;
     }
-    let header = current_header(EventKind::ListenCall);
+    let header = current_header::<ListenCall>();
     let _ = WATCHED.insert(header.tgid, 1, 0);
-    let Some(mut entry) = reserve::<ListenCall>(EventKind::ListenCall) else {
+    let Some(mut entry) = reserve::<ListenCall>() else {
         return 0;
     };
     entry.write(ListenCall {

@@ -3,9 +3,8 @@
 
 use agent_common::{
     config::Probe,
-    event::EventKind,
     process::{OomKill, ProcessExec, ProcessExit, Signal, FILENAME_LEN},
-    COMM_LEN, NO_OFFSET,
+    proxy, COMM_LEN, NO_OFFSET,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
@@ -32,14 +31,14 @@ fn data_loc_str(ctx: &TracePointContext, offset: u16, dst: &mut [u8]) -> bool {
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let header = current_header(EventKind::ProcessExec);
-    if crate::http::is_known_proxy(&header.comm) {
+    let header = current_header::<ProcessExec>();
+    if proxy::is_known_comm(&header.comm) {
         crate::http::mark_proxy(header.tgid);
     }
     let task = unsafe { bpf_get_current_task() };
     let parent = kernel_field::<u64>(task, config!(kernel.task_real_parent)).unwrap_or(0);
     let ppid = kernel_field::<u32>(parent, config!(kernel.task_tgid)).unwrap_or(0);
-    let Some(mut entry) = reserve::<ProcessExec>(EventKind::ProcessExec) else {
+    let Some(mut entry) = reserve::<ProcessExec>() else {
         return 0;
     };
     let event = entry.as_mut_ptr();
@@ -60,7 +59,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    let header = current_header(EventKind::ProcessExit);
+    let header = current_header::<ProcessExit>();
     let group_dead_offset = config!(process.exit_group_dead);
     let last_thread = if group_dead_offset != NO_OFFSET {
         field::<u8>(&ctx, group_dead_offset) == Some(1)
@@ -82,7 +81,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if exit_code == 0 && !watched {
         return 0;
     }
-    let Some(mut entry) = reserve::<ProcessExit>(EventKind::ProcessExit) else {
+    let Some(mut entry) = reserve::<ProcessExit>() else {
         return 0;
     };
     entry.write(ProcessExit {
@@ -103,8 +102,8 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     if !(0..64).contains(&sig) || config!(signal_mask) & (1u64 << sig) == 0 {
         return 0;
     }
-    let header = current_header(EventKind::Signal);
-    let Some(mut entry) = reserve::<Signal>(EventKind::Signal) else {
+    let header = current_header::<Signal>();
+    let Some(mut entry) = reserve::<Signal>() else {
         return 0;
     };
     entry.write(Signal {
@@ -127,8 +126,8 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
     else {
         return 0;
     };
-    let header = current_header(EventKind::OomKill);
-    let Some(mut entry) = reserve::<OomKill>(EventKind::OomKill) else {
+    let header = current_header::<OomKill>();
+    let Some(mut entry) = reserve::<OomKill>() else {
         return 0;
     };
     let kb = |offset: u16| field::<u64>(&ctx, offset).unwrap_or(0);

@@ -2,7 +2,7 @@
 
 use agent_common::{
     config::{Probe, TupleFields},
-    event::{counter, EventHeader, EventKind},
+    event::{counter, EventHeader, Record},
     net::{SockTuple, AF_INET, AF_INET6},
     COMM_LEN, NO_OFFSET,
 };
@@ -92,12 +92,12 @@ fn sockaddr(ctx: &TracePointContext, offset: u16, family: u16) -> Option<(u16, [
     Some((u16::from_be(port), addr))
 }
 
-/// The current task as an event's subject.
+/// The current task as the subject of a `T` record; the kind comes from the type.
 #[inline(always)]
-pub fn current_header(kind: EventKind) -> EventHeader {
+pub fn current_header<T: Record>() -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     EventHeader {
-        kind: kind as u32,
+        kind: T::KIND as u32,
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
         _pad: 0,
@@ -107,26 +107,32 @@ pub fn current_header(kind: EventKind) -> EventHeader {
     }
 }
 
-/// A header with no known process (events from softirq context on untracked sockets).
+/// A `T` header with no known process (events from softirq context on untracked sockets).
 #[inline(always)]
-pub fn anonymous_header(kind: EventKind) -> EventHeader {
+pub fn anonymous_header<T: Record>() -> EventHeader {
+    anonymous_header_at::<T>(unsafe { bpf_ktime_get_ns() })
+}
+
+/// [`anonymous_header`] with a timestamp the caller already took.
+#[inline(always)]
+pub fn anonymous_header_at<T: Record>(ts_ns: u64) -> EventHeader {
     EventHeader {
-        kind: kind as u32,
+        kind: T::KIND as u32,
         pid: 0,
         tgid: 0,
         _pad: 0,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
         cgroup_id: 0,
         comm: [0; COMM_LEN],
     }
 }
 
-/// Reserves a record of type `T` in the ring buffer, counting a drop when it is full.
+/// Reserves a `T` record in the ring buffer, counting a drop of `T::KIND` when it is full.
 #[inline(always)]
-pub fn reserve<T: 'static>(kind: EventKind) -> Option<RingBufEntry<T>> {
+pub fn reserve<T: Record>() -> Option<RingBufEntry<T>> {
     let entry = EVENTS.reserve::<T>(0);
     if entry.is_none() {
-        count(counter::DROPPED_BASE + kind as u32);
+        count(counter::DROPPED_BASE + T::KIND as u32);
     }
     entry
 }

@@ -4,9 +4,12 @@
 use agent_common::{
     config::{Probe, TcpSockFields},
     connect::{ConnectKey, TrackedConnect},
-    event::{EventHeader, EventKind},
+    event::{EventHeader, Record},
     net::SockTuple,
-    tcp::{state, TcpHandshakeRetransmit, TcpResetReceived, TcpResetSent},
+    tcp::{
+        state, TcpHandshakeRetransmit, TcpResetReceived, TcpResetSent, TcpSynAckRetransmit,
+        TcpSynRetransmit,
+    },
 };
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
@@ -15,10 +18,10 @@ use crate::{
     read::{anonymous_header, field, kernel_field, required, reserve, tuple},
 };
 
-/// The header for an event on `skaddr`: its connecting process if known.
+/// The header of a `T` record on a socket: its connecting process if known.
 #[inline(always)]
-fn owner_header(kind: EventKind, tracked: Option<&TrackedConnect>) -> (EventHeader, u32) {
-    let mut header = anonymous_header(kind);
+fn owner_header<T: Record>(tracked: Option<&TrackedConnect>) -> (EventHeader, u32) {
+    let mut header = anonymous_header::<T>();
     match tracked {
         Some(tracked) => {
             header.pid = tracked.pid;
@@ -62,10 +65,10 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     if in_handshake {
         return 0;
     }
-    let (header, owner_known) = owner_header(EventKind::TcpResetReceived, tracked);
+    let (header, owner_known) = owner_header::<TcpResetReceived>(tracked);
     // A process whose upstream connections get reset is a proxy: its 502s count.
     crate::http::mark_proxy(header.tgid);
-    let Some(mut entry) = reserve::<TcpResetReceived>(EventKind::TcpResetReceived) else {
+    let Some(mut entry) = reserve::<TcpResetReceived>() else {
         return 0;
     };
     entry.write(TcpResetReceived {
@@ -90,9 +93,8 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         .or_else(|| kernel_field::<u8>(skaddr, config!(kernel.sock_state)).map(i32::from))
         .unwrap_or(-1);
     let reason = field::<i32>(&ctx, fields.reason).unwrap_or(-1);
-    let (header, owner_known) =
-        owner_header(EventKind::TcpResetSent, unsafe { TRACKED.get(skaddr) });
-    let Some(mut entry) = reserve::<TcpResetSent>(EventKind::TcpResetSent) else {
+    let (header, owner_known) = owner_header::<TcpResetSent>(unsafe { TRACKED.get(skaddr) });
+    let Some(mut entry) = reserve::<TcpResetSent>() else {
         return 0;
     };
     entry.write(TcpResetSent {
@@ -118,7 +120,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     };
     let Some(tracked) = TRACKED.get_ptr_mut(skaddr) else {
         if sk_state == state::SYN_SENT {
-            emit_handshake_retransmit(EventKind::TcpSynRetransmit, t, None, 0);
+            emit_handshake_retransmit(TcpSynRetransmit, t, None, 0);
         }
         return 0;
     };
@@ -126,7 +128,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     if sk_state == state::SYN_SENT {
         tracked.syn_retransmits = tracked.syn_retransmits.saturating_add(1);
         let count = tracked.syn_retransmits as u32;
-        emit_handshake_retransmit(EventKind::TcpSynRetransmit, t, Some(tracked), count);
+        emit_handshake_retransmit(TcpSynRetransmit, t, Some(tracked), count);
         return 0;
     }
     // Data retransmits are frequent on lossy paths: only counted, per destination.
@@ -148,26 +150,28 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
     let Some((_, t)) = skaddr_and_tuple(&ctx, &fields, Probe::TcpRetransmitSynack) else {
         return 0;
     };
-    emit_handshake_retransmit(EventKind::TcpSynAckRetransmit, t, None, 0);
+    emit_handshake_retransmit(TcpSynAckRetransmit, t, None, 0);
     0
 }
 
+/// Reports a handshake retransmission as the record `record` wraps it in
+/// ([`TcpSynRetransmit`] or [`TcpSynAckRetransmit`]).
 #[inline(always)]
-fn emit_handshake_retransmit(
-    kind: EventKind,
+fn emit_handshake_retransmit<T: Record>(
+    record: impl FnOnce(TcpHandshakeRetransmit) -> T,
     t: SockTuple,
     tracked: Option<&TrackedConnect>,
     count: u32,
 ) {
-    let (header, owner_known) = owner_header(kind, tracked);
-    let Some(mut entry) = reserve::<TcpHandshakeRetransmit>(kind) else {
+    let (header, owner_known) = owner_header::<T>(tracked);
+    let Some(mut entry) = reserve::<T>() else {
         return;
     };
-    entry.write(TcpHandshakeRetransmit {
+    entry.write(record(TcpHandshakeRetransmit {
         header,
         tuple: t,
         count,
         owner_known,
-    });
+    }));
     entry.submit(0);
 }

@@ -1,52 +1,66 @@
-//! The running agent: probes loaded, listeners snapshotted, the pipeline consuming, the
-//! correlation engine turning events into incidents, the store keeping them and the local
-//! API serving them.
+//! The running agent: wires the sources to the bus and the bus to correlation and the
+//! sinks. Each task owns what it reads (its kernel maps, its subscriptions); the agent
+//! only starts them, in an order that loses nothing at start-up, and stops them.
 
 use std::{
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{atomic::Ordering, Arc},
     time::{Duration, SystemTime},
 };
 
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
-    api::{self, ApiState, EventCounts, KernelReport, RecentEvents, StatusReport},
+    bus::{EventBus, Topic, INCIDENT_CAPACITY, READING_CAPACITY},
     config::Config,
     correlate::{
         engine::Engine,
-        incident::IncidentState,
         task::{self as correlation, CorrelationStats},
     },
-    enrich::{interfaces, listeners, Enricher},
-    metrics::{self, Metrics, MetricsError},
-    pipeline::{self, EventBus, PipelineStats},
-    probes::{ProbeError, ProbeSet},
-    sampling,
-    store::{IncidentFilter, Store, StoreError, StoreWriter, StoreWriterHandle},
+    model::incident::{IncidentState, Update},
+    sinks::{
+        api::{self, ApiState, RecentEvents, StatusReport},
+        metrics::{self, feed::Subscriptions, Metrics, MetricsError},
+        store::{self, IncidentFilter, Store, StoreError, StoreWriter, StoreWriterHandle},
+    },
+    sources::{
+        enrich::{interfaces, listeners, Enricher, ProcessCache},
+        host::sampling::{self, Sample},
+        kernel_maps::{self, responses::running_proxies, KernelReading, PolledMaps},
+        probes::{maps::KernelCounters, ProbeError, ProbeSet, ProbeStatus},
+        ring::{self, PipelineStats},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error(transparent)]
+    #[error("cannot load the probes")]
     Probes(#[from] ProbeError),
-    #[error("incident store: {0}")]
+    #[error("incident store")]
     Store(#[from] StoreError),
-    #[error("local API: {0}")]
+    #[error("local API")]
     Api(#[from] api::ApiError),
-    #[error("metrics: {0}")]
+    #[error("metrics")]
     Metrics(#[from] MetricsError),
-    #[error(transparent)]
+    #[error("metrics server")]
     MetricsServer(#[from] metrics::server::ServeError),
 }
 
 pub struct Agent {
+    /// Enriched events, for whoever else wants them (`--print-events`, tests).
     pub bus: EventBus,
-    pub probes: Arc<Mutex<ProbeSet>>,
+    /// Readings of the kernel's aggregate maps.
+    pub kernel: Topic<KernelReading>,
+    /// Host samples.
+    pub host: Topic<Sample>,
+    /// Incident updates.
+    pub incidents: Topic<Update>,
     pub stats: Arc<PipelineStats>,
     pub correlation: Arc<CorrelationStats>,
     pub started_at: SystemTime,
     /// Where `GET /metrics` is served, when metrics are enabled.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Keeps the programs attached for as long as the agent runs.
+    _probes: ProbeSet,
     store_writer: Arc<StoreWriterHandle>,
     pipeline: JoinHandle<std::io::Result<()>>,
     tasks: Vec<JoinHandle<()>>,
@@ -69,8 +83,12 @@ impl Agent {
             attached.join(", ")
         );
         if probes.mounted_tracefs {
-            log::info!("mounted tracefs at {}", crate::probes::tracefs::TRACEFS);
+            log::info!(
+                "mounted tracefs at {}",
+                crate::sources::probes::tracefs::TRACEFS
+            );
         }
+        let mut maps = probes.take_maps()?;
 
         let store = Arc::new(Store::open(&config.store.path)?);
         close_stale_incidents(&store)?;
@@ -83,80 +101,106 @@ impl Agent {
             ),
         )?);
 
-        let mut enricher = Enricher::new(
+        let cache = ProcessCache::new(
             config.enrich.process_cache_entries,
             &config.enrich.redact_keys,
         );
+        let mut enricher = Enricher::new(cache.clone());
         let snapshot = listeners::snapshot();
         let owners = snapshot
             .tcp
             .iter()
             .filter_map(|l| l.pid)
             .chain(snapshot.unix.iter().filter_map(|l| l.pid));
-        probes.watch_processes(owners)?;
+        maps.watched
+            .insert_all(owners)
+            .map_err(|source| ProbeError::Map {
+                name: "WATCHED",
+                source,
+            })?;
         log::info!(
             "start-up snapshot: {} TCP and {} unix listeners",
             snapshot.tcp.len(),
             snapshot.unix.len()
         );
 
-        let bus = EventBus::new();
+        let bus = EventBus::events();
+        let kernel = Topic::new(READING_CAPACITY);
+        let host = Topic::new(READING_CAPACITY);
+        let incidents = Topic::new(INCIDENT_CAPACITY);
         before_start(&bus);
+
+        // Sinks subscribe before any source publishes.
         let recent = Arc::new(RecentEvents::new(api::RECENT_CAPACITY));
-        let mut tasks = vec![recent.collect_from(bus.subscribe())];
+        let mut tasks = vec![
+            recent.collect_from(bus.subscribe()),
+            store::follow(store_writer.clone(), incidents.subscribe()),
+        ];
         let metrics = if config.metrics.enabled {
             let metrics = Arc::new(Metrics::new(&config.metrics)?);
             metrics.set_probe_status(&probes.status);
-            tasks.push(spawn_metrics_feed(metrics.clone(), bus.subscribe()));
+            tasks.push(metrics::feed::spawn(
+                metrics.clone(),
+                Subscriptions {
+                    events: bus.subscribe(),
+                    incidents: incidents.subscribe(),
+                    kernel: kernel.subscribe(),
+                    host: host.subscribe(),
+                },
+            ));
             Some(metrics)
         } else {
             None
         };
+
         let local_ips = interfaces::local_ips().unwrap_or_else(|err| {
-            log::warn!("cannot list local addresses ({err}): only loopback counts as local");
+            log::warn!(
+                "cannot list local addresses ({}): only loopback counts as local",
+                crate::error_chain(&err)
+            );
             Vec::new()
         });
-        tasks.push(sampling::spawn(
-            bus.clone(),
-            metrics.clone(),
-            Duration::from_millis(config.metrics.sample_interval_ms),
-            config.incidents.memory_pressure_percent,
-        ));
         let engine = Engine::new(config.incidents.clone(), next_id, local_ips, started_at);
         let correlation_stats = Arc::new(CorrelationStats::default());
-        let writer = store_writer.clone();
-        let incident_metrics = metrics.clone();
         tasks.push(tokio::spawn(correlation::run(
             engine,
             bus.subscribe(),
             correlation_stats.clone(),
-            move |update| {
-                if let Some(metrics) = &incident_metrics {
-                    metrics.incident(&update);
-                }
-                writer.save(update.incident().clone());
-            },
+            incidents.clone(),
         )));
+
+        // Sources.
+        tasks.push(sampling::spawn(
+            bus.clone(),
+            host.clone(),
+            Duration::from_millis(config.metrics.sample_interval_ms),
+            config.incidents.memory_pressure_percent,
+        ));
         for event in enricher.snapshot_events(&snapshot) {
             bus.publish(event);
         }
-        let ring = probes.take_events()?;
         let stats = Arc::new(PipelineStats::default());
-        let pipeline = tokio::spawn(pipeline::run(ring, enricher, bus.clone(), stats.clone()));
-        if let Err(err) = probes.mark_proxies(crate::responses::running_proxies()) {
-            log::warn!("cannot mark running proxies: {err}");
+        let pipeline = tokio::spawn(ring::run(maps.events, enricher, bus.clone(), stats.clone()));
+        if let Err(err) = maps.proxies.insert_all(running_proxies()) {
+            log::warn!("cannot mark running proxies: {}", crate::error_chain(&err));
         }
-        let probes = Arc::new(Mutex::new(probes));
-        tasks.push(crate::responses::spawn(
-            probes.clone(),
+        let (counters_tx, counters_rx) = watch::channel(KernelCounters::default());
+        tasks.push(kernel_maps::spawn(
+            PolledMaps {
+                counters: maps.counters,
+                connects: maps.connects,
+                responses: maps.responses,
+            },
+            cache,
             bus.clone(),
-            metrics.clone(),
-            config.enrich.redact_keys.clone(),
+            kernel.clone(),
+            counters_tx,
         ));
 
         let status = status_report(
             started_at,
-            probes.clone(),
+            probes.status.clone(),
+            counters_rx,
             stats.clone(),
             correlation_stats.clone(),
             store_writer.clone(),
@@ -172,8 +216,7 @@ impl Agent {
         log::info!("local API on {}", config.api.socket.display());
         let metrics_addr = match metrics {
             Some(metrics) => {
-                let (addr, task) =
-                    metrics::server::serve(config.metrics.listen, metrics, probes.clone())?;
+                let (addr, task) = metrics::server::serve(config.metrics.listen, metrics)?;
                 tasks.push(task);
                 log::info!("metrics on http://{addr}/metrics");
                 Some(addr)
@@ -183,47 +226,16 @@ impl Agent {
         Ok(Self {
             metrics_addr,
             bus,
-            probes,
+            kernel,
+            host,
+            incidents,
             stats,
             correlation: correlation_stats,
             started_at,
+            _probes: probes,
             store_writer,
             pipeline,
             tasks,
-        })
-    }
-
-    /// Logs kernel-side drops and probe errors when they grow, every `interval`.
-    pub fn spawn_counter_watch(&self, interval: Duration) -> JoinHandle<()> {
-        let probes = self.probes.clone();
-        tokio::spawn(async move {
-            let mut last = crate::probes::KernelCounters::default();
-            loop {
-                tokio::time::sleep(interval).await;
-                let counters = match lock(&probes).counters() {
-                    Ok(c) => c,
-                    Err(err) => {
-                        log::warn!("cannot read kernel counters: {err}");
-                        continue;
-                    }
-                };
-                for (kind, n) in &counters.dropped {
-                    let before = last.dropped.get(kind).copied().unwrap_or(0);
-                    if *n > before {
-                        log::warn!(
-                            "ring buffer full: {} {kind} events lost ({n} in all); raise probes.ring_buffer_bytes",
-                            n - before
-                        );
-                    }
-                }
-                for (probe, n) in &counters.probe_errors {
-                    let before = last.probe_errors.get(probe).copied().unwrap_or(0);
-                    if *n > before {
-                        log::debug!("probe {probe}: {} failed reads", n - before);
-                    }
-                }
-                last = counters;
-            }
         })
     }
 
@@ -250,38 +262,12 @@ impl Drop for Agent {
     }
 }
 
-/// Counts every event on the bus.
-fn spawn_metrics_feed(
-    metrics: Arc<Metrics>,
-    mut events: tokio::sync::broadcast::Receiver<Arc<crate::events::Event>>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            match events.recv().await {
-                Ok(event) => metrics.observe(&event),
-                Err(RecvError::Lagged(n)) => {
-                    log::warn!("metrics fell behind: {n} events not counted")
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    })
-}
-
-/// The probe set, even if a thread panicked while holding it (its maps stay valid).
-pub fn lock(probes: &Mutex<ProbeSet>) -> std::sync::MutexGuard<'_, ProbeSet> {
-    probes
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Incidents left open by an agent that stopped: closed at their last failure, since
 /// nobody watched after that.
 fn close_stale_incidents(store: &Store) -> Result<(), StoreError> {
     let stale: Vec<_> = store
         .list(&IncidentFilter {
-            limit: crate::store::MAX_LIMIT,
+            limit: crate::sinks::store::MAX_LIMIT,
             ..Default::default()
         })?
         .into_iter()
@@ -304,44 +290,24 @@ fn close_stale_incidents(store: &Store) -> Result<(), StoreError> {
 
 fn status_report(
     started_at: SystemTime,
-    probes: Arc<Mutex<ProbeSet>>,
+    probes: std::collections::BTreeMap<agent_common::config::Probe, ProbeStatus>,
+    counters: watch::Receiver<KernelCounters>,
     stats: Arc<PipelineStats>,
     correlation: Arc<CorrelationStats>,
     store_writer: Arc<StoreWriterHandle>,
 ) -> Arc<dyn Fn() -> StatusReport + Send + Sync> {
-    Arc::new(move || {
-        let probes = lock(&probes);
-        let kernel = probes.counters().unwrap_or_else(|err| {
-            log::warn!("cannot read kernel counters: {err}");
-            Default::default()
-        });
-        StatusReport {
-            version: api::VERSION.to_string(),
-            started_at,
-            uptime_seconds: StatusReport::uptime_since(started_at),
-            probes: probes
-                .status
-                .iter()
-                .map(|(p, s)| (p.name().to_string(), s.into()))
-                .collect(),
-            events: EventCounts {
-                records: stats.records.load(Ordering::Relaxed),
-                decode_errors: stats.decode_errors.load(Ordering::Relaxed),
-                filtered: stats.filtered.load(Ordering::Relaxed),
-            },
-            kernel: KernelReport {
-                dropped: to_strings(kernel.dropped),
-                probe_errors: to_strings(kernel.probe_errors),
-            },
-            incidents_open: correlation.open_incidents.load(Ordering::Relaxed),
-            correlation_lagged_events: correlation.lagged_events.load(Ordering::Relaxed),
-            store_dropped_writes: store_writer.dropped_writes(),
-        }
+    Arc::new(move || StatusReport {
+        version: api::VERSION.to_string(),
+        started_at,
+        uptime_seconds: StatusReport::uptime_since(started_at),
+        probes: probes
+            .iter()
+            .map(|(p, s)| (p.name().to_string(), s.into()))
+            .collect(),
+        events: (&*stats).into(),
+        kernel: (&*counters.borrow()).into(),
+        incidents_open: correlation.open_incidents.load(Ordering::Relaxed),
+        correlation_lagged_events: correlation.lagged_events.load(Ordering::Relaxed),
+        store_dropped_writes: store_writer.dropped_writes(),
     })
-}
-
-fn to_strings(
-    map: std::collections::BTreeMap<&'static str, u64>,
-) -> std::collections::BTreeMap<String, u64> {
-    map.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }

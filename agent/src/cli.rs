@@ -106,8 +106,8 @@ pub struct StatusArgs {
 
 /// Checks `--since` before asking the agent, and passes it on as written: the agent
 /// resolves durations against its own clock.
-fn since_arg(text: &str) -> Result<String, crate::api::SinceError> {
-    crate::api::parse_since(text, std::time::SystemTime::now())?;
+fn since_arg(text: &str) -> Result<String, crate::sinks::api::SinceError> {
+    crate::sinks::api::parse_since(text, std::time::SystemTime::now())?;
     Ok(text.to_string())
 }
 

@@ -14,7 +14,7 @@ pub const DEFAULT_PATH: &str = "/etc/why502/why502.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -433,7 +433,7 @@ fn probe_names() -> String {
 
 /// Linux signal numbers by name (x86 and arm numbering, which agree on these).
 pub fn signal_number(name: &str) -> Option<u32> {
-    crate::events::signal::SIGNALS
+    crate::model::signal::SIGNALS
         .iter()
         .find(|(_, n)| *n == name)
         .map(|(num, _)| *num)

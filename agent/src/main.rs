@@ -8,7 +8,7 @@ use why502::{
     agent::Agent,
     cli::{AgentArgs, Cli, Command},
     config::{self, Config},
-    probes::error_chain,
+    error_chain,
 };
 
 fn main() {
@@ -46,7 +46,6 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                 printer = Some(spawn_printer(bus.subscribe()));
             }
         })?;
-        agent.spawn_counter_watch(std::time::Duration::from_secs(10));
         // Handlers first: once "running" is logged, a SIGTERM must find them in place.
         use tokio::signal::unix::{signal, SignalKind};
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -64,7 +63,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 
 /// Writes each event as a JSON line; a closed stdout (a pipe to `head`) ends the printer.
 fn spawn_printer(
-    mut events: tokio::sync::broadcast::Receiver<std::sync::Arc<why502::events::Event>>,
+    mut events: tokio::sync::broadcast::Receiver<std::sync::Arc<why502::model::event::Event>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;

@@ -11,9 +11,11 @@ use std::{
 
 use serde_json::{json, Value};
 use why502::{
-    api::{self, ApiState, RecentEvents, StatusReport},
-    correlate::incident::Incident,
-    store::Store,
+    model::incident::Incident,
+    sinks::{
+        api::{self, ApiState, RecentEvents, StatusReport},
+        store::Store,
+    },
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_why502");

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use why502::host::sock_diag::{listen_queues, ListenQueue};
+use why502::sources::host::sock_diag::{listen_queues, ListenQueue};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

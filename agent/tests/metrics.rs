@@ -46,8 +46,10 @@ fn connect_errors_and_successes_are_counted() {
         ("upstream", upstream.as_str()),
         ("errno", "ECONNREFUSED"),
     ];
-    let text = scrape_until(h, "connect errors", |t| {
+    // Both counters of each failure, whichever the scrape reads first.
+    let text = scrape_until(h, "connect errors and attempts", |t| {
         sample(t, "why502_upstream_connect_errors_total", &labels) == Some(7.0)
+            && sample(t, "why502_upstream_connects_total", &labels[..2]).is_some_and(|n| n >= 7.0)
     });
     assert_eq!(
         sample(&text, "why502_upstream_connects_total", &labels[..2]),
@@ -107,12 +109,16 @@ fn host_signals_are_sampled() {
     let _clients: Vec<_> = (0..3)
         .map(|_| TcpStream::connect(&endpoint).unwrap())
         .collect();
-    let text = scrape_until(h, "the listener's queue", |t| {
+    // A sample taken before the clients were queued shows the listener with an empty
+    // queue: wait for one taken after.
+    let text = scrape_until(h, "the listener's full queue", |t| {
         sample(
             t,
             "why502_listener_queue_backlog",
             &[("endpoint", &endpoint)],
         ) == Some(2.0)
+            && sample(t, "why502_listener_queue_depth", &[("endpoint", &endpoint)])
+                .is_some_and(|depth| depth >= 2.0)
     });
     let depth = sample(
         &text,

@@ -5,7 +5,7 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::{harness, pid_of};
-use why502::events::EventDetail;
+use why502::model::event::EventDetail;
 use why502_e2e::cgroup::MemoryCgroup;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -46,11 +46,19 @@ fn killed_by_sigsegv() {
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSEGV) }, 0);
     child.wait().unwrap();
 
-    let signal = h.wait_for(
+    // The signal and the exit it caused, in whichever order they arrive.
+    let [signal, exit] = h.wait_for_each(
         &mut events,
         WAIT,
-        "signal",
-        |e| matches!(&e.detail, EventDetail::Signal(s) if s.target_pid == pid as i32),
+        [
+            (
+                "signal",
+                &|e| matches!(&e.detail, EventDetail::Signal(s) if s.target_pid == pid as i32),
+            ),
+            ("exit", &|e| {
+                matches!(e.detail, EventDetail::ProcessExit(_)) && pid_of(e) == Some(pid)
+            }),
+        ],
     );
     let EventDetail::Signal(s) = &signal.detail else {
         unreachable!()
@@ -63,9 +71,6 @@ fn killed_by_sigsegv() {
         "the sender is this test"
     );
 
-    let exit = h.wait_for(&mut events, WAIT, "exit", |e| {
-        matches!(e.detail, EventDetail::ProcessExit(_)) && pid_of(e) == Some(pid)
-    });
     let EventDetail::ProcessExit(exit) = &exit.detail else {
         unreachable!()
     };
@@ -90,22 +95,26 @@ fn oom_kill_in_a_memory_cgroup() {
     let status = wait_bounded(&mut child, Duration::from_secs(30));
     assert!(!status.success(), "tail should have been killed");
 
-    let kill = h.wait_for(
+    // The kill and the victim's exit, in whichever order they arrive.
+    let [kill, exit] = h.wait_for_each(
         &mut events,
         WAIT,
-        "OOM kill",
-        |e| matches!(&e.detail, EventDetail::OomKill(k) if k.victim_pid == pid),
+        [
+            (
+                "OOM kill",
+                &|e| matches!(&e.detail, EventDetail::OomKill(k) if k.victim_pid == pid),
+            ),
+            ("victim's exit", &|e| {
+                matches!(e.detail, EventDetail::ProcessExit(_)) && pid_of(e) == Some(pid)
+            }),
+        ],
     );
     let EventDetail::OomKill(kill) = &kill.detail else {
         unreachable!()
     };
     assert_eq!(kill.victim_comm, "tail");
     assert!(kill.anon_rss_kb > 16 << 10, "{} KiB", kill.anon_rss_kb);
-    let victim = pid;
 
-    let exit = h.wait_for(&mut events, WAIT, "victim's exit", |e| {
-        matches!(e.detail, EventDetail::ProcessExit(_)) && pid_of(e) == Some(victim)
-    });
     let EventDetail::ProcessExit(exit) = &exit.detail else {
         unreachable!()
     };

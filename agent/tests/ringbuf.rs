@@ -7,11 +7,11 @@ use std::net::TcpStream;
 use common::closed_port;
 use why502::{
     config::Config,
-    events::{
-        decode::{decode, Decoded},
-        EventDetail,
+    model::event::EventDetail,
+    sources::{
+        probes::ProbeSet,
+        ring::decode::{decode, Decoded},
     },
-    probes::ProbeSet,
 };
 
 #[test]
@@ -25,7 +25,8 @@ fn drops_are_counted_exactly() {
     config.probes.ring_buffer_bytes = 65536;
     let mut probes = ProbeSet::load(&config).expect("probes load");
     // Nobody reads the ring while the failures happen: it fills after a few hundred.
-    let mut ring = probes.take_events().unwrap();
+    let mut maps = probes.take_maps().unwrap();
+    let ring = &mut maps.events;
     let port = closed_port();
     const ATTEMPTS: u64 = 2000;
     for _ in 0..ATTEMPTS {
@@ -40,7 +41,7 @@ fn drops_are_counted_exactly() {
             }
         }
     }
-    let dropped = probes.counters().unwrap().dropped["tcp_connect_failure"];
+    let dropped = maps.counters.read().unwrap().dropped["tcp_connect_failure"];
     assert!(dropped > 0, "a 64 KiB ring should have overflowed");
     assert!(delivered > 0);
     assert_eq!(

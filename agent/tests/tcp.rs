@@ -10,7 +10,7 @@ use std::{
 };
 
 use common::{harness, pid_of};
-use why502::events::EventDetail;
+use why502::model::event::EventDetail;
 use why502_e2e::netns::Netns;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -44,11 +44,21 @@ fn reset_received_on_an_established_connection() {
     let err = client.read(&mut buf).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET));
 
-    let event = h.wait_for(
+    // The RST as the client received it and as the server sent it, in whichever order
+    // they arrive (on loopback the receiving side usually runs first).
+    let [event, sent] = h.wait_for_each(
         &mut events,
         WAIT,
-        "RST received",
-        |e| matches!(&e.detail, EventDetail::TcpResetReceived(r) if r.dst.port() == port),
+        [
+            (
+                "RST received",
+                &|e| matches!(&e.detail, EventDetail::TcpResetReceived(r) if r.dst.port() == port),
+            ),
+            (
+                "RST sent",
+                &|e| matches!(&e.detail, EventDetail::TcpResetSent(r) if r.src.port() == port),
+            ),
+        ],
     );
     let EventDetail::TcpResetReceived(reset) = &event.detail else {
         unreachable!()
@@ -61,12 +71,6 @@ fn reset_received_on_an_established_connection() {
         "owner from connect time"
     );
 
-    let sent = h.wait_for(
-        &mut events,
-        WAIT,
-        "RST sent",
-        |e| matches!(&e.detail, EventDetail::TcpResetSent(r) if r.src.port() == port),
-    );
     let EventDetail::TcpResetSent(sent) = &sent.detail else {
         unreachable!()
     };
@@ -143,19 +147,26 @@ fn syn_retransmits_to_a_dropped_port() {
         "curl should time out connecting"
     );
 
-    let retransmit = h.wait_for(&mut events, WAIT, "SYN retransmit", |e| {
-        matches!(&e.detail, EventDetail::TcpSynRetransmit(r) if r.dst.port() == 9)
-            && e.process.as_ref().is_some_and(|p| p.comm == "curl")
-    });
+    // Both happened before curl returned: the retransmit, then the connect it gave up.
+    let [retransmit, failure] = h.wait_for_each(
+        &mut events,
+        WAIT,
+        [
+            ("SYN retransmit", &|e| {
+                matches!(&e.detail, EventDetail::TcpSynRetransmit(r) if r.dst.port() == 9)
+                    && e.process.as_ref().is_some_and(|p| p.comm == "curl")
+            }),
+            ("abandoned connect", &|e| {
+                matches!(&e.detail, EventDetail::TcpConnectFailure(f) if f.dst.port() == 9)
+                    && e.process.as_ref().is_some_and(|p| p.comm == "curl")
+            }),
+        ],
+    );
     let EventDetail::TcpSynRetransmit(r) = &retransmit.detail else {
         unreachable!()
     };
     assert_eq!(r.count, 1);
 
-    let failure = h.wait_for(&mut events, WAIT, "abandoned connect", |e| {
-        matches!(&e.detail, EventDetail::TcpConnectFailure(f) if f.dst.port() == 9)
-            && e.process.as_ref().is_some_and(|p| p.comm == "curl")
-    });
     let EventDetail::TcpConnectFailure(f) = &failure.detail else {
         unreachable!()
     };

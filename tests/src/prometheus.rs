@@ -236,6 +236,29 @@ scrape_configs:
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+
+    /// `GET /api/v1/rules` once every rule has been evaluated at least once (its `health`
+    /// is `unknown` until then, and says nothing); panics after `limit` with the rules.
+    pub fn wait_for_rules_evaluated(&self, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let groups = self.get_json("/api/v1/rules");
+            let evaluated = groups["data"]["groups"]
+                .as_array()
+                .expect("rule groups")
+                .iter()
+                .flat_map(|group| group["rules"].as_array().expect("rules"))
+                .all(|rule| rule["health"] != "unknown");
+            if evaluated {
+                return groups;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rules still not evaluated after {limit:?}: {groups}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
 }
 
 impl Drop for PrometheusServer {

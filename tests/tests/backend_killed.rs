@@ -6,6 +6,9 @@ use std::time::Duration;
 use serde_json::Value;
 use why502_e2e::{agent::Agent, backend::Backend, can_load_ebpf, free_port, http, nginx::Nginx};
 
+/// How long an extra (invented) event gets to show up after the expected ones arrived.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(300);
+
 #[test]
 fn nginx_backend_killed_by_sigsegv() {
     if !can_load_ebpf() {
@@ -33,8 +36,8 @@ fn nginx_backend_killed_by_sigsegv() {
     assert_eq!(exits[0]["signal"], "SIGSEGV");
     assert_eq!(exits[0]["signal_number"], 11);
 
-    // Its listener closing.
-    let closed = agent.events(|e| {
+    // Its listener closing: an event of its own, which may arrive after the exit.
+    let closed = agent.wait_for(1, Duration::from_secs(5), |e| {
         e["kind"] == "listener_closed"
             && e["endpoint"] == upstream
             && e["process"]["pid"] == backend_pid
@@ -53,12 +56,15 @@ fn nginx_backend_killed_by_sigsegv() {
             && e["dst"] == upstream
             && e["process"]["comm"] == "nginx"
     };
-    let refused = agent.wait_for(REQUESTS, Duration::from_secs(5), is_refused);
     let logged = nginx.count_errors("connect() failed (111: Connection refused)");
     assert_eq!(logged, REQUESTS, "nginx error.log:\n{}", nginx.error_log());
-    // Let any stragglers arrive, then demand the exact count: nothing lost, nothing invented.
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(agent.events(is_refused).len(), logged, "{refused:?}");
+    // Nothing lost: wait until all of them have arrived.
+    let refused = agent.wait_for(logged, Duration::from_secs(5), is_refused);
+    assert_eq!(refused.len(), logged, "refused connects: {refused:?}");
+    // Nothing invented: no further one within a grace period (the wait ends early if one
+    // shows up).
+    let refused = agent.wait_for(logged + 1, STRAGGLER_GRACE, is_refused);
+    assert_eq!(refused.len(), logged, "refused connects: {refused:?}");
     for event in &refused {
         assert_eq!(event["errno"]["name"], "ECONNREFUSED");
         assert_eq!(event["process"]["exe"], "/usr/sbin/nginx");

@@ -660,8 +660,9 @@ fn prometheus_scrapes_the_exposition_and_evaluates_the_rules() {
     assert_eq!(pending[0].0["upstream"], "127.0.0.1:9000");
     assert_eq!(pending[0].0["severity"], "page");
 
-    // Every rule evaluates without error against real series.
-    let groups = prometheus.get_json("/api/v1/rules");
+    // Every rule evaluates without error against real series (once evaluated at all: a
+    // rule after the alerts in the group may not have been yet).
+    let groups = prometheus.wait_for_rules_evaluated(limit);
     let rules = groups["data"]["groups"][0]["rules"]
         .as_array()
         .expect("rules");

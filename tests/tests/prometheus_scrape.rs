@@ -83,8 +83,9 @@ fn prometheus_sees_connect_errors_rise_after_a_backend_is_killed() {
         panic!("{problems}\n{body}");
     }
 
-    // Every alert and recording rule evaluates without error on the agent's series.
-    let groups = prometheus.get_json("/api/v1/rules");
+    // Every alert and recording rule evaluates without error on the agent's series (once
+    // evaluated at all: the first evaluation may come after the first scrapes).
+    let groups = prometheus.wait_for_rules_evaluated(Duration::from_secs(10));
     for group in groups["data"]["groups"].as_array().expect("rule groups") {
         for rule in group["rules"].as_array().expect("rules") {
             assert_eq!(rule["health"], "ok", "{rule}");

@@ -10,8 +10,8 @@ use super::{
     watch, ApiClient, ClientError, IncidentQuery,
 };
 use crate::{
-    api::parse_since,
     cli::{ClientCommand, ExplainArgs, IncidentsArgs, StatusArgs},
+    sinks::api::parse_since,
 };
 
 pub async fn run(command: ClientCommand) -> Result<(), ClientError> {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::net::UnixStream;
 
 use super::ClientError;
-use crate::{api::StatusReport, correlate::incident::Incident};
+use crate::{model::incident::Incident, sinks::api::StatusReport};
 
 /// Longer than any answer of a healthy agent takes; a hung one must not hang the CLI.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

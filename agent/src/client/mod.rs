@@ -56,7 +56,7 @@ pub enum ClientError {
          run as root or as a member of the socket's group"
     )]
     PermissionDenied { socket: PathBuf },
-    #[error("cannot connect to the agent at {socket}: {source}")]
+    #[error("cannot connect to the agent at {socket}")]
     Connect {
         socket: PathBuf,
         #[source]
@@ -64,18 +64,18 @@ pub enum ClientError {
     },
     #[error("the agent at {socket} did not answer in time")]
     Timeout { socket: PathBuf },
-    #[error("cannot request {path}: {source}")]
+    #[error("cannot request {path}")]
     Request {
         path: String,
         #[source]
         source: hyper::http::Error,
     },
-    #[error("talking to the agent failed: {source}")]
+    #[error("talking to the agent failed")]
     Http {
         #[source]
         source: hyper::Error,
     },
-    #[error("the agent's answer to {path} is not what this why502 understands: {source}")]
+    #[error("the agent's answer to {path} is not what this why502 understands")]
     BadResponse {
         path: String,
         #[source]
@@ -87,17 +87,17 @@ pub enum ClientError {
     NoSuchIncident { id: u64 },
     #[error("no incidents recorded yet")]
     NoIncidents,
-    #[error("cannot start the async runtime: {source}")]
+    #[error("cannot start the async runtime")]
     Runtime {
         #[source]
         source: io::Error,
     },
-    #[error("cannot handle Ctrl-C: {source}")]
+    #[error("cannot handle Ctrl-C")]
     Signal {
         #[source]
         source: io::Error,
     },
-    #[error("cannot write the output: {source}")]
+    #[error("cannot write the output")]
     Output {
         #[source]
         source: io::Error,
@@ -168,8 +168,8 @@ pub fn run(command: ClientCommand) -> Exit {
         Err(err) => {
             match err {
                 // Already a sentence about why502.
-                ClientError::NotRunning { .. } => eprintln!("{err}"),
-                _ => eprintln!("why502: {err}"),
+                ClientError::NotRunning { .. } => eprintln!("{}", crate::error_chain(&err)),
+                _ => eprintln!("why502: {}", crate::error_chain(&err)),
             }
             err.exit()
         }

@@ -12,8 +12,8 @@ use super::{
 };
 use crate::{
     cli::WatchArgs,
-    correlate::incident::{Cause, Confidence, Incident, IncidentState},
-    store::MAX_LIMIT,
+    model::incident::{Cause, Confidence, Incident, IncidentState},
+    sinks::store::MAX_LIMIT,
 };
 
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -67,7 +67,10 @@ async fn poll(args: WatchArgs) -> Result<(), ClientError> {
             }
             Err(err) if err.is_unreachable() => {
                 if !unreachable {
-                    eprintln!("why502: {err}; retrying every second");
+                    eprintln!(
+                        "why502: {}; retrying every second",
+                        crate::error_chain(&err)
+                    );
                     unreachable = true;
                 }
             }
@@ -133,7 +136,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing;
+    use crate::sinks::store::testing;
 
     fn open(id: u64, failures: u64) -> Incident {
         let mut incident = testing::recent_incident(id, 1);

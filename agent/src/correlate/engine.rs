@@ -1,60 +1,30 @@
-//! The correlation engine: consumes events in time order, keeps who serves what and what
-//! happened to processes, detects failure spikes per (proxy, upstream) and turns each into
-//! an [`Incident`] with its explanation.
+//! The correlation engine: consumes events in time order, feeds what they say about the
+//! host into [`Knowledge`], counts failures per (proxy, upstream) flow until a [`spike`]
+//! opens an [`Incident`], pairs the proxy's 5xx [`responses`] with it, and keeps each open
+//! incident's explanation current.
 //!
 //! Deterministic: time is the events' own (`mono_ns`/`time`) and the caller's `tick`, so
 //! recorded or synthetic streams give the same incidents every time.
 
-use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    net::IpAddr,
-    time::SystemTime,
-};
+use std::{collections::HashMap, net::IpAddr, time::SystemTime};
 
 use super::{
-    explain::{self, Failures, Knowledge},
-    history::{Dated, ExitRecord, ProcessHistory, SignalRecord},
-    incident::{Incident, IncidentState, ProcessSummary, NO_UPSTREAM},
-    listeners::{ListenerTable, Owner},
-    proxy,
+    explain::{self, Failures},
+    knowledge::{summary, Knowledge},
+    responses::{PendingResponses, BAD_GATEWAY_CODES, RESPONSE_GRACE_NS},
+    spike::{Observed, Window},
 };
 use crate::{
     config::IncidentConfig,
-    events::{Endpoint, Event, EventDetail, ProcessRef, Source},
+    model::{
+        event::{Endpoint, Event, EventDetail},
+        failure::FailureKind,
+        incident::{Candidate, Incident, IncidentState, ProcessSummary, Update, NO_UPSTREAM},
+    },
 };
 
-/// Endpoints the listener table remembers.
-const LISTENER_CAPACITY: usize = 8192;
 /// (proxy, upstream) pairs followed at once; idle ones are forgotten first.
 const FLOW_CAPACITY: usize = 4096;
-/// Seconds of failure history that make up a flow's baseline.
-const BASELINE_SECONDS: usize = 60;
-/// A spike must exceed this multiple of the baseline failure rate.
-const BASELINE_FACTOR: f64 = 3.0;
-/// The responses a proxy gives when it could not get one from its upstream.
-const BAD_GATEWAY_CODES: [u16; 3] = [502, 503, 504];
-/// How long 5xx responses wait for the failures behind them before they may count as a
-/// spike of their own (the failures travel a different, streamed, path).
-const RESPONSE_GRACE_NS: u64 = 500_000_000;
-/// Responses counted one by one in a flow's window, at most (a window only has to reach
-/// the threshold).
-const WINDOW_CAP: usize = 10_000;
-
-/// What an event or a tick changed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Update {
-    Opened(Incident),
-    Updated(Incident),
-    Closed(Incident),
-}
-
-impl Update {
-    pub fn incident(&self) -> &Incident {
-        match self {
-            Update::Opened(i) | Update::Updated(i) | Update::Closed(i) => i,
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct FlowKey {
@@ -62,27 +32,6 @@ struct FlowKey {
     proxy: String,
     /// `None`: 5xx responses of the proxy with no upstream failure to blame.
     upstream: Option<Endpoint>,
-}
-
-#[derive(Debug, Clone)]
-struct Failure {
-    mono: u64,
-    time: SystemTime,
-    kind: String,
-    /// How many (responses arrive counted; failures one by one).
-    count: u64,
-}
-
-/// 5xx responses not yet tied to an incident.
-#[derive(Debug, Clone)]
-struct PendingResponses {
-    mono: u64,
-    time: SystemTime,
-    code: u16,
-    count: u64,
-    process: ProcessRef,
-    /// Already judged (opened or counted on a response-only incident).
-    used: bool,
 }
 
 struct OpenIncident {
@@ -94,12 +43,7 @@ struct OpenIncident {
 
 struct Flow {
     proxy: ProcessSummary,
-    /// Failures inside the current window, oldest first.
-    window: VecDeque<Failure>,
-    /// Failures per second over the last minute (outside incidents), for the baseline.
-    /// u16: a second with more failures than that is a spike anyway.
-    per_second: [u16; BASELINE_SECONDS],
-    baseline_second: u64,
+    window: Window,
     /// Boxed: most flows never open one, and an incident is large.
     open: Option<Box<OpenIncident>>,
     last_mono: u64,
@@ -108,16 +52,13 @@ struct Flow {
 pub struct Engine {
     /// Flows with an open incident (kept, not counted per event: that was a scan).
     open_count: usize,
-    /// 5xx responses of proxies whose failures have not (yet) made an incident, by proxy:
-    /// an incident that opens takes those of its window, the rest age out.
-    pending_responses: HashMap<String, VecDeque<PendingResponses>>,
+    /// 5xx responses of proxies whose failures have not (yet) made an incident: an
+    /// incident that opens takes those of its window, the rest age out.
+    pending: PendingResponses,
     config: IncidentConfig,
-    listeners: ListenerTable,
-    history: ProcessHistory,
+    knowledge: Knowledge,
     flows: HashMap<FlowKey, Flow>,
     next_id: u64,
-    local_ips: Vec<IpAddr>,
-    watching_since: SystemTime,
 }
 
 impl Engine {
@@ -128,16 +69,14 @@ impl Engine {
         local_ips: Vec<IpAddr>,
         watching_since: SystemTime,
     ) -> Self {
+        let lookback_ns = config.lookback_seconds * 1_000_000_000;
         Self {
             open_count: 0,
-            pending_responses: HashMap::new(),
+            pending: PendingResponses::default(),
             config,
-            listeners: ListenerTable::new(LISTENER_CAPACITY),
-            history: ProcessHistory::default(),
+            knowledge: Knowledge::new(local_ips, watching_since, lookback_ns),
             flows: HashMap::new(),
             next_id: next_id.max(1),
-            local_ips,
-            watching_since,
         }
     }
 
@@ -147,91 +86,34 @@ impl Engine {
 
     /// Takes one event; returns the incidents it opened.
     pub fn observe(&mut self, event: &Event) -> Vec<Update> {
-        let mono = event.mono_ns;
-        let time = event.time;
         match &event.detail {
             EventDetail::TcpConnectFailure(f) => {
-                return self.failure(event, Some(Endpoint::Tcp(f.dst)), f.kind(), 1);
+                let kind = FailureKind::of_connect(f);
+                return self.failure(
+                    event,
+                    Some(Endpoint::Tcp(f.dst)),
+                    Observed::Failure(kind),
+                    1,
+                );
             }
             EventDetail::ConnectSyscallError(e) => {
                 if e.is_benign() {
                     return Vec::new();
                 }
-                return self.failure(event, Some(e.dst.clone()), e.errno.name().to_string(), 1);
+                let kind = Observed::Failure(FailureKind::Errno(e.errno));
+                return self.failure(event, Some(e.dst.clone()), kind, 1);
             }
             EventDetail::TcpResetReceived(r) => {
-                return self.failure(event, Some(Endpoint::Tcp(r.dst)), "reset".into(), 1);
+                let kind = Observed::Failure(FailureKind::Reset);
+                return self.failure(event, Some(Endpoint::Tcp(r.dst)), kind, 1);
             }
             EventDetail::HttpResponses(r) if BAD_GATEWAY_CODES.contains(&r.code) => {
                 return self.bad_responses(event, r.code, r.count);
             }
-            EventDetail::ListenerOpened(l) => {
-                let owner = owner_of(event.process.as_ref(), mono, time, l.source);
-                self.listeners.opened(Endpoint::Tcp(l.endpoint), owner);
-                self.mark_open_dirty();
-            }
-            EventDetail::UnixListenerOpened(l) => {
-                let owner = owner_of(event.process.as_ref(), mono, time, l.source);
-                self.listeners.opened(Endpoint::Unix(l.path.clone()), owner);
-                self.mark_open_dirty();
-            }
-            EventDetail::ListenerClosed(l) => {
-                self.listeners
-                    .closed(&Endpoint::Tcp(l.endpoint), mono, time);
-                self.mark_open_dirty();
-            }
-            EventDetail::ProcessExit(exit) => {
-                if let Some(p) = &event.process {
-                    self.history.exited(Dated {
-                        mono,
-                        time,
-                        value: ExitRecord {
-                            pid: p.pid,
-                            process: summary(p),
-                            exit: exit.clone(),
-                        },
-                    });
-                    self.listeners.owner_exited(p.pid, mono, time);
-                }
-            }
-            EventDetail::OomKill(kill) => self.history.oom_killed(Dated {
-                mono,
-                time,
-                value: kill.clone(),
-            }),
-            EventDetail::Signal(signal) => {
-                if let (Some(sender), Ok(target)) =
-                    (&event.process, u32::try_from(signal.target_pid))
-                {
-                    self.history.signalled(Dated {
-                        mono,
-                        time,
-                        value: SignalRecord {
-                            target_pid: target,
-                            sender: summary(sender),
-                            signal: signal.clone(),
-                        },
-                    });
-                }
-            }
-            EventDetail::MemoryPressure(p) => self.history.memory_pressure(Dated {
-                mono,
-                time,
-                value: p.clone(),
-            }),
-            EventDetail::ListenQueueFull(q) => {
-                self.history.queue_full(Dated {
-                    mono,
-                    time,
-                    value: q.clone(),
-                });
-                self.mark_open_dirty();
-            }
-            EventDetail::HttpResponses(_)
-            | EventDetail::TcpResetSent(_)
-            | EventDetail::TcpSynRetransmit(_)
-            | EventDetail::TcpSynackRetransmit(_)
-            | EventDetail::ProcessExec(_) => {}
+            _ => {}
+        }
+        if self.knowledge.learn(event) {
+            self.mark_open_dirty();
         }
         Vec::new()
     }
@@ -280,13 +162,10 @@ impl Engine {
         }
         let lookback = self.config.lookback_seconds * 1_000_000_000;
         let horizon = now_mono.saturating_sub(lookback);
-        self.history.prune(horizon);
+        self.knowledge.prune(horizon);
         self.flows
             .retain(|_, f| f.open.is_some() || f.last_mono >= horizon);
-        self.pending_responses.retain(|_, pending| {
-            pending.retain(|r| r.mono >= horizon);
-            !pending.is_empty()
-        });
+        self.pending.prune(horizon);
         updates
     }
 
@@ -307,7 +186,7 @@ impl Engine {
             .max_by_key(|(_, f)| f.open.as_ref().map_or(0, |o| o.last_mono));
         if let Some((_, flow)) = open {
             let open = flow.open.as_mut().expect("filtered on open");
-            *open.incident.responses.entry(code.to_string()).or_default() += count;
+            *open.incident.responses.entry(code).or_default() += count;
             open.dirty = true;
             return Vec::new();
         }
@@ -315,22 +194,8 @@ impl Engine {
         // way through the ring buffer (responses are polled, failures streamed). An
         // incident that opens takes them; `tick` decides about the rest after a grace.
         let window_ns = self.config.window_ms * 1_000_000;
-        let pending = self.pending_responses.entry(proxy_key).or_default();
-        while pending
-            .front()
-            .is_some_and(|p| p.mono + window_ns + 2 * RESPONSE_GRACE_NS < event.mono_ns)
-            || pending.len() >= WINDOW_CAP
-        {
-            pending.pop_front();
-        }
-        pending.push_back(PendingResponses {
-            mono: event.mono_ns,
-            time: event.time,
-            code,
-            count,
-            process: process.clone(),
-            used: false,
-        });
+        self.pending
+            .hold(proxy_key, event, process, (code, count), window_ns);
         Vec::new()
     }
 
@@ -338,26 +203,9 @@ impl Engine {
     /// open an incident of their own when they are a spike.
     fn responses_without_failures(&mut self, now_mono: u64) -> Vec<Update> {
         let window_ns = self.config.window_ms * 1_000_000;
-        let ready: Vec<String> = self
-            .pending_responses
-            .iter()
-            .filter(|(_, p)| {
-                p.iter()
-                    .any(|r| !r.used && r.mono + RESPONSE_GRACE_NS <= now_mono)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
         let mut updates = Vec::new();
-        for proxy in ready {
-            let Some(pending) = self.pending_responses.get(&proxy) else {
-                continue;
-            };
-            let due: Vec<PendingResponses> = pending
-                .iter()
-                .filter(|r| !r.used && r.mono + RESPONSE_GRACE_NS <= now_mono)
-                .cloned()
-                .collect();
-            let Some(first) = due.first() else { continue };
+        for (proxy, due) in self.pending.due(now_mono) {
+            let first = &due[0];
             // Failures of this proxy around them: the responses are theirs, waiting for an
             // incident to open (or to age out below the threshold).
             let failing = self.flows.iter().any(|(k, f)| {
@@ -368,22 +216,18 @@ impl Engine {
             if failing {
                 continue;
             }
-            if let Some(pending) = self.pending_responses.get_mut(&proxy) {
-                for r in pending.iter_mut().filter(|r| r.mono <= now_mono) {
-                    r.used = true;
-                }
-            }
+            self.pending.judged(&proxy, now_mono);
             for r in due {
                 let event = Event {
                     time: r.time,
                     mono_ns: r.mono,
                     process: Some(r.process),
-                    detail: EventDetail::HttpResponses(crate::events::HttpResponses {
+                    detail: EventDetail::HttpResponses(crate::model::event::HttpResponses {
                         code: r.code,
                         count: r.count,
                     }),
                 };
-                updates.extend(self.failure(&event, None, r.code.to_string(), r.count));
+                updates.extend(self.failure(&event, None, Observed::Response(r.code), r.count));
             }
         }
         updates
@@ -393,7 +237,7 @@ impl Engine {
         &mut self,
         event: &Event,
         upstream: Option<Endpoint>,
-        kind: String,
+        what: Observed,
         count: u64,
     ) -> Vec<Update> {
         let Some(process) = &event.process else {
@@ -412,20 +256,19 @@ impl Engine {
         let threshold = self.config.open_threshold;
         let flow = self.flows.entry(key.clone()).or_insert_with(|| Flow {
             proxy: proxy.clone(),
-            window: VecDeque::new(),
-            per_second: [0; BASELINE_SECONDS],
-            baseline_second: event.mono_ns / 1_000_000_000,
+            window: Window::new(event.mono_ns),
             open: None,
             last_mono: event.mono_ns,
         });
         flow.last_mono = event.mono_ns;
         if let Some(open) = flow.open.as_mut() {
             let incident = &mut open.incident;
-            if key.upstream.is_some() {
-                incident.failures += count;
-                *incident.failure_kinds.entry(kind).or_default() += count;
-            } else {
-                *incident.responses.entry(kind).or_default() += count;
+            match what {
+                Observed::Failure(kind) => {
+                    incident.failures += count;
+                    *incident.failure_kinds.entry(kind).or_default() += count;
+                }
+                Observed::Response(code) => *incident.responses.entry(code).or_default() += count,
             }
             incident.last_failure_at = event.time;
             open.last_mono = event.mono_ns;
@@ -433,40 +276,21 @@ impl Engine {
             return Vec::new();
         }
 
-        let required = flow.required(threshold, window_ns, event.mono_ns);
-        flow.count_for_baseline(event.mono_ns, count);
-        flow.window.push_back(Failure {
-            mono: event.mono_ns,
-            time: event.time,
-            kind,
-            count,
-        });
-        while flow
-            .window
-            .front()
-            .is_some_and(|f| f.mono + window_ns < event.mono_ns)
-            || flow.window.len() > WINDOW_CAP
-        {
-            flow.window.pop_front();
-        }
-        let in_window: u64 = flow.window.iter().map(|f| f.count).sum();
-        if in_window < required {
+        let Some(spike) =
+            flow.window
+                .push(event.mono_ns, event.time, what, count, threshold, window_ns)
+        else {
             return Vec::new();
-        }
-
-        let first = flow.window.front().cloned().expect("window is not empty");
-        let mut kinds = BTreeMap::new();
-        for f in &flow.window {
-            *kinds.entry(f.kind.clone()).or_default() += f.count;
-        }
-        let (failures, failure_kinds, responses) = match key.upstream {
-            Some(_) => (in_window, kinds, BTreeMap::new()),
-            None => (0, BTreeMap::new(), kinds),
+        };
+        let failures = if key.upstream.is_some() {
+            spike.total
+        } else {
+            0
         };
         let incident = Incident {
             id: self.next_id,
             state: IncidentState::Open,
-            started_at: first.time,
+            started_at: spike.first_time,
             last_failure_at: event.time,
             closed_at: None,
             proxy: flow.proxy.clone(),
@@ -475,30 +299,22 @@ impl Engine {
                 .as_ref()
                 .map_or_else(|| NO_UPSTREAM.to_string(), ToString::to_string),
             failures,
-            failure_kinds,
-            responses,
+            failure_kinds: spike.kinds,
+            responses: spike.responses,
             causes: Vec::new(),
         };
         self.next_id += 1;
-        flow.window.clear();
         let mut open = OpenIncident {
             incident,
-            first_mono: first.mono,
+            first_mono: spike.first_mono,
             last_mono: event.mono_ns,
             dirty: false,
         };
         if key.upstream.is_some() {
             // The 5xx responses its first failures already caused.
-            if let Some(pending) = self.pending_responses.remove(&key.proxy) {
-                for r in pending {
-                    if !r.used && r.mono + window_ns >= first.mono {
-                        *open
-                            .incident
-                            .responses
-                            .entry(r.code.to_string())
-                            .or_default() += r.count;
-                    }
-                }
+            let since = spike.first_mono.saturating_sub(window_ns);
+            for (code, n) in self.pending.take(&key.proxy, since) {
+                *open.incident.responses.entry(code).or_default() += n;
             }
         }
         open.incident.causes = self.explain(&key, &open);
@@ -508,7 +324,7 @@ impl Engine {
         vec![Update::Opened(opened)]
     }
 
-    fn explain(&self, key: &FlowKey, open: &OpenIncident) -> Vec<super::incident::Candidate> {
+    fn explain(&self, key: &FlowKey, open: &OpenIncident) -> Vec<Candidate> {
         let Some(upstream) = &key.upstream else {
             return vec![explain::no_upstream_connect(&open.incident)];
         };
@@ -521,13 +337,7 @@ impl Engine {
                 count: open.incident.failures,
                 kinds: &open.incident.failure_kinds,
             },
-            &Knowledge {
-                listeners: &self.listeners,
-                history: &self.history,
-                local_ips: &self.local_ips,
-                watching_since: self.watching_since,
-                lookback_ns: self.config.lookback_seconds * 1_000_000_000,
-            },
+            &self.knowledge,
         )
     }
 
@@ -550,60 +360,5 @@ impl Engine {
         for (_, key) in idle.into_iter().take(FLOW_CAPACITY / 10) {
             self.flows.remove(&key);
         }
-    }
-}
-
-impl Flow {
-    /// Failures needed in one window to call it a spike: the configured threshold, or more
-    /// when this flow already fails steadily (its baseline).
-    fn required(&mut self, threshold: u32, window_ns: u64, mono: u64) -> u64 {
-        self.advance_baseline(mono / 1_000_000_000);
-        let per_minute: u32 = self.per_second.iter().map(|&n| u32::from(n)).sum();
-        let per_window = f64::from(per_minute) / BASELINE_SECONDS as f64 * window_ns as f64 / 1e9;
-        u64::from(threshold).max((per_window * BASELINE_FACTOR).ceil() as u64)
-    }
-
-    fn count_for_baseline(&mut self, mono: u64, count: u64) {
-        let second = mono / 1_000_000_000;
-        self.advance_baseline(second);
-        let slot = &mut self.per_second[(second % BASELINE_SECONDS as u64) as usize];
-        *slot = slot.saturating_add(u16::try_from(count).unwrap_or(u16::MAX));
-    }
-
-    fn advance_baseline(&mut self, second: u64) {
-        if second <= self.baseline_second {
-            return;
-        }
-        let steps = (second - self.baseline_second).min(BASELINE_SECONDS as u64);
-        for s in 1..=steps {
-            self.per_second[((self.baseline_second + s) % BASELINE_SECONDS as u64) as usize] = 0;
-        }
-        self.baseline_second = second;
-    }
-}
-
-pub fn summary(p: &ProcessRef) -> ProcessSummary {
-    let info = p.info.as_deref();
-    let exe = info.and_then(|i| i.exe.clone());
-    ProcessSummary {
-        pid: p.pid,
-        comm: p.comm.clone(),
-        known_proxy: proxy::known_proxy(&p.comm, exe.as_deref()).map(String::from),
-        exe,
-        unit: info.and_then(|i| i.unit.clone()),
-        container: info.and_then(|i| i.container.clone()),
-    }
-}
-
-fn owner_of(process: Option<&ProcessRef>, mono: u64, time: SystemTime, source: Source) -> Owner {
-    Owner {
-        process: process.map(summary).unwrap_or_else(|| ProcessSummary {
-            comm: "unknown process".into(),
-            ..Default::default()
-        }),
-        ppid: process.and_then(|p| p.info.as_ref()).and_then(|i| i.ppid),
-        since_mono: mono,
-        since: time,
-        from_snapshot: source == Source::Snapshot,
     }
 }

@@ -8,11 +8,15 @@ use std::{
 };
 
 use super::{
-    history::ProcessHistory,
-    incident::{Candidate, Cause, Confidence, Evidence, ProcessSummary},
-    listeners::{ListenerRecord, ListenerTable, Owner},
+    knowledge::Knowledge,
+    listeners::{ListenerRecord, Owner},
 };
-use crate::events::Endpoint;
+use crate::model::{
+    event::{Endpoint, Exit, HOST_SCOPE},
+    failure::FailureKind,
+    incident::{Candidate, Cause, Confidence, Evidence, Incident, ProcessSummary},
+    text::{clock_time, describe, kib, kinds_text},
+};
 
 /// Signals that mean the program itself failed.
 const CRASH_SIGNALS: [&str; 7] = [
@@ -29,35 +33,23 @@ pub struct Failures<'a> {
     pub first_mono: u64,
     pub first_time: SystemTime,
     pub count: u64,
-    pub kinds: &'a BTreeMap<String, u64>,
-}
-
-/// What the host knows.
-pub struct Knowledge<'a> {
-    pub listeners: &'a ListenerTable,
-    pub history: &'a ProcessHistory,
-    /// Addresses of this host's interfaces (loopback included).
-    pub local_ips: &'a [IpAddr],
-    /// When the agent started watching, for "never listened since".
-    pub watching_since: SystemTime,
-    /// How far back before the first failure evidence counts.
-    pub lookback_ns: u64,
+    pub kinds: &'a BTreeMap<FailureKind, u64>,
 }
 
 /// The ranked candidates; never empty.
 pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
     let mut candidates = Vec::new();
-    let count = |kind: &str| f.kinds.get(kind).copied().unwrap_or(0);
+    let count = |kind: FailureKind| f.kinds.get(&kind).copied().unwrap_or(0);
     let first = first_failure(f);
 
-    if count("EADDRNOTAVAIL") > 0 {
+    if count(FailureKind::EADDRNOTAVAIL) > 0 {
         candidates.push(Candidate {
             cause: Cause::PortExhaustion,
             confidence: Confidence::High,
             summary: format!(
                 "{} ran out of local ports: connect() returned EADDRNOTAVAIL ×{}",
                 describe(f.proxy),
-                count("EADDRNOTAVAIL")
+                count(FailureKind::EADDRNOTAVAIL)
             ),
             hint: "enable upstream keepalive (fewer new connections), widen \
                    net.ipv4.ip_local_port_range, or allow net.ipv4.tcp_tw_reuse"
@@ -83,7 +75,7 @@ pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
                 .map(|p| &p.owner.process)
         });
         memory_pressure(f, k, owner, &mut candidates);
-    } else if is_local(f.upstream, k.local_ips) {
+    } else if is_local(f.upstream, &k.local_ips) {
         candidates.push(Candidate {
             cause: Cause::WrongPort,
             confidence: Confidence::High,
@@ -103,7 +95,7 @@ pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
     }
 
     if candidates.is_empty() {
-        let remote = !is_local(f.upstream, k.local_ips);
+        let remote = !is_local(f.upstream, &k.local_ips);
         candidates.push(Candidate {
             cause: Cause::NoLocalCause,
             confidence: Confidence::Low,
@@ -131,7 +123,7 @@ pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
 
 /// A spike of 5xx responses with no upstream failure seen: the proxy did not get as far as
 /// a connect, or the failure is one the kernel cannot see.
-pub fn no_upstream_connect(incident: &super::incident::Incident) -> Candidate {
+pub fn no_upstream_connect(incident: &Incident) -> Candidate {
     let total: u64 = incident.responses.values().sum();
     Candidate {
         cause: Cause::NoUpstreamConnect,
@@ -166,7 +158,7 @@ fn memory_pressure(
     out: &mut Vec<Candidate>,
 ) {
     let service = owner.map(|o| o.unit.clone().unwrap_or_else(|| o.comm.clone()));
-    let mut scopes = vec![crate::sampling::HOST_SCOPE];
+    let mut scopes = vec![HOST_SCOPE];
     if let Some(service) = &service {
         scopes.push(service);
     }
@@ -190,7 +182,7 @@ fn memory_pressure(
         summary: format!(
             "memory pressure was high before the failures: {} stalled on memory {:.0}% of the \
              time (PSI some avg10) at {}",
-            if p.scope == crate::sampling::HOST_SCOPE {
+            if p.scope == HOST_SCOPE {
                 "the host".to_string()
             } else {
                 p.scope.clone()
@@ -223,7 +215,7 @@ fn alive_listener(
     first: &Evidence,
     out: &mut Vec<Candidate>,
 ) {
-    let count = |kind: &str| f.kinds.get(kind).copied().unwrap_or(0);
+    let count = |kind: FailureKind| f.kinds.get(&kind).copied().unwrap_or(0);
     let listening = Evidence {
         time: owner.since,
         kind: "listener".into(),
@@ -239,7 +231,7 @@ fn alive_listener(
     };
     let evidence = vec![listening, first.clone()];
     let unix = matches!(f.upstream, Endpoint::Unix(_));
-    if count("EAGAIN") > 0 && unix {
+    if count(FailureKind::EAGAIN) > 0 && unix {
         out.push(Candidate {
             cause: Cause::UnixBacklogFull,
             confidence: Confidence::High,
@@ -247,7 +239,7 @@ fn alive_listener(
                 "{}, listener of {endpoint}, is not accepting fast enough: its backlog is full \
                  (EAGAIN ×{})",
                 describe(&owner.process),
-                count("EAGAIN")
+                count(FailureKind::EAGAIN)
             ),
             hint: "add workers (pm.max_children) or raise the backlog (listen.backlog and \
                    net.core.somaxconn)"
@@ -257,14 +249,14 @@ fn alive_listener(
         });
     }
     let rejected: u64 = [
-        "ECONNREFUSED",
-        "EHOSTUNREACH",
-        "ENETUNREACH",
-        "EACCES",
-        "EPERM",
+        FailureKind::ECONNREFUSED,
+        FailureKind::EHOSTUNREACH,
+        FailureKind::ENETUNREACH,
+        FailureKind::EACCES,
+        FailureKind::EPERM,
     ]
-    .iter()
-    .map(|k| count(k))
+    .into_iter()
+    .map(count)
     .sum();
     if rejected > 0 && !unix {
         out.push(Candidate {
@@ -282,7 +274,7 @@ fn alive_listener(
             evidence: evidence.clone(),
         });
     }
-    let timeouts = count("timeout") + count("ETIMEDOUT");
+    let timeouts = count(FailureKind::Timeout) + count(FailureKind::ETIMEDOUT);
     let full_queue = match endpoint {
         Endpoint::Tcp(addr) if timeouts > 0 => k.history.queue_full_on(
             addr.port(),
@@ -335,7 +327,7 @@ fn alive_listener(
             evidence: evidence.clone(),
         });
     }
-    if count("reset") > 0 {
+    if count(FailureKind::Reset) > 0 {
         out.push(Candidate {
             cause: Cause::ConnectionResets,
             confidence: Confidence::Medium,
@@ -344,7 +336,7 @@ fn alive_listener(
                  typically a keepalive race (the backend's idle timeout is shorter than the \
                  proxy's)",
                 describe(&owner.process),
-                count("reset"),
+                count(FailureKind::Reset),
                 describe(f.proxy)
             ),
             hint: "make the backend's keepalive timeout longer than the proxy's upstream \
@@ -544,7 +536,7 @@ fn gone_listener(
     });
 }
 
-fn exit_evidence(exit: &crate::events::Exit, time: SystemTime, pid: u32) -> Evidence {
+fn exit_evidence(exit: &Exit, time: SystemTime, pid: u32) -> Evidence {
     let text = match (&exit.signal, exit.code) {
         (Some(sig), _) => format!("pid {pid} died of {sig}"),
         (None, Some(code)) => format!("pid {pid} exited with code {code}"),
@@ -562,48 +554,4 @@ fn is_local(endpoint: &Endpoint, local_ips: &[IpAddr]) -> bool {
         Endpoint::Unix(_) => true,
         Endpoint::Tcp(addr) => addr.ip().is_loopback() || local_ips.contains(&addr.ip()),
     }
-}
-
-/// `php-fpm (pid 1234, php8.2-fpm.service)`.
-pub fn describe(p: &ProcessSummary) -> String {
-    let mut inside = vec![format!("pid {}", p.pid)];
-    if let Some(unit) = &p.unit {
-        inside.push(unit.clone());
-    }
-    if let Some(container) = &p.container {
-        inside.push(format!(
-            "container {}",
-            &container[..container.len().min(12)]
-        ));
-    }
-    format!("{} ({})", p.comm, inside.join(", "))
-}
-
-/// `ECONNREFUSED ×312, timeout ×3`.
-pub fn kinds_text(kinds: &BTreeMap<String, u64>) -> String {
-    let mut sorted: Vec<_> = kinds.iter().collect();
-    sorted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    sorted
-        .iter()
-        .map(|(k, n)| format!("{k} ×{n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// `1.9 GiB` from KiB.
-pub fn kib(kb: u64) -> String {
-    let bytes = kb as f64 * 1024.0;
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-/// Local wall-clock time of day with milliseconds, `14:02:02.871`.
-pub fn clock_time(time: SystemTime) -> String {
-    crate::timefmt::Clock::new(crate::timefmt::Zone::Local, time).precise(time)
 }

@@ -3,8 +3,10 @@
 
 use std::{collections::VecDeque, time::SystemTime};
 
-use super::incident::ProcessSummary;
-use crate::events::{Exit, ListenQueueFull, MemoryPressure, OomKill, SignalSent};
+use crate::model::{
+    event::{Exit, ListenQueueFull, MemoryPressure, OomKill, SignalSent},
+    incident::ProcessSummary,
+};
 
 /// Records of each kind kept at most (the oldest go first).
 const CAPACITY: usize = 4096;

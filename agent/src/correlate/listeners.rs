@@ -8,8 +8,7 @@ use std::{
     time::SystemTime,
 };
 
-use super::incident::ProcessSummary;
-use crate::events::Endpoint;
+use crate::model::{event::Endpoint, incident::ProcessSummary};
 
 /// Owners remembered per endpoint after they stopped listening.
 const HISTORY: usize = 8;

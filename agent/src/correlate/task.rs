@@ -1,5 +1,5 @@
-//! The engine as a task of the agent: fed from the event bus, ticked on a timer, its
-//! incident updates handed to the store and to whoever subscribes.
+//! The engine as a task of the agent: fed from the event topic, ticked on a timer, its
+//! incident updates published for the sinks (store, metrics) to take.
 
 use std::{
     sync::{
@@ -11,11 +11,11 @@ use std::{
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::{
-    engine::{Engine, Update},
-    explain::describe,
+use super::engine::Engine;
+use crate::{
+    bus::Topic,
+    model::{clock, event::Event, incident::Update, text::describe},
 };
-use crate::events::{clock, Event};
 
 /// How often quiet incidents are closed and changed ones re-explained (and saved).
 pub const TICK: Duration = Duration::from_millis(250);
@@ -31,12 +31,12 @@ pub struct CorrelationStats {
     pub lagged_events: AtomicU64,
 }
 
-/// Runs until the bus closes. `on_update` sees every incident update, in order.
+/// Runs until the event topic closes, publishing every incident update, in order.
 pub async fn run(
     mut engine: Engine,
     mut events: broadcast::Receiver<Arc<Event>>,
     stats: Arc<CorrelationStats>,
-    mut on_update: impl FnMut(Update) + Send,
+    updates_out: Topic<Update>,
 ) {
     let mut last_lag_log = std::time::Instant::now();
     let mut tick = tokio::time::interval(TICK);
@@ -63,7 +63,7 @@ pub async fn run(
         };
         for update in updates {
             log_update(&update);
-            on_update(update);
+            updates_out.publish(update);
         }
         stats
             .open_incidents

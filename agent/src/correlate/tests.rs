@@ -5,16 +5,17 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::{
-    engine::{Engine, Update},
-    incident::{Cause, Confidence, Incident, IncidentState},
-};
+use super::engine::Engine;
 use crate::{
     config::IncidentConfig,
-    events::{
+    model::event::{
         ConnectFailure, ConnectSyscallError, Endpoint, Errno, Event, EventDetail, Exit,
         HttpResponses, ListenQueueFull, Listener, MemoryPressure, OomKill, ProcessInfo, ProcessRef,
         SignalSent, Source, TcpReset, UnixListener,
+    },
+    model::{
+        failure::FailureKind,
+        incident::{Cause, Confidence, Incident, IncidentState, Update},
     },
 };
 
@@ -202,7 +203,7 @@ fn crash_by_sigsegv() {
         ["signal", "process_exit", "listener_closed", "first_failure"]
     );
     assert_eq!(incident.failures, 10);
-    assert_eq!(incident.failure_kinds["ECONNREFUSED"], 10);
+    assert_eq!(incident.failure_kinds[&FailureKind::ECONNREFUSED], 10);
     assert_eq!(incident.proxy.known_proxy.as_deref(), Some("nginx"));
     assert_eq!(incident.upstream, BACKEND);
     assert_eq!(incident.started_at, at(10 * SEC + 100 * MS));
@@ -352,7 +353,7 @@ fn syn_timeouts_with_a_live_listener() {
     events.extend(burst(5 * SEC, BACKEND, 0));
     let incident = run(&mut e, &events);
     assert_eq!(top(&incident), (Cause::SynTimeout, Confidence::Medium));
-    assert_eq!(incident.failure_kinds["timeout"], 10);
+    assert_eq!(incident.failure_kinds[&FailureKind::Timeout], 10);
 }
 
 #[test]
@@ -532,7 +533,7 @@ fn failures_during_an_incident_are_counted_once_and_updated_by_tick() {
         panic!("{updates:?}")
     };
     assert_eq!(updated.failures, 17);
-    assert_eq!(updated.failure_kinds["ECONNREFUSED"], 17);
+    assert_eq!(updated.failure_kinds[&FailureKind::ECONNREFUSED], 17);
     assert!(
         e.tick(8 * SEC, at(8 * SEC)).is_empty(),
         "nothing changed: no update"
@@ -678,8 +679,8 @@ fn bad_gateway_responses_are_linked_to_the_failures_behind_them() {
     let incident = run(&mut e, &events);
     assert_eq!(top(&incident).0, Cause::Crash);
     assert_eq!(incident.failures, 10);
-    assert_eq!(incident.responses.get("502"), Some(&10));
-    assert!(!incident.responses.contains_key("200"));
+    assert_eq!(incident.responses.get(&502), Some(&10));
+    assert!(!incident.responses.contains_key(&200));
 }
 
 #[test]
@@ -700,9 +701,9 @@ fn bad_gateway_without_upstream_failures_is_its_own_incident() {
     let Some(Update::Opened(incident)) = opened.first() else {
         panic!("{opened:?}")
     };
-    assert_eq!(incident.upstream, super::incident::NO_UPSTREAM);
+    assert_eq!(incident.upstream, crate::model::incident::NO_UPSTREAM);
     assert_eq!(incident.failures, 0);
-    assert_eq!(incident.responses.get("502"), Some(&23));
+    assert_eq!(incident.responses.get(&502), Some(&23));
     assert_eq!(
         top(incident),
         (Cause::NoUpstreamConnect, Confidence::Medium)
@@ -718,7 +719,7 @@ fn bad_gateway_without_upstream_failures_is_its_own_incident() {
     let Some(Update::Updated(updated)) = updates.first() else {
         panic!("{updates:?}")
     };
-    assert_eq!(updated.responses.get("504"), Some(&2));
+    assert_eq!(updated.responses.get(&504), Some(&2));
 }
 
 #[test]
@@ -732,12 +733,12 @@ fn responses_polled_before_their_failures_are_not_an_incident_of_their_own() {
     events.push(responses(10 * SEC + 400 * MS, 502, 5));
     let incident = run(&mut e, &events);
     assert_eq!(incident.upstream, "127.0.0.1:9999");
-    assert_eq!(incident.responses.get("502"), Some(&15));
+    assert_eq!(incident.responses.get(&502), Some(&15));
     let later = e.tick(12 * SEC, at(12 * SEC));
     assert!(
         later
             .iter()
-            .all(|u| u.incident().upstream != super::incident::NO_UPSTREAM),
+            .all(|u| u.incident().upstream != crate::model::incident::NO_UPSTREAM),
         "{later:?}"
     );
 }
@@ -769,7 +770,7 @@ fn an_in_flight_reset_just_before_the_listener_closes_still_blames_the_crash() {
         (Cause::Crash, Confidence::High),
         "{incident:#?}"
     );
-    assert_eq!(incident.failure_kinds["reset"], 1);
+    assert_eq!(incident.failure_kinds[&FailureKind::Reset], 1);
 }
 
 #[test]
@@ -782,7 +783,7 @@ fn a_connect_given_up_after_the_initial_rto_is_a_timeout() {
         duration: Duration::from_millis(duration_ms),
         syn_retransmits: retransmits,
     };
-    assert_eq!(failure(2000, 0).kind(), "timeout");
-    assert_eq!(failure(200, 1).kind(), "timeout");
-    assert_eq!(failure(3, 0).kind(), "aborted");
+    assert_eq!(FailureKind::of_connect(&failure(2000, 0)).name(), "timeout");
+    assert_eq!(FailureKind::of_connect(&failure(200, 1)).name(), "timeout");
+    assert_eq!(FailureKind::of_connect(&failure(3, 0)).name(), "aborted");
 }

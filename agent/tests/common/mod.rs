@@ -9,7 +9,7 @@ use std::{
 };
 
 use tokio::{runtime::Runtime, sync::broadcast};
-use why502::{agent::Agent, config::Config, events::Event, probes::error_chain};
+use why502::{agent::Agent, config::Config, error_chain, model::event::Event};
 
 pub struct Harness {
     pub runtime: Runtime,
@@ -87,6 +87,50 @@ impl Harness {
             .unwrap_or_else(|| panic!("no {what} event within {timeout:?}"))
     }
 
+    /// Waits until each of `expected` (what, matcher) has matched an event, in whatever
+    /// order the events arrive; the first match of each, in `expected`'s order. Fails
+    /// after `timeout`, naming those still missing. (Waiting for them one after the other
+    /// would skip an event that arrived before the one waited for first.)
+    pub fn wait_for_each<const N: usize>(
+        &self,
+        events: &mut broadcast::Receiver<Arc<Event>>,
+        timeout: Duration,
+        expected: [(&str, Matcher<'_>); N],
+    ) -> [Arc<Event>; N] {
+        let deadline = Instant::now() + timeout;
+        let mut found: [Option<Arc<Event>>; N] = std::array::from_fn(|_| None);
+        self.runtime.block_on(async {
+            while found.iter().any(Option::is_none) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, events.recv()).await {
+                    Ok(Ok(event)) => {
+                        for (slot, (_, matches)) in found.iter_mut().zip(&expected) {
+                            if slot.is_none() && matches(&event) {
+                                *slot = Some(event.clone());
+                            }
+                        }
+                    }
+                    Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                        panic!("test subscriber lagged by {n} events")
+                    }
+                    Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => break,
+                }
+            }
+        });
+        let missing: Vec<&str> = found
+            .iter()
+            .zip(&expected)
+            .filter(|(slot, _)| slot.is_none())
+            .map(|(_, (what, _))| *what)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "no {} event within {timeout:?}",
+            missing.join(", no ")
+        );
+        found.map(|event| event.expect("every expected event was found"))
+    }
+
     /// Every event that `matches` within `window` (or until `limit` of them).
     pub fn collect(
         &self,
@@ -146,6 +190,14 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// What a test waits for: whether an event is the one.
+pub type Matcher<'a> = &'a dyn Fn(&Event) -> bool;
+
+/// `f` as an event matcher: a closure with a name, usable for more than one wait.
+pub fn matcher(f: impl Fn(&Event) -> bool) -> impl Fn(&Event) -> bool {
+    f
 }
 
 pub fn pid_of(event: &Event) -> Option<u32> {

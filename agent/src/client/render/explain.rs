@@ -2,8 +2,13 @@
 //! one sentence, the evidence as a timeline, what to do, and what else it could be.
 
 use super::{failure_span, route, text, Style};
-use crate::correlate::incident::{Incident, IncidentState};
-use crate::timefmt::duration;
+use crate::{
+    model::{
+        failure::FailureKind,
+        incident::{Incident, IncidentState},
+    },
+    timefmt::duration,
+};
 
 pub fn explain(incident: &Incident, style: &Style) -> String {
     // The header is wrapped too (rarely: a long unix socket path), between its parts.
@@ -91,7 +96,7 @@ fn responses_line(incident: &Incident) -> Option<String> {
     if incident.responses.is_empty() {
         return None;
     }
-    let codes = crate::correlate::explain::kinds_text(&incident.responses);
+    let codes = crate::model::text::kinds_text(&incident.responses);
     Some(if incident.failures > 0 {
         format!(
             "Clients got {codes} (for {} upstream failures)",
@@ -106,7 +111,7 @@ fn responses_line(incident: &Incident) -> Option<String> {
 fn failures_line(incident: &Incident) -> String {
     let kinds = &incident.failure_kinds;
     // Resets happen on established connections: only without them are these connects.
-    let noun = match kinds.contains_key("reset") {
+    let noun = match kinds.contains_key(&FailureKind::Reset) {
         true if kinds.len() == 1 => "connection resets",
         true => "failures",
         false => "connect failures",
@@ -114,7 +119,7 @@ fn failures_line(incident: &Incident) -> String {
     let mut line = format!("{} {noun}", incident.failures);
     if !kinds.is_empty() {
         line.push_str(": ");
-        line.push_str(&crate::correlate::explain::kinds_text(kinds));
+        line.push_str(&crate::model::text::kinds_text(kinds));
     }
     line
 }
@@ -126,7 +131,7 @@ mod tests {
     use super::*;
     use crate::{
         client::render::text::{color_wanted, Paint},
-        store::testing,
+        sinks::store::testing,
     };
 
     fn style(width: usize) -> Style {
@@ -214,7 +219,8 @@ Other candidates: restart (medium) — php8.2-fpm.service's listener came back 6
         let mut incident = testing::incident(3, testing::base_time());
         incident.state = IncidentState::Open;
         incident.closed_at = None;
-        incident.failure_kinds = [("ECONNREFUSED".into(), 300), ("reset".into(), 12)].into();
+        incident.failure_kinds =
+            [(FailureKind::ECONNREFUSED, 300), (FailureKind::Reset, 12)].into();
         let text = explain(&incident, &style(120));
         let mut lines = text.lines();
         assert_eq!(
@@ -231,8 +237,8 @@ Other candidates: restart (medium) — php8.2-fpm.service's listener came back 6
     fn several_other_candidates_line_up() {
         let mut incident = testing::incident(3, testing::base_time());
         let mut third = incident.causes[1].clone();
-        third.cause = crate::correlate::incident::Cause::NoLocalCause;
-        third.confidence = crate::correlate::incident::Confidence::Low;
+        third.cause = crate::model::incident::Cause::NoLocalCause;
+        third.confidence = crate::model::incident::Confidence::Low;
         third.summary = "nothing on this host explains the failures".into();
         incident.causes.push(third);
         let text = explain(&incident, &style(70));

@@ -12,7 +12,7 @@ pub use explain::explain;
 pub use status::status;
 pub use table::{incidents_table, watch_line, Change, NoIncidents};
 
-use crate::correlate::incident::{Confidence, Incident};
+use crate::model::incident::{Confidence, Incident};
 use crate::timefmt::{Clock, Zone};
 use text::Paint;
 

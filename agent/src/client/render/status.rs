@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{text, Style};
-use crate::api::StatusReport;
+use crate::sinks::api::StatusReport;
 use crate::timefmt::duration;
 
 pub fn status(report: &StatusReport, style: &Style) -> String {
@@ -117,8 +117,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        api::{EventCounts, KernelReport, ProbeStatusReport},
-        store::testing,
+        sinks::api::{EventCounts, KernelReport, ProbeStatusReport},
+        sinks::store::testing,
     };
 
     #[test]

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use super::{failure_span, route, text, top_cause_text, Style};
-use crate::correlate::incident::{Incident, IncidentState};
+use crate::model::incident::{Incident, IncidentState};
 use crate::timefmt::duration;
 
 const HEADERS: [&str; 7] = [
@@ -183,7 +183,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::testing;
+    use crate::sinks::store::testing;
 
     fn sample() -> Vec<Incident> {
         let base = testing::base_time();

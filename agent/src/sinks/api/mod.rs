@@ -1,0 +1,157 @@
+//! The local HTTP API, on a unix socket only (mode 0660: root and the socket's group), for
+//! the CLI and for whoever else on the host wants the incidents:
+//!
+//! - `GET /v1/incidents?since=1h&upstream=…&proxy=…&limit=N` → `{"incidents": [...]}`,
+//!   newest first; `since` is a duration back from now or an RFC 3339 time.
+//! - `GET /v1/incidents/{id}` → the incident, or 404.
+//! - `GET /v1/events?since=…&limit=N` → `{"events": [...]}`, the newest recent events at
+//!   or after `since`, oldest first.
+//! - `GET /v1/status` → [`StatusReport`].
+//!
+//! Errors are `{"error": "…"}` with a 4xx or 5xx status.
+
+mod recent;
+mod routes;
+mod since;
+mod status;
+
+use std::{
+    io,
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use tokio::task::JoinHandle;
+
+pub use recent::{EventCut, RecentEvents, RECENT_CAPACITY};
+pub use routes::router;
+pub use since::{parse_since, SinceError};
+pub use status::{EventCounts, KernelReport, ProbeStatusReport, StatusReport, VERSION};
+
+use crate::sinks::store::Store;
+
+/// What the handlers read from.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<Store>,
+    pub recent: Arc<RecentEvents>,
+    /// Builds the status report on request; called on a blocking thread, so it may lock.
+    pub status: Arc<dyn Fn() -> StatusReport + Send + Sync>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the API must be started from within the async runtime")]
+    NoRuntime,
+    #[error("cannot create the directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("another agent is already serving on {socket}")]
+    AlreadyServing { socket: PathBuf },
+    #[error("{path} exists and is not a socket; move it away or set api.socket")]
+    NotASocket { path: PathBuf },
+    #[error("cannot check the existing socket {path}")]
+    Probe {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot remove the stale socket {path}")]
+    RemoveStale {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set the permissions of {path}")]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Permissions of the socket: the API shows command lines and unit names, so not to
+/// everyone.
+const SOCKET_MODE: u32 = 0o660;
+
+/// Listens on `socket` (replacing a stale socket file a dead agent left) and serves until
+/// the returned task is aborted. Must be called from within the tokio runtime.
+pub fn serve(socket: &Path, state: ApiState) -> Result<JoinHandle<()>, ApiError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(ApiError::NoRuntime);
+    }
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(|source| ApiError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    remove_stale(socket)?;
+    let bind = |source| ApiError::Bind {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(bind)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(
+        |source| ApiError::Permissions {
+            path: socket.to_path_buf(),
+            source,
+        },
+    )?;
+    listener.set_nonblocking(true).map_err(bind)?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(bind)?;
+    let app = router(state);
+    let path = socket.to_path_buf();
+    Ok(tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            log::error!("API on {} stopped: {err}", path.display());
+        }
+    }))
+}
+
+/// Removes a socket file nobody answers on. One that answers belongs to a running agent
+/// (two agents would double-count every event), and anything else is not ours to delete.
+fn remove_stale(socket: &Path) -> Result<(), ApiError> {
+    let probe = |source| ApiError::Probe {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(probe(err)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ApiError::NotASocket {
+            path: socket.to_path_buf(),
+        });
+    }
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(_) => Err(ApiError::AlreadyServing {
+            socket: socket.to_path_buf(),
+        }),
+        Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(socket)
+            .map_err(|source| ApiError::RemoveStale {
+                path: socket.to_path_buf(),
+                source,
+            }),
+        Err(err) => Err(probe(err)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! `GET /v1/status`: what the agent is watching and what it lost. Plain data, so that the
+//! CLI can read it back.
+
+use std::{
+    collections::BTreeMap,
+    sync::atomic::Ordering,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    sources::probes::{maps::KernelCounters, ProbeStatus},
+    sources::ring::PipelineStats,
+};
+
+/// This build's version, for [`StatusReport::version`].
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    #[serde(with = "humantime_serde")]
+    pub started_at: SystemTime,
+    pub uptime_seconds: u64,
+    /// By probe name.
+    pub probes: BTreeMap<String, ProbeStatusReport>,
+    pub events: EventCounts,
+    pub kernel: KernelReport,
+    pub incidents_open: u64,
+    /// Events the correlation engine missed because it fell behind.
+    #[serde(default)]
+    pub correlation_lagged_events: u64,
+    /// Incident saves lost because the store could not keep up.
+    pub store_dropped_writes: u64,
+}
+
+/// A probe's [`ProbeStatus`], flattened so that it reads back without the agent's types.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeStatusReport {
+    /// `attached`, `disabled`, `unavailable` or `failed`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The pipeline's counters ([`PipelineStats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounts {
+    pub records: u64,
+    pub decode_errors: u64,
+    pub filtered: u64,
+}
+
+/// The kernel programs' counters ([`KernelCounters`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelReport {
+    /// Records lost to a full ring buffer, by event kind.
+    pub dropped: BTreeMap<String, u64>,
+    /// Failed reads of kernel or user memory, by probe.
+    pub probe_errors: BTreeMap<String, u64>,
+}
+
+impl StatusReport {
+    /// Seconds from `started_at` to now (0 if the clock went back).
+    pub fn uptime_since(started_at: SystemTime) -> u64 {
+        SystemTime::now()
+            .duration_since(started_at)
+            .unwrap_or(Duration::ZERO)
+            .as_secs()
+    }
+}
+
+impl From<&ProbeStatus> for ProbeStatusReport {
+    fn from(status: &ProbeStatus) -> Self {
+        let (status, reason) = match status {
+            ProbeStatus::Attached => ("attached", None),
+            ProbeStatus::Disabled => ("disabled", None),
+            ProbeStatus::Unavailable(reason) => ("unavailable", Some(reason.clone())),
+            ProbeStatus::Failed(reason) => ("failed", Some(reason.clone())),
+        };
+        Self {
+            status: status.into(),
+            reason,
+        }
+    }
+}
+
+impl From<&PipelineStats> for EventCounts {
+    fn from(stats: &PipelineStats) -> Self {
+        Self {
+            records: stats.records.load(Ordering::Relaxed),
+            decode_errors: stats.decode_errors.load(Ordering::Relaxed),
+            filtered: stats.filtered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl From<&KernelCounters> for KernelReport {
+    fn from(counters: &KernelCounters) -> Self {
+        let owned = |map: &BTreeMap<&'static str, u64>| {
+            map.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        Self {
+            dropped: owned(&counters.dropped),
+            probe_errors: owned(&counters.probe_errors),
+        }
+    }
+}

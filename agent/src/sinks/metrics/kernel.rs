@@ -1,0 +1,86 @@
+//! What the kernel aggregated, as metrics: successful connects and their latency, the
+//! proxies' HTTP responses by status, and the programs' own drops and errors.
+
+use std::sync::Arc;
+
+use agent_common::connect::ConnectKey;
+use prometheus::{IntCounterVec, Registry};
+
+use super::{
+    labels::Labels,
+    latency::LatencyHistograms,
+    registry::{counter, ArcCollector},
+    MetricsError,
+};
+use crate::{model::event::Endpoint, sources::kernel_maps::KernelReading};
+
+pub struct KernelMetrics {
+    connects: IntCounterVec,
+    latency: Arc<LatencyHistograms>,
+    http_responses: IntCounterVec,
+    ringbuf_dropped: IntCounterVec,
+    probe_errors: IntCounterVec,
+}
+
+impl KernelMetrics {
+    /// `connects` is shared with the failures counted from events.
+    pub fn new(r: &Registry, connects: IntCounterVec) -> Result<Self, MetricsError> {
+        let latency = Arc::new(LatencyHistograms::new());
+        r.register(Box::new(ArcCollector(latency.clone())))?;
+        Ok(Self {
+            connects,
+            latency,
+            http_responses: counter(
+                r,
+                "why502_http_responses_total",
+                "HTTP/1.x responses proxies wrote to their clients, by status code (plain-text HTTP only).",
+                &["proxy", "code"],
+            )?,
+            ringbuf_dropped: counter(r, "why502_ringbuf_dropped_events_total", "Events lost because the ring buffer was full, by kind.", &["kind"])?,
+            probe_errors: counter(r, "why502_probe_errors_total", "Failed reads of kernel or user memory in a probe.", &["probe"])?,
+        })
+    }
+
+    /// Adds one reading's growth.
+    pub fn reading(&self, reading: &KernelReading, labels: &mut Labels) {
+        for c in &reading.connects {
+            let proxy = labels.proxy(&c.proxy);
+            let upstream = labels.upstream(&key_upstream(&c.growth.key));
+            self.connects
+                .with_label_values(&[&proxy, &upstream])
+                .inc_by(c.growth.established);
+            self.latency
+                .add(proxy, upstream, &c.growth.hist, c.growth.latency_sum_ns);
+        }
+        for r in &reading.responses {
+            let proxy = labels.proxy(&r.proxy.comm);
+            self.http_responses
+                .with_label_values(&[&proxy, &r.code.to_string()])
+                .inc_by(r.count);
+        }
+        if reading.counters.is_some() {
+            // Every series from the first reading on, zeros included: a rate() needs them.
+            for (kind, n) in &reading.counter_growth.dropped {
+                self.ringbuf_dropped.with_label_values(&[kind]).inc_by(*n);
+            }
+            for (probe, n) in &reading.counter_growth.probe_errors {
+                self.probe_errors.with_label_values(&[probe]).inc_by(*n);
+            }
+        }
+    }
+}
+
+fn key_upstream(key: &ConnectKey) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let ip = if key.family == agent_common::net::AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(key.daddr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(
+            key.daddr[0],
+            key.daddr[1],
+            key.daddr[2],
+            key.daddr[3],
+        ))
+    };
+    Endpoint::Tcp(SocketAddr::new(ip, key.dport)).to_string()
+}

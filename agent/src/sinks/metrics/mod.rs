@@ -1,0 +1,129 @@
+//! Prometheus metrics, a sink of the bus: counters of events ([`events`]), of what the
+//! kernel aggregated ([`kernel`]), host signals ([`host`]) and incidents ([`incidents`]),
+//! all fed by one subscriber task ([`feed`]) and rendered by [`server`] at scrape time.
+//!
+//! Names follow Prometheus conventions (`why502_` prefix, base units, `_total` counters);
+//! no pid or 4-tuple labels, and the open-ended label values (`proxy`, `upstream`,
+//! `service`, `endpoint`) are capped, the rest folded into `other` ([`labels`]).
+
+pub mod events;
+pub mod feed;
+pub mod host;
+pub mod incidents;
+pub mod kernel;
+pub mod labels;
+pub mod latency;
+pub mod registry;
+pub mod server;
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::{
+    config::MetricsConfig,
+    model::{event::Event, incident::Update},
+    sources::{host::sampling::Sample, kernel_maps::KernelReading, probes::ProbeStatus},
+};
+use labels::Labels;
+use registry::{gauge, registered};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot register a metric")]
+    Register(#[from] prometheus::Error),
+    #[error("cannot encode the metrics: {0}")]
+    Encode(String),
+}
+
+pub struct Metrics {
+    registry: Registry,
+    labels: Mutex<Labels>,
+    events: events::EventMetrics,
+    kernel: kernel::KernelMetrics,
+    host: host::HostMetrics,
+    incidents: incidents::IncidentMetrics,
+    probe_attached: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new(config: &MetricsConfig) -> Result<Self, MetricsError> {
+        let r = Registry::new();
+        let build_info = gauge(
+            &r,
+            "why502_build_info",
+            "Always 1; the agent's version.",
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let connects = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "why502_upstream_connects_total",
+                    "Connect attempts to an upstream (successes from kernel aggregates, plus failures).",
+                ),
+                &["proxy", "upstream"],
+            )?,
+        )?;
+        Ok(Self {
+            labels: Mutex::new(Labels::new(config, &r)?),
+            events: events::EventMetrics::new(&r, connects.clone())?,
+            kernel: kernel::KernelMetrics::new(&r, connects)?,
+            host: host::HostMetrics::new(&r)?,
+            incidents: incidents::IncidentMetrics::new(&r)?,
+            probe_attached: gauge(
+                &r,
+                "why502_probe_attached",
+                "1 when the probe is attached, 0 when it is off.",
+                &["probe"],
+            )?,
+            registry: r,
+        })
+    }
+
+    fn labels(&self) -> std::sync::MutexGuard<'_, Labels> {
+        self.labels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Probes turned off in the configuration export no series: only a probe that should
+    /// run and does not is a 0 worth alerting on.
+    pub fn set_probe_status(&self, status: &BTreeMap<agent_common::config::Probe, ProbeStatus>) {
+        for (probe, s) in status.iter().filter(|(_, s)| **s != ProbeStatus::Disabled) {
+            self.probe_attached
+                .with_label_values(&[probe.name()])
+                .set(i64::from(*s == ProbeStatus::Attached));
+        }
+    }
+
+    /// Counts one event.
+    pub fn event(&self, event: &Event) {
+        self.events.observe(event, &mut self.labels());
+    }
+
+    /// Follows one incident update.
+    pub fn incident(&self, update: &Update) {
+        self.incidents.update(update, &mut self.labels());
+    }
+
+    /// Adds one reading of the kernel's maps.
+    pub fn kernel(&self, reading: &KernelReading) {
+        self.kernel.reading(reading, &mut self.labels());
+    }
+
+    /// Takes one host sampling round.
+    pub fn host(&self, sample: &Sample) {
+        self.host.sample(sample, &mut self.labels());
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Result<String, MetricsError> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .map_err(|e| MetricsError::Encode(e.to_string()))?;
+        String::from_utf8(out).map_err(|e| MetricsError::Encode(e.to_string()))
+    }
+}

@@ -1,0 +1,6 @@
+//! Everything that subscribes: the incident [`store`], the local [`api`] and the
+//! Prometheus [`metrics`].
+
+pub mod api;
+pub mod metrics;
+pub mod store;

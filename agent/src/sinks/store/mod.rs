@@ -1,0 +1,347 @@
+//! The incident store: an embedded SQLite database, so that incidents outlive the agent (a
+//! restart, an upgrade, a crash) and the CLI can show yesterday's.
+//!
+//! [`Store`] is the synchronous interface the API reads through (from blocking tasks);
+//! [`StoreWriter`] is the correlation engine's: a thread of its own, so that a slow disk
+//! never holds up event processing. Both may have the same file open: WAL mode lets
+//! readers and the writer work at the same time.
+
+mod schema;
+#[cfg(test)]
+pub(crate) mod testing;
+mod writer;
+
+use std::{
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+pub use schema::SchemaError;
+pub use writer::{follow, StoreWriter, StoreWriterHandle};
+
+use crate::model::incident::{Incident, IncidentState};
+
+/// Incidents [`Store::list`] returns when the filter does not say.
+pub const DEFAULT_LIMIT: usize = 100;
+/// The most incidents one [`Store::list`] returns.
+pub const MAX_LIMIT: usize = 1000;
+
+/// How long a statement waits for another connection's write lock (the writer thread's
+/// and the API's connections share the file).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the incident store {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("incident store {path}")]
+    Schema {
+        path: PathBuf,
+        #[source]
+        source: SchemaError,
+    },
+    #[error("cannot {action}")]
+    Query {
+        action: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("incident id {id} is too large for the store")]
+    IdOutOfRange { id: u64 },
+    #[error("cannot encode incident {id}")]
+    Encode {
+        id: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("incident {id} in the store cannot be read")]
+    Decode {
+        id: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot start the store writer thread")]
+    Thread {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which incidents [`Store::list`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentFilter {
+    /// Incidents active at or after this time: still open, or closed since.
+    pub since: Option<SystemTime>,
+    /// The upstream, exactly as incidents name it (`127.0.0.1:9000`, `unix:/run/x.sock`).
+    pub upstream: Option<String>,
+    /// The proxy's command name or systemd unit.
+    pub proxy: Option<String>,
+    /// At most this many, newest first; capped at [`MAX_LIMIT`].
+    pub limit: usize,
+}
+
+impl Default for IncidentFilter {
+    fn default() -> Self {
+        Self {
+            since: None,
+            upstream: None,
+            proxy: None,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+/// An open incident database. `Sync`: calls from several threads take turns.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating it, and its directory, if needed) and migrates the database.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(|source| StoreError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+        let open_error = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(open_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+        // The first statement to read the file: a file that is not a database fails here.
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(open_error)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            log::warn!(
+                "incident store {}: journal mode is {mode}, not WAL: the API may wait for writes",
+                path.display()
+            );
+        }
+        // With WAL, NORMAL loses at most the last transactions on a power cut, never
+        // consistency; FULL would fsync every incident update.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
+        schema::migrate(&mut conn).map_err(|source| StoreError::Schema {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Inserts the incident, or replaces the one with its id.
+    pub fn upsert(&self, incident: &Incident) -> Result<(), StoreError> {
+        upsert(&self.lock(), incident)
+    }
+
+    /// [`Store::upsert`]s all of them in one transaction (one fsync instead of many).
+    pub fn upsert_all(&self, incidents: &[Incident]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let failed = |source| StoreError::Query {
+            action: format!("save {} incidents", incidents.len()),
+            source,
+        };
+        let tx = conn.transaction().map_err(failed)?;
+        for incident in incidents {
+            upsert(&tx, incident)?;
+        }
+        tx.commit().map_err(failed)
+    }
+
+    pub fn get(&self, id: u64) -> Result<Option<Incident>, StoreError> {
+        let Ok(key) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        let body: Option<String> = self
+            .lock()
+            .prepare_cached("SELECT body FROM incidents WHERE id = ?1")
+            .and_then(|mut stmt| stmt.query_row([key], |row| row.get(0)).optional())
+            .map_err(|source| StoreError::Query {
+                action: format!("read incident {id}"),
+                source,
+            })?;
+        body.map(|body| decode(id, &body)).transpose()
+    }
+
+    /// The incidents the filter selects, newest (by start) first.
+    pub fn list(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, StoreError> {
+        let failed = |source| StoreError::Query {
+            action: "list incidents".into(),
+            source,
+        };
+        let limit = filter.limit.min(MAX_LIMIT) as i64;
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, body FROM incidents
+                 WHERE (?1 IS NULL OR closed_at_ns IS NULL OR closed_at_ns >= ?1)
+                   AND (?2 IS NULL OR upstream = ?2)
+                   AND (?3 IS NULL OR proxy_comm = ?3 OR proxy_unit = ?3)
+                 ORDER BY started_at_ns DESC, id DESC
+                 LIMIT ?4",
+            )
+            .map_err(failed)?;
+        let rows = stmt
+            .query_map(
+                params![
+                    filter.since.map(nanos),
+                    filter.upstream,
+                    filter.proxy,
+                    limit
+                ],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+            )
+            .map_err(failed)?;
+        let mut incidents = Vec::new();
+        for row in rows {
+            let (id, body) = row.map_err(failed)?;
+            // One unreadable row (written by a newer version, say) must not hide the rest.
+            match decode(id as u64, &body) {
+                Ok(incident) => incidents.push(incident),
+                Err(err) => log::warn!("{}", crate::error_chain(&err)),
+            }
+        }
+        Ok(incidents)
+    }
+
+    /// The highest incident id stored, 0 when there is none: the engine numbers on from
+    /// it after a restart.
+    pub fn max_id(&self) -> Result<u64, StoreError> {
+        let max: i64 = self
+            .lock()
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM incidents", [], |row| {
+                row.get(0)
+            })
+            .map_err(|source| StoreError::Query {
+                action: "read the highest incident id".into(),
+                source,
+            })?;
+        Ok(max.max(0) as u64)
+    }
+
+    /// Deletes closed incidents that closed more than `max_age` ago, then closed ones
+    /// beyond the newest `max_incidents`. Open incidents are kept: the engine still
+    /// updates them. Returns how many were deleted.
+    pub fn prune(&self, max_age: Duration, max_incidents: u32) -> Result<usize, StoreError> {
+        let failed = |source| StoreError::Query {
+            action: "prune old incidents".into(),
+            source,
+        };
+        let cutoff = SystemTime::now().checked_sub(max_age).map_or(0, nanos);
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(failed)?;
+        let by_age = tx
+            .execute(
+                "DELETE FROM incidents WHERE closed_at_ns IS NOT NULL AND closed_at_ns < ?1",
+                [cutoff],
+            )
+            .map_err(failed)?;
+        // Ids increase with time (also across restarts) and, unlike timestamps, do not
+        // move when the clock is set.
+        let by_count = tx
+            .execute(
+                "DELETE FROM incidents WHERE closed_at_ns IS NOT NULL
+                   AND id NOT IN (SELECT id FROM incidents ORDER BY id DESC LIMIT ?1)",
+                [i64::from(max_incidents)],
+            )
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        Ok(by_age + by_count)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic elsewhere while holding the lock leaves the connection usable: SQLite
+        // rolls back an unfinished transaction when it is dropped.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn upsert(conn: &Connection, incident: &Incident) -> Result<(), StoreError> {
+    let id = incident.id;
+    let key = i64::try_from(id).map_err(|_| StoreError::IdOutOfRange { id })?;
+    let body =
+        serde_json::to_string(incident).map_err(|source| StoreError::Encode { id, source })?;
+    let state = match incident.state {
+        IncidentState::Open => "open",
+        IncidentState::Closed => "closed",
+    };
+    conn.prepare_cached(
+        "INSERT INTO incidents (id, started_at_ns, last_failure_at_ns, closed_at_ns, state,
+             proxy_comm, proxy_unit, upstream, top_cause, failures, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (id) DO UPDATE SET
+             started_at_ns = excluded.started_at_ns,
+             last_failure_at_ns = excluded.last_failure_at_ns,
+             closed_at_ns = excluded.closed_at_ns,
+             state = excluded.state,
+             proxy_comm = excluded.proxy_comm,
+             proxy_unit = excluded.proxy_unit,
+             upstream = excluded.upstream,
+             top_cause = excluded.top_cause,
+             failures = excluded.failures,
+             body = excluded.body",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            key,
+            nanos(incident.started_at),
+            nanos(incident.last_failure_at),
+            incident.closed_at.map(nanos),
+            state,
+            incident.proxy.comm,
+            incident.proxy.unit,
+            incident.upstream,
+            incident.top_cause().map(|c| c.cause.name()),
+            i64::try_from(incident.failures).unwrap_or(i64::MAX),
+            body,
+        ])
+    })
+    .map_err(|source| StoreError::Query {
+        action: format!("save incident {id}"),
+        source,
+    })?;
+    Ok(())
+}
+
+fn decode(id: u64, body: &str) -> Result<Incident, StoreError> {
+    serde_json::from_str(body).map_err(|source| StoreError::Decode { id, source })
+}
+
+/// Nanoseconds since the epoch: fits an `i64` until 2262; times before 1970 become 0.
+fn nanos(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,247 @@
+use std::time::{Duration, SystemTime};
+
+use super::{testing, IncidentFilter, Store, StoreWriter};
+use crate::model::incident::{Cause, IncidentState};
+
+fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db/why502.db")).unwrap();
+    (dir, store)
+}
+
+fn ids(store: &Store, filter: &IncidentFilter) -> Vec<u64> {
+    store.list(filter).unwrap().iter().map(|i| i.id).collect()
+}
+
+#[test]
+fn an_incident_round_trips_whole() {
+    let (dir, store) = temp_store();
+    let incident = testing::incident(17, testing::base_time());
+    store.upsert(&incident).unwrap();
+    assert_eq!(store.get(17).unwrap(), Some(incident.clone()));
+    assert_eq!(store.get(18).unwrap(), None);
+    assert_eq!(store.get(u64::MAX).unwrap(), None);
+    assert_eq!(
+        store.list(&IncidentFilter::default()).unwrap(),
+        vec![incident]
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o027, 0, "directory mode {mode:o}");
+}
+
+#[test]
+fn upsert_replaces_by_id() {
+    let (_dir, store) = temp_store();
+    let mut incident = testing::incident(3, testing::base_time());
+    incident.state = IncidentState::Open;
+    incident.closed_at = None;
+    store.upsert(&incident).unwrap();
+    incident.state = IncidentState::Closed;
+    incident.closed_at = Some(testing::base_time() + Duration::from_secs(7));
+    incident.failures = 400;
+    incident.causes.swap(0, 1);
+    store.upsert(&incident).unwrap();
+    let stored = store.list(&IncidentFilter::default()).unwrap();
+    assert_eq!(stored, vec![incident]);
+    assert_eq!(stored[0].top_cause().unwrap().cause, Cause::Restart);
+}
+
+#[test]
+fn filters_select_and_limit() {
+    let (_dir, store) = temp_store();
+    // 1: closed two days ago; 2: closed 30 min ago; 3: open, started 3 h ago; 4 and 5: recent.
+    let mut old = testing::recent_incident(1, 48 * 60);
+    old.upstream = "unix:/run/php/php-fpm.sock".into();
+    let closed_recently = testing::recent_incident(2, 31);
+    let mut open = testing::recent_incident(3, 180);
+    open.state = IncidentState::Open;
+    open.closed_at = None;
+    let mut haproxy = testing::recent_incident(4, 5);
+    haproxy.proxy.comm = "haproxy".into();
+    haproxy.proxy.unit = Some("haproxy.service".into());
+    haproxy.upstream = "10.0.0.5:8080".into();
+    let latest = testing::recent_incident(5, 1);
+    for incident in [&old, &closed_recently, &open, &haproxy, &latest] {
+        store.upsert(incident).unwrap();
+    }
+
+    let all = IncidentFilter::default();
+    assert_eq!(ids(&store, &all), [5, 4, 2, 3, 1], "newest first");
+
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    let since = IncidentFilter {
+        since: Some(hour_ago),
+        ..all.clone()
+    };
+    assert_eq!(ids(&store, &since), [5, 4, 2, 3], "the open one is active");
+
+    let upstream = |u: &str| IncidentFilter {
+        upstream: Some(u.into()),
+        ..all.clone()
+    };
+    assert_eq!(ids(&store, &upstream("unix:/run/php/php-fpm.sock")), [1]);
+    assert_eq!(ids(&store, &upstream("10.0.0.5:8080")), [4]);
+    assert_eq!(
+        ids(&store, &upstream("10.0.0.5")),
+        [0u64; 0],
+        "exact match only"
+    );
+
+    let proxy = |p: &str| IncidentFilter {
+        proxy: Some(p.into()),
+        ..all.clone()
+    };
+    assert_eq!(ids(&store, &proxy("haproxy")), [4], "by comm");
+    assert_eq!(ids(&store, &proxy("haproxy.service")), [4], "by unit");
+    assert_eq!(ids(&store, &proxy("nginx.service")), [5, 2, 3, 1]);
+
+    let combined = IncidentFilter {
+        since: Some(hour_ago),
+        proxy: Some("nginx".into()),
+        limit: 2,
+        ..all.clone()
+    };
+    assert_eq!(ids(&store, &combined), [5, 2]);
+
+    let huge = IncidentFilter {
+        limit: usize::MAX,
+        ..all
+    };
+    assert_eq!(
+        ids(&store, &huge).len(),
+        5,
+        "the limit is capped, not overflowed"
+    );
+}
+
+#[test]
+fn max_id_is_zero_when_empty() {
+    let (_dir, store) = temp_store();
+    assert_eq!(store.max_id().unwrap(), 0);
+    store.upsert(&testing::recent_incident(41, 5)).unwrap();
+    store.upsert(&testing::recent_incident(7, 1)).unwrap();
+    assert_eq!(store.max_id().unwrap(), 41);
+}
+
+#[test]
+fn prune_deletes_old_then_excess_closed_incidents() {
+    let (_dir, store) = temp_store();
+    let day = 24 * 60;
+    for (id, minutes_ago) in [
+        (1, 40 * day),
+        (2, 31 * day),
+        (3, 10 * day),
+        (4, 2 * day),
+        (5, 60),
+    ] {
+        store
+            .upsert(&testing::recent_incident(id, minutes_ago))
+            .unwrap();
+    }
+    let mut open_and_old = testing::recent_incident(6, 50 * day);
+    open_and_old.state = IncidentState::Open;
+    open_and_old.closed_at = None;
+    store.upsert(&open_and_old).unwrap();
+    let all = IncidentFilter::default();
+
+    let month = Duration::from_secs(30 * 86_400);
+    assert_eq!(store.prune(month, 100).unwrap(), 2);
+    assert_eq!(ids(&store, &all), [5, 4, 3, 6]);
+
+    // Keeps the newest two by id (5 and 6); the open one survives anyway.
+    assert_eq!(store.prune(month, 2).unwrap(), 2);
+    assert_eq!(ids(&store, &all), [5, 6]);
+    assert_eq!(store.prune(month, 2).unwrap(), 0);
+}
+
+#[test]
+fn reopening_keeps_the_incidents() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("why502.db");
+    let incident = testing::incident(9, testing::base_time());
+    {
+        let store = Store::open(&path).unwrap();
+        store.upsert(&incident).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.get(9).unwrap(), Some(incident));
+    assert_eq!(store.max_id().unwrap(), 9);
+    drop(store);
+    // A third open (migrations already applied) is as good.
+    assert_eq!(Store::open(&path).unwrap().max_id().unwrap(), 9);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("why502.db");
+    drop(Store::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = Store::open(&path).err().expect("a newer schema must fail");
+    let text = crate::error_chain(&err);
+    assert!(text.contains("schema version 99"), "{text}");
+    assert!(text.contains(&path.display().to_string()), "{text}");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("why502.db");
+    std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+    let err = Store::open(&path)
+        .err()
+        .expect("garbage must fail")
+        .to_string();
+    assert!(err.contains("cannot open the incident store"), "{err}");
+}
+
+#[test]
+fn the_writer_thread_saves_and_drops_nothing_normally() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("why502.db");
+    let retention = (Duration::from_secs(30 * 86_400), 1000);
+    let writer = StoreWriter::spawn(&path, retention).unwrap();
+    let mut incident = testing::recent_incident(1, 2);
+    for failures in 1..=50 {
+        incident.failures = failures;
+        writer.save(incident.clone());
+    }
+    writer.save(testing::recent_incident(2, 1));
+    assert_eq!(writer.dropped_writes(), 0);
+    writer.close();
+
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        store.get(1).unwrap().unwrap().failures,
+        50,
+        "the last save wins"
+    );
+    assert_eq!(ids(&store, &IncidentFilter::default()), [2, 1]);
+}
+
+#[test]
+fn the_writer_prunes_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("why502.db");
+    let store = Store::open(&path).unwrap();
+    store
+        .upsert(&testing::recent_incident(1, 90 * 24 * 60))
+        .unwrap();
+    store.upsert(&testing::recent_incident(2, 10)).unwrap();
+    let writer = StoreWriter::spawn(&path, (Duration::from_secs(86_400), 1000)).unwrap();
+    drop(writer);
+    assert_eq!(ids(&store, &IncidentFilter::default()), [2]);
+}
+
+#[test]
+fn an_open_store_is_shareable_across_threads() {
+    fn sync<T: Send + Sync>() {}
+    sync::<Store>();
+}

@@ -1,0 +1,259 @@
+//! TCP listeners' accept queues, as `ss -ltn` shows them: for a socket in LISTEN, the
+//! kernel reports the connections waiting for `accept()` as `idiag_rqueue` and the backlog
+//! it was given to `listen()` (capped by `net.core.somaxconn`) as `idiag_wqueue`. A queue at
+//! its backlog means new connections are being dropped: a 502 in the making.
+//!
+//! Uses NETLINK_SOCK_DIAG with `inet_diag_req_v2` (Linux 3.3; the `tcp_diag` module, i.e.
+//! `CONFIG_INET_DIAG`), IPv4 and IPv6, in the agent's own network namespace.
+//! See <https://man7.org/linux/man-pages/man7/sock_diag.7.html>.
+
+use std::{
+    io,
+    net::{SocketAddr, SocketAddrV6},
+};
+
+use netlink_packet_core::{
+    DecodeError, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
+
+/// More listeners than this on one host is not a web server; stop reading rather than
+/// grow without bound.
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// The kernel sizes a dump's messages to the largest buffer userspace has offered, up to
+/// 32 KiB per message; twice that never truncates.
+const RECV_BUFFER: usize = 64 * 1024;
+
+/// One listening socket's accept queue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ListenQueue {
+    pub local: SocketAddr,
+    pub inode: u64,
+    /// Connections completed and waiting for `accept()` (`idiag_rqueue`).
+    pub queued: u32,
+    /// The effective `listen()` backlog (`idiag_wqueue`).
+    pub backlog: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SockDiagError {
+    #[error("cannot open a NETLINK_SOCK_DIAG socket")]
+    Socket {
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot send the {family} TCP listener dump request")]
+    Send {
+        family: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot receive the {family} TCP listener dump")]
+    Recv {
+        family: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("a {family} sock_diag message of {len} bytes did not fit the receive buffer")]
+    Truncated { family: &'static str, len: usize },
+    #[error("the kernel refused the {family} TCP listener dump (is tcp_diag available?)")]
+    Kernel {
+        family: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot decode a {family} sock_diag message")]
+    Decode {
+        family: &'static str,
+        #[source]
+        source: DecodeError,
+    },
+}
+
+/// Every TCP listener in the agent's network namespace, IPv4 first, at most
+/// [`MAX_ENTRIES`].
+pub fn listen_queues() -> Result<Vec<ListenQueue>, SockDiagError> {
+    let socket =
+        Socket::new(NETLINK_SOCK_DIAG).map_err(|source| SockDiagError::Socket { source })?;
+    let mut queues = Vec::new();
+    for (sequence, family) in [(1, AF_INET), (2, AF_INET6)] {
+        // Stopping mid-dump leaves the rest of it queued on the socket, so a capped dump
+        // ends the whole listing; the socket is closed with it.
+        if !dump(&socket, family, sequence, &mut queues)? {
+            break;
+        }
+    }
+    Ok(queues)
+}
+
+fn family_name(family: u8) -> &'static str {
+    if family == AF_INET {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// Runs one dump into `out`; false if it stopped at [`MAX_ENTRIES`].
+fn dump(
+    socket: &Socket,
+    family: u8,
+    sequence: u32,
+    out: &mut Vec<ListenQueue>,
+) -> Result<bool, SockDiagError> {
+    let name = family_name(family);
+    let request = request(family, sequence);
+    // Unconnected netlink sockets send to the kernel (port 0) by default.
+    socket
+        .send_to(&request, &netlink_sys::SocketAddr::new(0, 0), 0)
+        .map_err(|source| SockDiagError::Send {
+            family: name,
+            source,
+        })?;
+
+    let mut buf = Vec::with_capacity(RECV_BUFFER);
+    loop {
+        buf.clear();
+        // MSG_TRUNC makes recv report a datagram's full length, so truncation shows.
+        let len = socket
+            .recv(&mut buf, libc::MSG_TRUNC)
+            .map_err(|source| SockDiagError::Recv {
+                family: name,
+                source,
+            })?;
+        if len > buf.len() {
+            return Err(SockDiagError::Truncated { family: name, len });
+        }
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            let message =
+                NetlinkMessage::<SockDiagMessage>::deserialize(rest).map_err(|source| {
+                    SockDiagError::Decode {
+                        family: name,
+                        source,
+                    }
+                })?;
+            // The header's length was checked against the buffer by the decoder; messages
+            // are padded to 4 bytes.
+            let advance = (message.header.length as usize).next_multiple_of(4);
+            rest = rest.get(advance..).unwrap_or_default();
+            if message.header.sequence_number != sequence {
+                continue;
+            }
+            match message.payload {
+                NetlinkPayload::Done(done) if done.code == 0 => return Ok(true),
+                NetlinkPayload::Done(done) => {
+                    return Err(kernel_error(name, done.code));
+                }
+                NetlinkPayload::Error(e) => match e.code {
+                    Some(code) => return Err(kernel_error(name, code.get())),
+                    None => return Ok(true),
+                },
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    out.push(queue(&response));
+                    if out.len() >= MAX_ENTRIES {
+                        return Ok(false);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `inet_diag_req_v2` for TCP sockets of `family` in LISTEN.
+fn request(family: u8, sequence: u32) -> Vec<u8> {
+    let socket_id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = sequence;
+    let mut message = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::LISTEN,
+            socket_id,
+        })
+        .into(),
+    );
+    message.finalize();
+    let mut buf = vec![0; message.header.length as usize];
+    message.serialize(&mut buf);
+    buf
+}
+
+/// Netlink carries errors as negative errnos.
+fn kernel_error(family: &'static str, code: i32) -> SockDiagError {
+    SockDiagError::Kernel {
+        family,
+        source: io::Error::from_raw_os_error(code.saturating_abs()),
+    }
+}
+
+fn queue(response: &InetResponse) -> ListenQueue {
+    let id = &response.header.socket_id;
+    let local = match id.source_address {
+        // Keep a link-local listener's interface, as `ss` does with `%eth0`.
+        std::net::IpAddr::V6(ip) => {
+            SocketAddr::V6(SocketAddrV6::new(ip, id.source_port, 0, id.interface_id))
+        }
+        ip => SocketAddr::new(ip, id.source_port),
+    };
+    ListenQueue {
+        local,
+        inode: u64::from(response.header.inode),
+        queued: response.header.recv_queue,
+        backlog: response.header.send_queue,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_is_an_inet_diag_req_v2_dump() {
+        let buf = request(AF_INET6, 7);
+        // nlmsghdr (16) + inet_diag_req_v2 (56).
+        assert_eq!(buf.len(), 72);
+        assert_eq!(u32::from_ne_bytes(buf[0..4].try_into().unwrap()), 72);
+        // SOCK_DIAG_BY_FAMILY
+        assert_eq!(u16::from_ne_bytes(buf[4..6].try_into().unwrap()), 20);
+        assert_eq!(
+            u16::from_ne_bytes(buf[6..8].try_into().unwrap()),
+            NLM_F_REQUEST | NLM_F_DUMP
+        );
+        assert_eq!(u32::from_ne_bytes(buf[8..12].try_into().unwrap()), 7);
+        assert_eq!(buf[16], AF_INET6);
+        assert_eq!(buf[17], IPPROTO_TCP);
+        // idiag_states: only TCP_LISTEN (10).
+        assert_eq!(u32::from_ne_bytes(buf[20..24].try_into().unwrap()), 1 << 10);
+    }
+
+    #[test]
+    fn kernel_errors_are_positive_errnos() {
+        let SockDiagError::Kernel { source, .. } = kernel_error("IPv4", -libc::ENOENT) else {
+            panic!("not a kernel error");
+        };
+        assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn live_listing_works() {
+        // Unprivileged processes may dump their own namespace's sockets too.
+        let queues = listen_queues().unwrap();
+        assert!(queues.len() <= MAX_ENTRIES);
+    }
+}

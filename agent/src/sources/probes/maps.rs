@@ -1,0 +1,185 @@
+//! The kernel maps userspace reads or writes, each an owned handle taken out of the loaded
+//! object (`Ebpf::take_map`, as aya documents for maps used from async tasks): whoever
+//! holds a handle is its only user, so no lock is shared between tasks.
+
+use std::collections::BTreeMap;
+
+use agent_common::{
+    config::Probe,
+    connect::{ConnectKey, ConnectStats, LATENCY_BUCKETS},
+    event::{counter, EventKind},
+    http::ResponseKey,
+};
+use aya::{
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    Ebpf,
+};
+use serde::Serialize;
+
+use super::ProbeError;
+
+/// Every map userspace uses, taken out of the loaded object.
+pub struct KernelMaps {
+    /// The event ring buffer: for the ring-buffer pipeline.
+    pub events: RingBuf<MapData>,
+    /// Drop and error counters.
+    pub counters: CounterMap,
+    /// Successful connects, aggregated per (process, destination).
+    pub connects: ConnectStatsMap,
+    /// Proxies' HTTP responses, per (process, status code).
+    pub responses: ResponseMap,
+    /// Processes whose clean exits are reported.
+    pub watched: TgidSet,
+    /// Processes whose writes are inspected for HTTP responses.
+    pub proxies: TgidSet,
+}
+
+impl KernelMaps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        Ok(Self {
+            events: take(ebpf, "EVENTS", RingBuf::try_from)?,
+            counters: CounterMap(take(ebpf, "COUNTERS", PerCpuArray::try_from)?),
+            connects: ConnectStatsMap(take(ebpf, "CONNECT_STATS", PerCpuHashMap::try_from)?),
+            responses: ResponseMap(take(ebpf, "RESPONSES", PerCpuHashMap::try_from)?),
+            watched: TgidSet(take(ebpf, "WATCHED", BpfHashMap::try_from)?),
+            proxies: TgidSet(take(ebpf, "PROXIES", BpfHashMap::try_from)?),
+        })
+    }
+}
+
+fn take<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(Map) -> Result<T, MapError>,
+) -> Result<T, ProbeError> {
+    let map = ebpf.take_map(name).ok_or(ProbeError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })?;
+    convert(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// Drops and errors counted by the kernel programs since load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KernelCounters {
+    /// Records lost to a full ring buffer, by event kind.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Failed reads of kernel or user memory, by probe.
+    pub probe_errors: BTreeMap<&'static str, u64>,
+}
+
+impl KernelCounters {
+    pub fn total_dropped(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+
+    /// What grew since `before` (counters only grow: the kernel never resets them).
+    pub fn growth_since(&self, before: &KernelCounters) -> KernelCounters {
+        let grown = |now: &BTreeMap<&'static str, u64>, then: &BTreeMap<&'static str, u64>| {
+            now.iter()
+                .map(|(k, n)| (*k, n.saturating_sub(then.get(k).copied().unwrap_or(0))))
+                .collect()
+        };
+        KernelCounters {
+            dropped: grown(&self.dropped, &before.dropped),
+            probe_errors: grown(&self.probe_errors, &before.probe_errors),
+        }
+    }
+}
+
+/// The `COUNTERS` per-CPU array.
+pub struct CounterMap(PerCpuArray<MapData, u64>);
+
+impl CounterMap {
+    /// Drop and error counters, summed over CPUs.
+    pub fn read(&self) -> Result<KernelCounters, ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            name: "COUNTERS",
+            source,
+        };
+        let slot = |i: u32| -> Result<u64, ProbeError> {
+            Ok(self.0.get(&i, 0).map_err(map_err)?.iter().sum())
+        };
+        let mut counters = KernelCounters::default();
+        for kind in EventKind::ALL {
+            counters
+                .dropped
+                .insert(kind.name(), slot(counter::DROPPED_BASE + kind as u32)?);
+        }
+        for probe in Probe::ALL {
+            counters.probe_errors.insert(
+                probe.name(),
+                slot(counter::PROBE_ERROR_BASE + probe as u32)?,
+            );
+        }
+        Ok(counters)
+    }
+}
+
+/// Successful connects of one process to one destination, summed over CPUs.
+#[derive(Debug, Clone)]
+pub struct ConnectAggregate {
+    pub key: ConnectKey,
+    pub established: u64,
+    pub latency_sum_ns: u64,
+    pub retransmits: u64,
+    pub latency_hist: [u64; LATENCY_BUCKETS],
+}
+
+/// The `CONNECT_STATS` per-CPU LRU hash.
+pub struct ConnectStatsMap(PerCpuHashMap<MapData, ConnectKey, ConnectStats>);
+
+impl ConnectStatsMap {
+    /// The kernel's success aggregates per (process, destination).
+    pub fn read(&self) -> Vec<ConnectAggregate> {
+        let mut out = Vec::new();
+        for entry in self.0.iter() {
+            // An entry evicted between listing keys and reading it is simply gone.
+            let Ok((key, per_cpu)) = entry else { continue };
+            let mut agg = ConnectAggregate {
+                key,
+                established: 0,
+                latency_sum_ns: 0,
+                retransmits: 0,
+                latency_hist: [0; LATENCY_BUCKETS],
+            };
+            for cpu in per_cpu.iter() {
+                agg.established += cpu.established;
+                agg.latency_sum_ns += cpu.latency_sum_ns;
+                agg.retransmits += cpu.retransmits;
+                for (sum, v) in agg.latency_hist.iter_mut().zip(cpu.latency_hist) {
+                    *sum += v;
+                }
+            }
+            out.push(agg);
+        }
+        out
+    }
+}
+
+/// The `RESPONSES` per-CPU LRU hash.
+pub struct ResponseMap(PerCpuHashMap<MapData, ResponseKey, u64>);
+
+impl ResponseMap {
+    /// HTTP responses written by proxies, per (tgid, status code), summed over CPUs.
+    pub fn read(&self) -> Vec<(ResponseKey, u64)> {
+        self.0
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
+            .collect()
+    }
+}
+
+/// A set of processes (tgid → 1): `WATCHED` or `PROXIES`.
+pub struct TgidSet(BpfHashMap<MapData, u32, u8>);
+
+impl TgidSet {
+    /// Adds processes to the set (the kernel adds later ones itself).
+    pub fn insert_all(&mut self, tgids: impl IntoIterator<Item = u32>) -> Result<(), MapError> {
+        for tgid in tgids {
+            self.0.insert(tgid, 1, 0)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! What the agent recorded once the traffic is over, read back the way a user reads it
+//! (the CLI, `GET /metrics`, `--print-events`): waited for, within a bound, until its
+//! counts agree with nginx's logs, since the agent counts asynchronously. Changes with the
+//! agent's interfaces and with what a run keeps as evidence.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use super::{
+    super::{
+        logs::{AccessLog, ErrorLog},
+        metrics, pause, Interrupted, Lab,
+    },
+    kinds_of, RESPONSES_METRIC,
+};
+
+/// How long the agent gets to count everything nginx logged.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// The agent's incidents for `upstream`, oldest first, and nginx's error.log: polled until
+/// the one incident a scenario expects counts exactly what nginx logged, or [`SETTLE`] has
+/// passed (always, for a scenario that expects none).
+pub(super) fn settled_incidents(
+    lab: &Lab,
+    upstream: &str,
+) -> Result<(Vec<Value>, ErrorLog), Interrupted> {
+    let nginx = &lab.topology.nginx;
+    let mut errors;
+    let expects_incident = !lab.scenario.expected_causes().is_empty();
+    let deadline = Instant::now() + SETTLE;
+    let mut incidents;
+    loop {
+        incidents = cli_json(lab, &["incidents", "--json", "--upstream", upstream])
+            .and_then(|v| v["incidents"].as_array().cloned())
+            .unwrap_or_default();
+        errors = ErrorLog::parse(&nginx.error_log());
+        let counted = incidents.len() == 1 && kinds_of(&incidents[0]) == errors.kinds;
+        if (expects_incident && counted) || Instant::now() > deadline {
+            break;
+        }
+        pause(Duration::from_millis(100))?;
+    }
+    // Incidents come newest first: the first one opened is the last.
+    incidents.reverse();
+    Ok((incidents, errors))
+}
+
+/// The increase of the agent's 502 and 504 counts since `before` (a scrape): scraped until
+/// it equals access.log's counts, or [`SETTLE`] has passed.
+pub(super) fn responses_delta(
+    lab: &Lab,
+    before: &str,
+    access: &AccessLog,
+) -> Result<BTreeMap<u16, Option<f64>>, Interrupted> {
+    let deltas = |text: &str| -> BTreeMap<u16, Option<f64>> {
+        [502u16, 504]
+            .into_iter()
+            .map(|code| {
+                let count = |t: &str| {
+                    metrics::sum(
+                        t,
+                        RESPONSES_METRIC,
+                        &[("proxy", "nginx"), ("code", &code.to_string())],
+                    )
+                };
+                let after = count(text);
+                (code, after.map(|a| a - count(before).unwrap_or(0.0)))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let after = metrics::scrape(lab.agent.metrics_addr()).unwrap_or_default();
+        let delta = deltas(&after);
+        let equal = delta
+            .iter()
+            .all(|(code, d)| d.unwrap_or(0.0) == access.count(*code) as f64);
+        if equal || Instant::now() > deadline {
+            return Ok(delta);
+        }
+        pause(Duration::from_millis(100))?;
+    }
+}
+
+/// How many incidents the agent has (any proxy, any upstream), and those of this nginx for
+/// other upstreams than `upstream`.
+pub(super) fn host_incidents(lab: &Lab, upstream: &str) -> (usize, Vec<Value>) {
+    let all = cli_json(lab, &["incidents", "--json"])
+        .and_then(|v| v["incidents"].as_array().cloned())
+        .unwrap_or_default();
+    let count = all.len();
+    // This nginx's (other nginx processes on the host share its name, not its worker).
+    let worker = lab.topology.nginx.worker_pid();
+    let stray = all
+        .into_iter()
+        .filter(|i| {
+            i["proxy"]["pid"].as_u64() == worker.map(u64::from) && i["upstream"] != upstream
+        })
+        .collect();
+    (count, stray)
+}
+
+/// `why502 explain ID --json` of the first of `incidents`.
+pub(super) fn explained(lab: &Lab, incidents: &[Value]) -> Option<Value> {
+    incidents.first().and_then(|i| {
+        let id = i["id"].as_u64()?.to_string();
+        cli_json(lab, &["explain", &id, "--json"])
+    })
+}
+
+/// `why502 explain --last` as a human reads it, unless something else on the host opened
+/// a later incident than `own`: then this scenario's own, by id.
+pub(super) fn explain_text(lab: &Lab, own: Option<&Value>) -> String {
+    let last_id = cli_json(lab, &["explain", "--last", "--json"]).and_then(|i| i["id"].as_u64());
+    let own_id = own.and_then(|i| i["id"].as_u64());
+    let id = own_id.map(|id| id.to_string());
+    let args = match (&id, own_id == last_id) {
+        (Some(id), false) => vec!["explain", id.as_str()],
+        _ => vec!["explain", "--last"],
+    };
+    let out = lab.agent.cli(&args);
+    format!(
+        "{}{}{}",
+        if args[1] == "--last" {
+            String::new()
+        } else {
+            format!("(not the last incident: why502 {})\n", args.join(" "))
+        },
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The agent's events about the upstream's listeners and the backends' processes, and the
+/// first few failures (to compare their times with the listener's), for the report.
+pub(super) fn listener_events(lab: &Lab) -> Vec<Value> {
+    let upstream = lab.topology.upstream.as_str();
+    let pids: Vec<u64> = lab
+        .topology
+        .backends
+        .iter()
+        .map(|b| u64::from(b.pid))
+        .collect();
+    let endpoint = upstream.trim_start_matches("unix:").to_string();
+    let failures = std::cell::Cell::new(0);
+    lab.agent.events(|e| {
+        let kind = e["kind"].as_str().unwrap_or_default();
+        // The first few failures too, to compare their times with the listener's.
+        let failure = matches!(
+            kind,
+            "tcp_connect_failure" | "connect_syscall_error" | "tcp_reset_received"
+        ) && e["dst"].as_str() == Some(upstream);
+        if failure && failures.get() < 3 {
+            failures.set(failures.get() + 1);
+            return true;
+        }
+        let about_endpoint = e["endpoint"].as_str() == Some(endpoint.as_str())
+            || e["path"].as_str() == Some(endpoint.as_str());
+        let about_backend = e["process"]["pid"]
+            .as_u64()
+            .is_some_and(|p| pids.contains(&p))
+            && !kind.starts_with("tcp_");
+        about_endpoint || about_backend
+    })
+}
+
+/// The events the agent's correlation says it missed, from its log.
+pub(super) fn uncorrelated_events(agent_log: &[String]) -> u64 {
+    agent_log
+        .iter()
+        .filter_map(|l| {
+            let n = l.split("correlation fell behind: ").nth(1)?;
+            n.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Runs the CLI against the lab's agent; its JSON answer if it succeeded.
+fn cli_json(lab: &Lab, args: &[&str]) -> Option<Value> {
+    let out = lab.agent.cli(args);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
