@@ -3,7 +3,7 @@
 //! The kernel programs reserve a whole record (`header` + payload) and fill it in place; the
 //! agent reads `header.kind` and reinterprets the bytes as the matching record type.
 //!
-//! Every kind is defined once, in the [`event_kinds!`] invocation below: its stable number,
+//! Every kind is defined once, in the `event_kinds!` invocation below: its stable number,
 //! its name (counters, logs), its record type and where that type keeps its header. The
 //! enum, [`EventKind::ALL`], [`EventKind::name`], [`EventKind::from_u32`],
 //! [`EVENT_KIND_SLOTS`] and the [`Record`] impls all come from it, so the kernel (which
@@ -17,7 +17,7 @@ use crate::{connect, listener, process, tcp, COMM_LEN};
 /// A ring-buffer record type: `#[repr(C)]` (or `#[repr(transparent)]`) plain old data that
 /// starts with an [`EventHeader`], and the one kind it is written as.
 ///
-/// Implemented only by [`event_kinds!`], once per kind: a record type has exactly one kind
+/// Implemented only by `event_kinds!`, once per kind: a record type has exactly one kind
 /// and a kind exactly one record type.
 pub trait Record: Copy + 'static {
     /// The kind in this record's header.

@@ -5,7 +5,7 @@
 //! compiler inserting padding) must fail the build rather than garble the data. In
 //! particular, hash map keys are compared bytewise by the kernel: a key with implicit
 //! (uninitialised) padding could miss its own entry, and the verifier refuses to pass
-//! uninitialised stack bytes to a helper. [`assert_no_padding!`] checks that every byte of
+//! uninitialised stack bytes to a helper. `assert_no_padding!` checks that every byte of
 //! a type belongs to a field; the header-at-offset-0 check of each record comes with its
 //! kind (`event_kinds!` in [`crate::event`]).
 
