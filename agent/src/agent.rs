@@ -31,17 +31,18 @@ use crate::{
     },
 };
 
+/// Why the agent could not start; each part's error says what it was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot load the probes")]
+    #[error(transparent)]
     Probes(#[from] ProbeError),
-    #[error("incident store")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("local API")]
+    #[error(transparent)]
     Api(#[from] api::ApiError),
-    #[error("metrics")]
+    #[error(transparent)]
     Metrics(#[from] MetricsError),
-    #[error("metrics server")]
+    #[error(transparent)]
     MetricsServer(#[from] metrics::server::ServeError),
 }
 

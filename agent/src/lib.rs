@@ -24,14 +24,56 @@ pub mod sinks;
 pub mod sources;
 pub mod timefmt;
 
-/// An error with its sources, on one line.
+/// An error with its sources, on one line, each said once: a library whose error repeats
+/// its source's text (rusqlite: "file is not a database: Error code 26: file is not a
+/// database") is shown with the fuller of the two.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
+    let mut parts = vec![err.to_string()];
     let mut source = err.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let text = s.to_string();
+        let last = parts.last_mut().expect("never empty");
+        if text.contains(last.as_str()) {
+            *last = text;
+        } else if !last.contains(&text) {
+            parts.push(text);
+        }
         source = s.source();
     }
-    text
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Plain(&'static str, #[source] Option<Box<Plain>>);
+
+    fn chain(texts: &[&'static str]) -> Plain {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |inner, t| Some(Plain(t, inner.map(Box::new))))
+            .unwrap()
+    }
+
+    #[test]
+    fn each_cause_once() {
+        assert_eq!(
+            super::error_chain(&chain(&["cannot open x", "no such file"])),
+            "cannot open x: no such file"
+        );
+        assert_eq!(
+            super::error_chain(&chain(&[
+                "cannot open x",
+                "file is not a database",
+                "Error code 26: file is not a database"
+            ])),
+            "cannot open x: Error code 26: file is not a database"
+        );
+        assert_eq!(
+            super::error_chain(&chain(&["cannot open x: denied", "denied"])),
+            "cannot open x: denied"
+        );
+    }
 }

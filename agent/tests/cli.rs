@@ -33,6 +33,40 @@ fn bad_config_is_one_line_naming_the_key() {
 }
 
 #[test]
+fn a_store_that_is_not_sqlite_is_one_line_saying_its_cause_once() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: not root: the store is opened after the probes load");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("junk.db");
+    std::fs::write(&store, "not a database, just text\n".repeat(100)).unwrap();
+    let config = dir.path().join("why502.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = {store:?}\n[api]\nsocket = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("why502.sock")
+        ),
+    )
+    .unwrap();
+    let out = why502(&[
+        "agent",
+        "--log-level",
+        "error",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(line.contains("cannot open the incident store"), "{stderr}");
+    assert_eq!(line.matches("incident store").count(), 1, "{line}");
+    assert_eq!(line.matches("file is not a database").count(), 1, "{line}");
+}
+
+#[test]
 fn missing_config_file_and_bad_flags_fail() {
     let out = why502(&["agent", "--config", "/nonexistent/why502.toml"]);
     assert_eq!(out.status.code(), Some(1));
