@@ -20,9 +20,23 @@ pub struct Harness {
 
 static HARNESS: OnceLock<Result<Harness, String>> = OnceLock::new();
 
+/// Label values per label the harness admits: far above what a test makes, so that
+/// whatever else runs on the host cannot fold a test's own upstream into `other`.
+pub const TEST_LABEL_CAP: usize = 100_000;
+
 /// The shared agent, or `None` (with the reason printed) when this machine cannot load
 /// eBPF programs: not root, or `bpf()` refused.
 pub fn harness() -> Option<&'static Harness> {
+    harness_with(|config| {
+        config.metrics.max_upstreams = TEST_LABEL_CAP;
+        config.metrics.max_proxies = TEST_LABEL_CAP;
+        config.metrics.max_services = TEST_LABEL_CAP;
+    })
+}
+
+/// [`harness`] with the test binary's own configuration (the first call decides: the
+/// agent is shared by every test of the binary).
+pub fn harness_with(configure: fn(&mut Config)) -> Option<&'static Harness> {
     let result = HARNESS.get_or_init(|| {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -39,6 +53,7 @@ pub fn harness() -> Option<&'static Harness> {
         config.api.socket = dir.path().join("why502.sock");
         config.metrics.listen = "127.0.0.1:0".parse().unwrap();
         config.metrics.sample_interval_ms = 200;
+        configure(&mut config);
         let agent = {
             let _guard = runtime.enter();
             Agent::start(&config, |_| {})
