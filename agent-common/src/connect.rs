@@ -2,7 +2,7 @@
 //! kernel-side bookkeeping that ties an asynchronous outcome back to the connecting process.
 
 use crate::{
-    event::EventHeader,
+    header::EventHeader,
     net::{RawSockAddr, SockTuple},
 };
 

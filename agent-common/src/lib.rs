@@ -8,6 +8,7 @@
 pub mod config;
 pub mod connect;
 pub mod event;
+pub mod header;
 pub mod http;
 mod layout;
 pub mod listener;

@@ -1,6 +1,6 @@
 //! Sockets entering and leaving LISTEN.
 
-use crate::{event::EventHeader, net::SockTuple};
+use crate::{header::EventHeader, net::SockTuple};
 
 /// A TCP socket entered or left LISTEN: the layout of [`ListenerOpened`] and
 /// [`ListenerClosed`]. The header names the process that called `listen(2)` or closed the

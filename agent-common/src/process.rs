@@ -1,6 +1,6 @@
 //! Process lifecycle: exec, exit, fatal signals, OOM kills.
 
-use crate::{event::EventHeader, COMM_LEN};
+use crate::{header::EventHeader, COMM_LEN};
 
 /// Bytes of the executed file's path kept in [`ProcessExec`].
 pub const FILENAME_LEN: usize = 256;

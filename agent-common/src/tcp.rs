@@ -1,6 +1,6 @@
 //! Resets and retransmits on TCP connections.
 
-use crate::{event::EventHeader, net::SockTuple};
+use crate::{header::EventHeader, net::SockTuple};
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 pub mod state {

@@ -9,8 +9,8 @@ use why502::{
     config::Config,
     model::event::EventDetail,
     sources::{
+        decode::{decode, Decoded},
         probes::ProbeSet,
-        ring::decode::{decode, Decoded},
     },
 };
 

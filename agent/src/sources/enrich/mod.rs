@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 pub use cache::ProcessCache;
 
-use super::ring::decode::Decoded;
+use super::decode::Decoded;
 use crate::model::{
     clock,
     event::{Event, EventDetail, Listener, ProcessRef, Source, UnixListener},

@@ -1,9 +1,7 @@
-//! The event ring buffer: records the kernel programs write → [`decode`] → enrich →
-//! [`EventBus`]. Only the rare crosses the ring (failures, resets, listener changes,
+//! The event ring buffer: records the kernel programs write → [`decode`] →
+//! [`enrich`](super::enrich) → [`EventBus`]. Only the rare crosses the ring (failures, resets, listener changes,
 //! process deaths); the frequent is aggregated in kernel maps, read by
 //! [`super::kernel_maps`].
-
-pub mod decode;
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -13,7 +11,7 @@ use std::sync::{
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use super::enrich::Enricher;
+use super::{decode, enrich::Enricher};
 use crate::bus::EventBus;
 
 /// What the pipeline has processed, for status and metrics.

@@ -1,0 +1,39 @@
+//! What every ring-buffer record starts with, and the kernel's counter slots. Apart from
+//! the kinds (the `event` module) so that the record types of each domain can use it.
+
+use crate::COMM_LEN;
+
+/// Common to every record.
+///
+/// `tgid`/`pid`/`comm`/`cgroup_id` describe the process the event is *about* (the connecting
+/// process for a connect failure, the sender for a signal), which is not always the task that
+/// was running when the tracepoint fired. A zero `tgid` means the kernel did not know it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// The event kind's number: the kernel sets it from the record type (`Record::KIND`).
+    pub kind: u32,
+    /// Thread id (the kernel's `pid`).
+    pub pid: u32,
+    /// Process id (the kernel's `tgid`).
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    /// cgroup v2 id of the process (the inode number of its cgroup directory).
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Counters kept per CPU in the `COUNTERS` array, indexed by these slots.
+pub mod counter {
+    /// Records lost because the ring buffer was full: slot `DROPPED_BASE + kind`.
+    pub const DROPPED_BASE: u32 = 0;
+    /// Probe errors (a failed read of kernel or user memory): slot `PROBE_ERROR_BASE + probe`.
+    pub const PROBE_ERROR_BASE: u32 = 32;
+    /// Total number of slots.
+    pub const SLOTS: u32 = 64;
+}
+
+#[cfg(feature = "user")]
+crate::impl_pod!(EventHeader);
