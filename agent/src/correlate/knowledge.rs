@@ -118,6 +118,7 @@ impl Knowledge {
             | EventDetail::ConnectSyscallError(_)
             | EventDetail::TcpResetReceived(_)
             | EventDetail::HttpResponses(_)
+            | EventDetail::UpstreamEnd(_)
             | EventDetail::TcpResetSent(_)
             | EventDetail::TcpSynRetransmit(_)
             | EventDetail::TcpSynackRetransmit(_)

@@ -426,6 +426,7 @@ fn resets_on_established_connections() {
             5 * SEC + i * 20 * MS,
             Some(nginx()),
             EventDetail::TcpResetReceived(TcpReset {
+                traffic: None,
                 src: "127.0.0.1:40000".parse().unwrap(),
                 dst: BACKEND.parse().unwrap(),
                 state: "ESTABLISHED",
@@ -750,6 +751,7 @@ fn an_in_flight_reset_just_before_the_listener_closes_still_blames_the_crash() {
         10 * SEC + 50_000,
         Some(nginx()),
         EventDetail::TcpResetReceived(TcpReset {
+            traffic: None,
             src: "127.0.0.1:40000".parse().unwrap(),
             dst: BACKEND.parse().unwrap(),
             state: "ESTABLISHED",

@@ -85,6 +85,7 @@ pub enum EventDetail {
     MemoryPressure(MemoryPressure),
     ListenQueueFull(ListenQueueFull),
     HttpResponses(HttpResponses),
+    UpstreamEnd(UpstreamEnd),
 }
 
 /// A proxy wrote `count` HTTP responses with this status code since the last report
@@ -208,6 +209,43 @@ pub struct TcpReset {
     /// `tcp_send_reset`'s `enum sk_rst_reason` number (Linux 6.10+).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<i32>,
+    /// What had crossed the connection, when the kernel followed it from its connect
+    /// (a proxy's upstream connection): whether the upstream had answered at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Traffic>,
+}
+
+/// What crossed one followed upstream connection, from `tcp_sock`'s counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    /// Time since the connection was established.
+    #[serde(rename = "duration_seconds", serialize_with = "seconds")]
+    pub duration: Duration,
+    /// Bytes the upstream acknowledged (the request), without the SYN.
+    pub bytes_sent: u64,
+    /// Bytes received from the upstream (the response), without a FIN.
+    pub bytes_received: u64,
+}
+
+/// How a followed upstream connection ended badly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndHow {
+    /// The upstream closed (FIN) before sending any response byte.
+    ClosedByUpstream,
+    /// The proxy closed first after sending its request, having received nothing for
+    /// longer than the configured response timeout: it gave up waiting.
+    ProxyGaveUp,
+}
+
+/// A proxy's upstream TCP connection ended badly (reset ends are [`TcpReset`]s).
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamEnd {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub how: EndHow,
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -258,6 +296,10 @@ pub struct Exit {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal_number: Option<i32>,
     pub core_dumped: bool,
+    /// The parent when the process exited (from the kernel: the process may be gone
+    /// before procfs could say), `None` when the kernel could not tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
 }
 
 impl Exit {
@@ -270,6 +312,7 @@ impl Exit {
                 signal: None,
                 signal_number: None,
                 core_dumped: false,
+                ppid: None,
             }
         } else {
             Self {
@@ -277,6 +320,7 @@ impl Exit {
                 signal: Some(super::signal::signal_name(signal)),
                 signal_number: Some(signal),
                 core_dumped: status & 0x80 != 0,
+                ppid: None,
             }
         }
     }
@@ -334,6 +378,7 @@ impl EventDetail {
             EventDetail::MemoryPressure(_) => "memory_pressure",
             EventDetail::ListenQueueFull(_) => "listen_queue_full",
             EventDetail::HttpResponses(_) => "http_responses",
+            EventDetail::UpstreamEnd(_) => "upstream_end",
         }
     }
 }

@@ -23,6 +23,10 @@ pub enum FailureKind {
     Aborted,
     /// RST received on an established connection.
     Reset,
+    /// The upstream closed the connection before sending any response byte.
+    ClosedBeforeResponse,
+    /// The proxy gave up waiting for the response (no byte within its read timeout).
+    ResponseTimeout,
 }
 
 impl FailureKind {
@@ -57,6 +61,8 @@ impl FailureKind {
             Self::Timeout => "timeout",
             Self::Aborted => "aborted",
             Self::Reset => "reset",
+            Self::ClosedBeforeResponse => "closed_before_response",
+            Self::ResponseTimeout => "response_timeout",
         }
     }
 }
@@ -106,6 +112,8 @@ impl FromStr for FailureKind {
             "timeout" => Self::Timeout,
             "aborted" => Self::Aborted,
             "reset" => Self::Reset,
+            "closed_before_response" => Self::ClosedBeforeResponse,
+            "response_timeout" => Self::ResponseTimeout,
             name => Self::Errno(Errno(
                 signal::errno_number(name).ok_or_else(|| UnknownFailureKind(name.into()))?,
             )),
@@ -140,6 +148,8 @@ mod tests {
             FailureKind::Timeout,
             FailureKind::Aborted,
             FailureKind::Reset,
+            FailureKind::ClosedBeforeResponse,
+            FailureKind::ResponseTimeout,
         ] {
             assert_eq!(kind.name().parse::<FailureKind>(), Ok(kind), "{kind}");
         }

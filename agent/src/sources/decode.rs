@@ -119,6 +119,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                     dst,
                     state: tcp_state_name(r.state),
                     reason: None,
+                    traffic: None,
                 }),
             ));
         }
@@ -133,6 +134,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                     dst,
                     state: tcp_state_name(r.state),
                     reason: (r.reason >= 0).then_some(r.reason),
+                    traffic: None,
                 }),
             ));
         }
