@@ -166,6 +166,7 @@ impl Agent {
         tasks.push(tokio::spawn(correlation::run(
             engine,
             bus.subscribe(),
+            kernel.subscribe(),
             correlation_stats.clone(),
             incidents.clone(),
         )));

@@ -12,15 +12,16 @@ use super::{
     explain::{self, Failures},
     knowledge::{summary, Knowledge},
     responses::{PendingResponses, BAD_GATEWAY_CODES, RESPONSE_GRACE_NS},
-    spike::{Observed, Window},
+    spike::{Observed, Rule, Window},
 };
 use crate::{
     config::IncidentConfig,
     model::{
-        event::{Endpoint, Event, EventDetail},
+        event::{EndHow, Endpoint, Event, EventDetail},
         failure::FailureKind,
         incident::{Candidate, Incident, IncidentState, ProcessSummary, Update, NO_UPSTREAM},
     },
+    sources::kernel_maps::{connects::destination, KernelReading},
 };
 
 /// (proxy, upstream) pairs followed at once; idle ones are forgotten first.
@@ -59,6 +60,11 @@ pub struct Engine {
     knowledge: Knowledge,
     flows: HashMap<FlowKey, Flow>,
     next_id: u64,
+}
+
+/// A flow's proxy: its unit when it has one (all its workers are one proxy), else its name.
+fn flow_proxy(proxy: &ProcessSummary) -> String {
+    proxy.unit.clone().unwrap_or_else(|| proxy.comm.clone())
 }
 
 impl Engine {
@@ -107,6 +113,14 @@ impl Engine {
                 let kind = Observed::Failure(FailureKind::Reset);
                 return self.failure(event, Some(Endpoint::Tcp(r.dst)), kind, 1);
             }
+            EventDetail::UpstreamEnd(end) => {
+                let kind = match end.how {
+                    EndHow::ClosedByUpstream => FailureKind::ClosedBeforeResponse,
+                    EndHow::ProxyGaveUp => FailureKind::ResponseTimeout,
+                };
+                let upstream = Some(Endpoint::Tcp(end.dst));
+                return self.failure(event, upstream, Observed::Failure(kind), 1);
+            }
             EventDetail::HttpResponses(r) if BAD_GATEWAY_CODES.contains(&r.code) => {
                 return self.bad_responses(event, r.code, r.count);
             }
@@ -116,6 +130,36 @@ impl Engine {
             self.mark_open_dirty();
         }
         Vec::new()
+    }
+
+    /// Takes the kernel's successful connects since the last reading: the attempts that
+    /// put a flow's failures in proportion.
+    pub fn observe_reading(&mut self, reading: &KernelReading) {
+        let mono = reading.mono_ns;
+        for c in &reading.connects {
+            if !self.knowledge.is_proxy(&c.process) {
+                continue;
+            }
+            let key = FlowKey {
+                proxy: flow_proxy(&summary(&c.process)),
+                upstream: Some(Endpoint::Tcp(destination(&c.growth.key))),
+            };
+            if let Some(flow) = self.flows.get_mut(&key) {
+                flow.window.succeeded(mono, c.growth.established);
+            } else if self.flows.len() < FLOW_CAPACITY {
+                let mut window = Window::new(mono);
+                window.succeeded(mono, c.growth.established);
+                self.flows.insert(
+                    key,
+                    Flow {
+                        proxy: summary(&c.process),
+                        window,
+                        open: None,
+                        last_mono: mono,
+                    },
+                );
+            }
+        }
     }
 
     /// Advances time: closes incidents quiet for `quiet_seconds`, re-explains the ones
@@ -176,9 +220,10 @@ impl Engine {
         let Some(process) = &event.process else {
             return Vec::new();
         };
-        let proxy_key = summary(process)
-            .unit
-            .unwrap_or_else(|| process.comm.clone());
+        if !self.knowledge.is_proxy(process) {
+            return Vec::new();
+        }
+        let proxy_key = flow_proxy(&summary(process));
         let open = self
             .flows
             .iter_mut()
@@ -217,6 +262,9 @@ impl Engine {
                 continue;
             }
             self.pending.judged(&proxy, now_mono);
+            // A unix upstream whose worker just died: the kernel sees no end of a unix
+            // connection, but the death and the 5xx together say where they went.
+            let upstream = self.knowledge.unix_worker_death(first.mono);
             for r in due {
                 let event = Event {
                     time: r.time,
@@ -227,7 +275,8 @@ impl Engine {
                         count: r.count,
                     }),
                 };
-                updates.extend(self.failure(&event, None, Observed::Response(r.code), r.count));
+                let what = Observed::Response(r.code);
+                updates.extend(self.failure(&event, upstream.clone(), what, r.count));
             }
         }
         updates
@@ -244,16 +293,28 @@ impl Engine {
             // The kernel did not know who connected: no proxy to tie the failure to.
             return Vec::new();
         };
+        if !self.knowledge.is_proxy(process) {
+            // Nobody's 502: still counted in the metrics, never an incident.
+            return Vec::new();
+        }
         let proxy = summary(process);
         let key = FlowKey {
-            proxy: proxy.unit.clone().unwrap_or_else(|| proxy.comm.clone()),
+            proxy: flow_proxy(&proxy),
             upstream,
         };
         if !self.flows.contains_key(&key) && self.flows.len() >= FLOW_CAPACITY {
             self.evict_idle_flows();
         }
         let window_ns = self.config.window_ms * 1_000_000;
-        let threshold = self.config.open_threshold;
+        let rule = Rule {
+            threshold: self.config.open_threshold,
+            window_ns,
+            min_failure_ratio: self.config.min_failure_ratio,
+        };
+        let strong = key
+            .upstream
+            .as_ref()
+            .is_some_and(|u| self.knowledge.strong_evidence(u, event.mono_ns));
         let flow = self.flows.entry(key.clone()).or_insert_with(|| Flow {
             proxy: proxy.clone(),
             window: Window::new(event.mono_ns),
@@ -276,17 +337,13 @@ impl Engine {
             return Vec::new();
         }
 
-        let Some(spike) =
-            flow.window
-                .push(event.mono_ns, event.time, what, count, threshold, window_ns)
+        let Some(spike) = flow
+            .window
+            .push((event.mono_ns, event.time), what, count, rule, strong)
         else {
             return Vec::new();
         };
-        let failures = if key.upstream.is_some() {
-            spike.total
-        } else {
-            0
-        };
+        let failures = spike.kinds.values().sum();
         let incident = Incident {
             id: self.next_id,
             state: IncidentState::Open,
@@ -336,6 +393,7 @@ impl Engine {
                 first_time: open.incident.started_at,
                 count: open.incident.failures,
                 kinds: &open.incident.failure_kinds,
+                responses: &open.incident.responses,
             },
             &self.knowledge,
         )

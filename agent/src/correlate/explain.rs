@@ -8,6 +8,7 @@ use std::{
 };
 
 use super::{
+    history::{Dated, ExitRecord},
     knowledge::Knowledge,
     listeners::{ListenerRecord, Owner},
 };
@@ -34,6 +35,8 @@ pub struct Failures<'a> {
     pub first_time: SystemTime,
     pub count: u64,
     pub kinds: &'a BTreeMap<FailureKind, u64>,
+    /// The proxy's 5xx responses meanwhile, by status.
+    pub responses: &'a BTreeMap<u16, u64>,
 }
 
 /// The ranked candidates; never empty.
@@ -231,6 +234,37 @@ fn alive_listener(
     };
     let evidence = vec![listening, first.clone()];
     let unix = matches!(f.upstream, Endpoint::Unix(_));
+    // Requests that were in flight when their connection ended, or that the proxy got
+    // no answer to: for a unix socket the kernel sees no end, only the proxy's 5xx.
+    let mid_request = count(FailureKind::ClosedBeforeResponse) + count(FailureKind::Reset);
+    let in_flight = if unix {
+        f.responses.values().sum::<u64>()
+    } else {
+        mid_request + count(FailureKind::ResponseTimeout)
+    };
+    if let Some(death) = k.worker_death(owner.process.pid, f.first_mono) {
+        worker_died(f, k, owner, endpoint, death, in_flight, &evidence, out);
+    } else if count(FailureKind::ResponseTimeout) > 0 {
+        slow_upstream(f, k, owner, endpoint, &evidence, out);
+    } else if count(FailureKind::ClosedBeforeResponse) > 0 {
+        out.push(Candidate {
+            cause: Cause::UpstreamClosed,
+            confidence: Confidence::Low,
+            summary: format!(
+                "{} closed {} connections of {} before answering, and nothing died: the \
+                 application closed them (an error path, a request it refused, a TLS or \
+                 protocol mismatch)",
+                describe(&owner.process),
+                count(FailureKind::ClosedBeforeResponse),
+                describe(f.proxy)
+            ),
+            hint: "read the backend's own log at these times; compare what the proxy sends \
+                   (protocol, TLS, headers) with what the backend expects"
+                .into(),
+            process: Some(owner.process.clone()),
+            evidence: evidence.clone(),
+        });
+    }
     if count(FailureKind::EAGAIN) > 0 && unix {
         out.push(Candidate {
             cause: Cause::UnixBacklogFull,
@@ -346,6 +380,180 @@ fn alive_listener(
             evidence,
         });
     }
+}
+
+/// A worker of the listener's owner (its child) died while serving: killed by the OOM
+/// killer, by its own parent (a timeout, recycling), or crashed.
+#[allow(clippy::too_many_arguments)]
+fn worker_died(
+    f: &Failures,
+    k: &Knowledge,
+    owner: &Owner,
+    endpoint: &Endpoint,
+    death: &Dated<ExitRecord>,
+    in_flight: u64,
+    listening: &[Evidence],
+    out: &mut Vec<Candidate>,
+) {
+    let pid = death.value.pid;
+    let worker = &death.value.process;
+    let serving = if in_flight > 0 {
+        format!(
+            " while serving {in_flight} requests of {}",
+            describe(f.proxy)
+        )
+    } else {
+        String::new()
+    };
+    let who = format!(
+        "{}, a worker of {} (listener of {endpoint}),",
+        describe(worker),
+        describe(&owner.process)
+    );
+    let horizon = death.mono + CLOSE_IN_TIME.as_nanos() as u64;
+    let mut evidence = listening.to_vec();
+    evidence.push(exit_evidence(&death.value.exit, death.time, pid));
+    let (cause, summary, hint) = if let Some(kill) = k.history.oom_kill_of(pid, horizon) {
+        evidence.push(Evidence {
+            time: kill.time,
+            kind: "oom_kill".into(),
+            text: format!(
+                "OOM kill of pid {pid} (anon RSS {})",
+                kib(kill.value.anon_rss_kb)
+            ),
+        });
+        (
+            Cause::OomKill,
+            format!(
+                "{who} was killed by the OOM killer at {}{serving} (anon RSS {})",
+                clock_time(kill.time),
+                kib(kill.value.anon_rss_kb)
+            ),
+            "raise the service's memory limit, or lower its worker count (pm.max_children) or \
+             per-request memory (memory_limit, pm.max_requests)",
+        )
+    } else if let Some(s) = k
+        .history
+        .signal_to(pid, horizon)
+        .filter(|s| s.value.sender.pid == owner.process.pid)
+    {
+        evidence.push(Evidence {
+            time: s.time,
+            kind: "signal".into(),
+            text: format!(
+                "{} to pid {pid} from {}",
+                s.value.signal.signal,
+                describe(&s.value.sender)
+            ),
+        });
+        (
+            Cause::KilledByParent,
+            format!(
+                "{who} was killed by its own master ({} at {}){serving}: it ran too long or \
+                 was recycled",
+                s.value.signal.signal,
+                clock_time(s.time)
+            ),
+            "the master kills workers past a time limit (php-fpm request_terminate_timeout, \
+             a worker timeout): find the slow requests, or raise the limit above the proxy's \
+             read timeout",
+        )
+    } else {
+        let how = match (&death.value.exit.signal, death.value.exit.code) {
+            (Some(sig), _) => format!("died of {sig}"),
+            (None, Some(code)) => format!("exited with code {code}"),
+            (None, None) => "exited".into(),
+        };
+        (
+            Cause::Crash,
+            format!("{who} {how} at {}{serving}", clock_time(death.time)),
+            "find the crash in the service's logs or core dump; recycle workers \
+             (pm.max_requests) until it is fixed",
+        )
+    };
+    evidence.sort_by_key(|e| e.time);
+    out.push(Candidate {
+        cause,
+        confidence: Confidence::High,
+        summary,
+        hint: hint.into(),
+        process: Some(worker.clone()),
+        evidence,
+    });
+}
+
+/// The listener is alive and took the requests, but did not answer in time.
+fn slow_upstream(
+    f: &Failures,
+    k: &Knowledge,
+    owner: &Owner,
+    endpoint: &Endpoint,
+    listening: &[Evidence],
+    out: &mut Vec<Candidate>,
+) {
+    let timeouts = f
+        .kinds
+        .get(&FailureKind::ResponseTimeout)
+        .copied()
+        .unwrap_or(0);
+    let mut evidence = listening.to_vec();
+    let mut seen = Vec::new();
+    let since = f.first_mono.saturating_sub(k.lookback_ns);
+    if let Endpoint::Tcp(addr) = endpoint {
+        if let Some(full) = k.history.queue_full_on(addr.port(), since, u64::MAX) {
+            seen.push(format!(
+                "its accept queue was full ({}/{}) at {}",
+                full.value.queued,
+                full.value.backlog,
+                clock_time(full.time)
+            ));
+            evidence.push(Evidence {
+                time: full.time,
+                kind: "listen_queue_full".into(),
+                text: format!("accept queue of {} full", full.value.endpoint),
+            });
+        }
+    }
+    let service = owner
+        .process
+        .unit
+        .clone()
+        .unwrap_or_else(|| owner.process.comm.clone());
+    if let Some(p) = k
+        .history
+        .pressure_in(&[HOST_SCOPE, &service], since, u64::MAX)
+    {
+        seen.push(format!(
+            "memory pressure {:.0}% ({}) at {}",
+            p.value.some_avg10,
+            p.value.scope,
+            clock_time(p.time)
+        ));
+    }
+    let host = if seen.is_empty() {
+        "the host shows no memory pressure and no full accept queue: the application itself \
+         is slow (a slow query, a lock, an external call)"
+            .to_string()
+    } else {
+        seen.join("; ")
+    };
+    evidence.sort_by_key(|e| e.time);
+    out.push(Candidate {
+        cause: Cause::SlowUpstream,
+        confidence: Confidence::Medium,
+        summary: format!(
+            "{}, listener of {endpoint}, is alive and accepted {timeouts} requests of {} that it \
+             did not answer within the proxy's read timeout; {host}",
+            describe(&owner.process),
+            describe(f.proxy)
+        ),
+        hint: "find what the slow requests wait on (the backend's slow log, its workers' state); \
+               raise the proxy's read timeout (proxy_read_timeout, timeout server) only if the \
+               wait is expected"
+            .into(),
+        process: Some(owner.process.clone()),
+        evidence,
+    });
 }
 
 /// Nobody listened when the failures began: what happened to the last owner?

@@ -21,8 +21,17 @@ pub struct Dated<T> {
 #[derive(Debug, Clone)]
 pub struct ExitRecord {
     pub pid: u32,
+    /// Its parent when it exited, from the kernel or else procfs.
+    pub ppid: Option<u32>,
     pub process: ProcessSummary,
     pub exit: Exit,
+}
+
+impl ExitRecord {
+    /// Died of a signal or with a non-zero code.
+    pub fn abnormal(&self) -> bool {
+        self.exit.signal.is_some() || self.exit.code.is_some_and(|c| c != 0)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +124,20 @@ impl ProcessHistory {
             .iter()
             .rev()
             .find(|d| d.value.pid == pid && d.mono <= mono_max)
+    }
+
+    /// Abnormal exits between the two times, newest first.
+    pub fn deaths_between(
+        &self,
+        mono_min: u64,
+        mono_max: u64,
+    ) -> impl Iterator<Item = &Dated<ExitRecord>> {
+        self.exits
+            .iter()
+            .rev()
+            .skip_while(move |d| d.mono > mono_max)
+            .take_while(move |d| d.mono >= mono_min)
+            .filter(|d| d.value.abnormal())
     }
 
     /// The latest OOM kill of `pid` at or before `mono_max`.

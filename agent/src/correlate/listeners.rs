@@ -121,6 +121,15 @@ impl ListenerTable {
             .find_map(|w| self.records.get_key_value(&Endpoint::Tcp(*w)))
     }
 
+    /// A unix socket path currently listened on by a process `owned_by` accepts.
+    pub fn unix_endpoint_of(&self, owned_by: impl Fn(u32) -> bool) -> Option<Endpoint> {
+        self.records.iter().find_map(|(endpoint, record)| {
+            let owner = record.current.as_ref()?;
+            (matches!(endpoint, Endpoint::Unix(_)) && owned_by(owner.process.pid))
+                .then(|| endpoint.clone())
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }

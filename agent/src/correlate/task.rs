@@ -15,6 +15,7 @@ use super::engine::Engine;
 use crate::{
     bus::Topic,
     model::{clock, event::Event, incident::Update, text::describe},
+    sources::kernel_maps::KernelReading,
 };
 
 /// How often quiet incidents are closed and changed ones re-explained (and saved).
@@ -35,6 +36,7 @@ pub struct CorrelationStats {
 pub async fn run(
     mut engine: Engine,
     mut events: broadcast::Receiver<Arc<Event>>,
+    mut readings: broadcast::Receiver<Arc<KernelReading>>,
     stats: Arc<CorrelationStats>,
     updates_out: Topic<Update>,
 ) {
@@ -57,6 +59,15 @@ pub async fn run(
                     }
                     continue;
                 }
+                Err(RecvError::Closed) => return,
+            },
+            received = readings.recv() => match received {
+                Ok(reading) => {
+                    engine.observe_reading(&reading);
+                    continue;
+                }
+                // Successes only temper thresholds: a lost reading costs nothing lasting.
+                Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return,
             },
             _ = tick.tick() => engine.tick(clock::monotonic_ns(), SystemTime::now()),

@@ -123,6 +123,11 @@ pub enum Cause {
     /// The proxy answered 502/503/504 without any failed upstream connect or reset: no
     /// connect was attempted (DNS, no live upstreams, configuration), or TLS failed.
     NoUpstreamConnect,
+    /// The upstream accepted the requests and did not answer within the proxy's read
+    /// timeout: a slow or hung worker.
+    SlowUpstream,
+    /// The upstream closed connections before answering, and nothing died.
+    UpstreamClosed,
 }
 
 impl Cause {
@@ -142,6 +147,8 @@ impl Cause {
             Cause::ConnectionResets => "connection_resets",
             Cause::NoLocalCause => "no_local_cause",
             Cause::NoUpstreamConnect => "no_upstream_connect",
+            Cause::SlowUpstream => "slow_upstream",
+            Cause::UpstreamClosed => "upstream_closed",
         }
     }
 }

@@ -5,13 +5,14 @@ use prometheus::{IntCounterVec, Registry};
 
 use super::{labels::Labels, registry::counter, MetricsError};
 use crate::model::{
-    event::{Event, EventDetail},
+    event::{EndHow, Event, EventDetail},
     failure::FailureKind,
 };
 
 pub struct EventMetrics {
     connects: IntCounterVec,
     connect_errors: IntCounterVec,
+    request_errors: IntCounterVec,
     resets_received: IntCounterVec,
     resets_sent: IntCounterVec,
     syn_retransmits: IntCounterVec,
@@ -26,6 +27,7 @@ impl EventMetrics {
         Ok(Self {
             connects,
             connect_errors: counter(r, "why502_upstream_connect_errors_total", "Failed connects to an upstream, by errno (timeout: the proxy gave up during the handshake).", &["proxy", "upstream", "errno"])?,
+            request_errors: counter(r, "why502_upstream_request_errors_total", "Requests whose upstream connection ended without an answer: closed_before_response (the upstream closed first), response_timeout (the proxy gave up waiting).", &["proxy", "upstream", "kind"])?,
             resets_received: counter(r, "why502_tcp_resets_received_total", "RSTs received on connections past the handshake.", &["proxy", "upstream", "state"])?,
             resets_sent: counter(r, "why502_tcp_resets_sent_total", "RSTs sent on full sockets.", &["proxy", "upstream", "state"])?,
             syn_retransmits: counter(r, "why502_tcp_syn_retransmits_total", "SYNs retransmitted by connecting proxies.", &["proxy", "upstream"])?,
@@ -62,6 +64,17 @@ impl EventMetrics {
                     _ => &self.resets_sent,
                 };
                 vec.with_label_values(&[&proxy, &upstream, r.state]).inc();
+            }
+            EventDetail::UpstreamEnd(end) => {
+                let proxy = labels.proxy_of(process);
+                let upstream = labels.upstream(&end.dst.to_string());
+                let kind = match end.how {
+                    EndHow::ClosedByUpstream => FailureKind::ClosedBeforeResponse,
+                    EndHow::ProxyGaveUp => FailureKind::ResponseTimeout,
+                };
+                self.request_errors
+                    .with_label_values(&[&proxy, &upstream, kind.name()])
+                    .inc();
             }
             EventDetail::TcpSynRetransmit(r) => {
                 let proxy = labels.proxy_of(process);

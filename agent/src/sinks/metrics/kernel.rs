@@ -12,7 +12,10 @@ use super::{
     registry::{counter, ArcCollector},
     MetricsError,
 };
-use crate::{model::event::Endpoint, sources::kernel_maps::KernelReading};
+use crate::{
+    model::event::Endpoint,
+    sources::kernel_maps::{connects::destination, KernelReading},
+};
 
 pub struct KernelMetrics {
     connects: IntCounterVec,
@@ -44,7 +47,7 @@ impl KernelMetrics {
     /// Adds one reading's growth.
     pub fn reading(&self, reading: &KernelReading, labels: &mut Labels) {
         for c in &reading.connects {
-            let proxy = labels.proxy(&c.proxy);
+            let proxy = labels.proxy(&c.process.comm);
             let upstream = labels.upstream(&key_upstream(&c.growth.key));
             self.connects
                 .with_label_values(&[&proxy, &upstream])
@@ -71,16 +74,5 @@ impl KernelMetrics {
 }
 
 fn key_upstream(key: &ConnectKey) -> String {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-    let ip = if key.family == agent_common::net::AF_INET6 {
-        IpAddr::V6(Ipv6Addr::from(key.daddr))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(
-            key.daddr[0],
-            key.daddr[1],
-            key.daddr[2],
-            key.daddr[3],
-        ))
-    };
-    Endpoint::Tcp(SocketAddr::new(ip, key.dport)).to_string()
+    Endpoint::Tcp(destination(key)).to_string()
 }

@@ -2,11 +2,29 @@
 //! recreates starts again from zero, so each poll adds only what grew since the last one
 //! (or the whole value of an entry that restarted).
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use agent_common::connect::{ConnectKey, LATENCY_BUCKETS};
 
 use crate::sources::probes::maps::ConnectAggregate;
+
+/// Where the connects of `key` went.
+pub fn destination(key: &ConnectKey) -> SocketAddr {
+    let ip = if key.family == agent_common::net::AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(key.daddr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(
+            key.daddr[0],
+            key.daddr[1],
+            key.daddr[2],
+            key.daddr[3],
+        ))
+    };
+    SocketAddr::new(ip, key.dport)
+}
 
 /// What one entry showed at the last poll.
 #[derive(Debug, Clone, Copy)]

@@ -16,7 +16,7 @@ use crate::{
     bus::{EventBus, Topic},
     model::{
         clock,
-        event::{Event, EventDetail, HttpResponses},
+        event::{Event, EventDetail, HttpResponses, ProcessRef},
     },
     sources::{
         enrich::ProcessCache,
@@ -39,14 +39,16 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Successful connects of one process to one destination since the previous reading.
 #[derive(Debug, Clone)]
 pub struct ConnectGrowth {
-    /// The connecting process's name.
-    pub proxy: String,
+    /// The connecting process, as events name it.
+    pub process: ProcessRef,
     pub growth: Growth,
 }
 
 /// What grew in the kernel's maps since the previous reading.
 #[derive(Debug, Clone, Default)]
 pub struct KernelReading {
+    /// When it was read (`CLOCK_MONOTONIC` nanoseconds).
+    pub mono_ns: u64,
     /// The counters since load; `None` when this reading did not include them.
     pub counters: Option<KernelCounters>,
     /// Their growth since the previous reading that included them.
@@ -77,6 +79,7 @@ impl Poller {
     /// Blocking: map reads are syscalls, and procfs for names never seen.
     fn poll(&mut self) -> KernelReading {
         let mut reading = KernelReading {
+            mono_ns: clock::monotonic_ns(),
             responses: self
                 .responses
                 .advance(&self.maps.responses.read(), &self.cache),
@@ -94,11 +97,7 @@ impl Poller {
             .advance(&self.maps.connects.read())
             .into_iter()
             .map(|growth| ConnectGrowth {
-                proxy: self
-                    .cache
-                    .lookup(growth.key.tgid)
-                    .and_then(|i| i.name.clone())
-                    .unwrap_or_else(|| "unknown".into()),
+                process: responses::process_ref(growth.key.tgid, &self.cache),
                 growth,
             })
             .collect();

@@ -50,7 +50,7 @@ impl ResponseDeltas {
             .advance(counts)
             .into_iter()
             .map(|(key, count)| ResponseGrowth {
-                proxy: proxy_ref(key.tgid, cache),
+                proxy: process_ref(key.tgid, cache),
                 code: key.code,
                 count,
             })
@@ -58,8 +58,8 @@ impl ResponseDeltas {
     }
 }
 
-/// The writing process as events name it; a process gone since keeps its pid.
-fn proxy_ref(tgid: u32, cache: &ProcessCache) -> ProcessRef {
+/// A process the kernel named by tgid, as events name it; one gone since keeps its pid.
+pub fn process_ref(tgid: u32, cache: &ProcessCache) -> ProcessRef {
     let info = cache.lookup(tgid);
     ProcessRef {
         pid: tgid,
