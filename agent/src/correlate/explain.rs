@@ -432,11 +432,7 @@ fn worker_died(
             "raise the service's memory limit, or lower its worker count (pm.max_children) or \
              per-request memory (memory_limit, pm.max_requests)",
         )
-    } else if let Some(s) = k
-        .history
-        .signal_to(pid, horizon)
-        .filter(|s| s.value.sender.pid == owner.process.pid)
-    {
+    } else if let Some(s) = k.history.signal_from(owner.process.pid, pid, horizon) {
         evidence.push(Evidence {
             time: s.time,
             kind: "signal".into(),

@@ -148,6 +148,22 @@ impl ProcessHistory {
             .find(|d| d.value.victim_pid == pid && d.mono <= mono_max)
     }
 
+    /// The latest delivered signal from `sender` to `pid` at or before `mono_max` (a
+    /// process that re-raises a signal it got sends itself one too: php-fpm's workers).
+    pub fn signal_from(
+        &self,
+        sender: u32,
+        pid: u32,
+        mono_max: u64,
+    ) -> Option<&Dated<SignalRecord>> {
+        self.signals.iter().rev().find(|d| {
+            d.value.target_pid == pid
+                && d.value.sender.pid == sender
+                && d.mono <= mono_max
+                && d.value.signal.result == "delivered"
+        })
+    }
+
     /// The latest delivered signal to `pid` at or before `mono_max`.
     pub fn signal_to(&self, pid: u32, mono_max: u64) -> Option<&Dated<SignalRecord>> {
         self.signals.iter().rev().find(|d| {

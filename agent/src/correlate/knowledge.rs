@@ -88,6 +88,15 @@ impl Knowledge {
             .find(|d| d.value.ppid == Some(owner_pid) && d.value.pid != owner_pid)
     }
 
+    /// How many workers of `owner_pid` died abnormally from shortly before `mono` on.
+    pub fn worker_deaths_since(&self, owner_pid: u32, mono: u64) -> u64 {
+        let window = WORKER_DEATH_WINDOW.as_nanos() as u64;
+        self.history
+            .deaths_between(mono.saturating_sub(window), u64::MAX)
+            .filter(|d| d.value.ppid == Some(owner_pid) && d.value.pid != owner_pid)
+            .count() as u64
+    }
+
     /// A unix socket whose owner lost a worker (or died) around `mono`: where a proxy's
     /// 5xx with no failed connect most likely went (the kernel sees no end of a unix
     /// connection).

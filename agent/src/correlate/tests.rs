@@ -482,6 +482,27 @@ fn remote_upstream_has_no_local_cause() {
 }
 
 #[test]
+fn a_refused_tcp_connect_is_one_failure_also_when_the_proxy_asks_again() {
+    let mut e = engine();
+    // HAProxy: the state machine reports the refused handshake, then its second
+    // connect() on the socket returns ECONNREFUSED again.
+    for i in 0..2 {
+        assert!(e.observe(&refused(SEC + i * SEC, BACKEND, 111)).is_empty());
+        let again = syscall_error(
+            SEC + i * SEC + MS,
+            Endpoint::Tcp(BACKEND.parse().unwrap()),
+            libc::ECONNREFUSED,
+        );
+        assert!(e.observe(&again).is_empty(), "not a second failure");
+    }
+    let opened = e.observe(&refused(3 * SEC, BACKEND, 111));
+    let [Update::Opened(incident)] = &opened[..] else {
+        panic!("{opened:?}")
+    };
+    assert_eq!(incident.failures, 3);
+}
+
+#[test]
 fn a_few_failures_are_not_an_incident() {
     let mut e = engine();
     // Two: under the threshold of three.
@@ -969,6 +990,8 @@ fn a_worker_killed_by_its_master_is_killed_by_parent() {
     let events = vec![
         listening(SEC, fpm(), BACKEND, Source::Kernel),
         signal(10 * SEC, fpm(), 102, 15, "SIGTERM"),
+        // php-fpm's worker re-raises the signal to itself before it dies.
+        signal(10 * SEC + MS / 2, worker(102), 102, 15, "SIGTERM"),
         worker_exit(10 * SEC + MS, 102, 15),
         ended(10 * SEC + 2 * MS, EndHow::ClosedByUpstream, 0),
     ];
