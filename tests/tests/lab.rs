@@ -3,7 +3,7 @@
 //! holds the agent's incident to nginx's own logs:
 //!
 //! a. exactly one incident for the scenario's upstream (none when healthy), queryable
-//!    within a second of the response that made the 5th failure;
+//!    within a second of the response that made the 3rd failure;
 //! b. its top cause is the injected one and names the right process;
 //! c. its failure kinds equal the errors nginx logged, and the agent's count of nginx's
 //!    502 and 504 responses rose by what access.log shows.
@@ -82,6 +82,51 @@ fn port_exhaustion() {
 #[test]
 fn healthy() {
     scenario(Scenario::Healthy);
+}
+
+#[test]
+fn quiet_site() {
+    scenario(Scenario::QuietSite);
+}
+
+#[test]
+fn slow_backend() {
+    scenario(Scenario::SlowBackend);
+}
+
+#[test]
+fn closes_without_answer() {
+    scenario(Scenario::ClosesWithoutAnswer);
+}
+
+#[test]
+fn worker_crash_mid_request() {
+    scenario(Scenario::WorkerCrashMidRequest);
+}
+
+#[test]
+fn healthy_low() {
+    scenario(Scenario::HealthyLow);
+}
+
+#[test]
+fn healthy_high() {
+    scenario(Scenario::HealthyHigh);
+}
+
+#[test]
+fn haproxy_retries() {
+    scenario(Scenario::HaproxyRetries);
+}
+
+#[test]
+fn phpfpm_oom_unix() {
+    scenario(Scenario::PhpfpmOomUnix);
+}
+
+#[test]
+fn phpfpm_request_timeout() {
+    scenario(Scenario::PhpfpmRequestTimeout);
 }
 
 #[test]

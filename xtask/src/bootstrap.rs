@@ -19,10 +19,14 @@ pub enum Level {
 const RUN_PACKAGES: &[&str] = &["iproute2", "procps"];
 
 /// Debian packages `cargo xtask test` needs: the run set plus a real nginx, the tools the
-/// end-to-end tests drive it with, and Prometheus (the server and promtool) to check the
-/// metrics and alert rules against.
+/// end-to-end tests drive it with, Prometheus (the server and promtool) to check the
+/// metrics and alert rules against, and the lab's other real servers: HAProxy, and php-fpm
+/// behind nginx (`php-fpm` depends on the release's own, `php8.2-fpm` on Debian 12; the lab
+/// runs them with configurations of its own, never their packaged services).
 const TEST_PACKAGES: &[&str] = &[
     "nginx-light",
+    "haproxy",
+    "php-fpm",
     "iptables",
     "iproute2",
     "procps",

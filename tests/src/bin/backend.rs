@@ -6,11 +6,21 @@
 //! It answers every request with `200 ok`, except:
 //! - `GET /alloc`, which allocates (and touches) 512 MiB first: in a memory cgroup with a
 //!   smaller limit, that is an OOM kill on demand;
-//! - `/slow/MS`, answered after MS milliseconds (at most 10 s).
+//! - `/slow/MS`, answered after MS milliseconds (at most 10 s);
+//! - `/close`, read whole and then closed without an answer (a FIN, no response byte).
 //!
 //! Options:
 //! - `--backlog N`: the `listen()` backlog (default 128).
 //! - `--no-accept`: listen and never accept: the accept queue fills up.
+//! - `--close-every N`: every Nth request this process reads (counted from 1, any path) is
+//!   closed without an answer, as `/close` is: an upstream with an occasional failure.
+//! - `--workers N`: pre-forking: this process (the master) listens, forks N workers that
+//!   accept on the inherited socket and serve one connection at a time, and forks a new
+//!   worker whenever one dies; the master itself never accepts. Workers die with the
+//!   master (`PR_SET_PDEATHSIG`). `--close-every` then counts per worker.
+//! - `--busy-dir DIR`: while a process serves a `/slow/` request (until its answer is
+//!   written), the file DIR/PID-N holds that request's line, N counting the process's
+//!   requests (with `--workers`: which worker holds which request).
 //! - `--keepalive-idle-ms MS`: keep connections alive (HTTP/1.1); a connection idle for
 //!   longer than MS when its next request arrives is closed without reading it, so the
 //!   kernel resets it: the keepalive race, where the backend's idle timeout fires just as
@@ -31,9 +41,21 @@ const MAX_SLOW_MS: u64 = 10_000;
 /// How long a kept-alive connection waits for its next request at most.
 const KEEPALIVE_LIMIT: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Copy)]
 struct Options {
     keepalive_idle: Option<Duration>,
+    close_every: Option<u64>,
+    busy_dir: Option<std::path::PathBuf>,
+}
+
+/// Requests read by this process.
+static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What to do with a request once it is read.
+enum Reply {
+    /// Answer it (and then remove this `--busy-dir` file).
+    Answer { busy: Option<std::path::PathBuf> },
+    /// Close the connection without a byte of response.
+    Close,
 }
 
 /// Reads one request (headers and a `Content-Length` body); false on EOF or error.
@@ -69,11 +91,20 @@ fn read_request(stream: &mut impl Read, request: &mut Vec<u8>) -> bool {
     true
 }
 
-/// Does what the request asks for before answering.
-fn handle(request: &[u8]) {
+/// Does what the request asks for before answering; whether to answer at all.
+fn handle(request: &[u8], options: &Options) -> Reply {
+    let n = REQUESTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
     let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let path = line.split_whitespace().nth(1).unwrap_or("/");
+    if options
+        .close_every
+        .is_some_and(|every| n.is_multiple_of(every))
+        || path == "/close"
+        || path.starts_with("/close?")
+    {
+        return Reply::Close;
+    }
     if line.starts_with("GET /alloc") {
         // Written, not just reserved, so the pages are really charged to the cgroup.
         let hog = vec![1u8; 512 << 20];
@@ -84,13 +115,32 @@ fn handle(request: &[u8]) {
             .next()
             .and_then(|ms| ms.parse().ok())
             .unwrap_or(0);
+        let busy = options
+            .busy_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{}-{n}", std::process::id())));
+        if let Some(busy) = &busy {
+            let _ = std::fs::write(busy, format!("{line}\n"));
+        }
         std::thread::sleep(Duration::from_millis(ms.min(MAX_SLOW_MS)));
+        return Reply::Answer { busy };
     }
+    Reply::Answer { busy: None }
 }
 
-fn serve_tcp(mut stream: std::net::TcpStream, options: Options) {
+/// Writes the answer to the request `handle` took; a `--busy-dir` file goes once it is
+/// written.
+fn answer(stream: &mut impl Write, busy: Option<std::path::PathBuf>, response: &[u8]) -> bool {
+    let written = stream.write_all(response).is_ok();
+    if let Some(busy) = busy {
+        let _ = std::fs::remove_file(busy);
+    }
+    written
+}
+
+fn serve_tcp(mut stream: std::net::TcpStream, options: &Options) {
     let Some(idle) = options.keepalive_idle else {
-        serve_once(&mut stream);
+        serve_once(&mut stream, options);
         return;
     };
     let _ = stream.set_read_timeout(Some(KEEPALIVE_LIMIT));
@@ -110,7 +160,9 @@ fn serve_tcp(mut stream: std::net::TcpStream, options: Options) {
         if !read_request(&mut stream, &mut request) {
             return;
         }
-        handle(&request);
+        let Reply::Answer { busy } = handle(&request, options) else {
+            return;
+        };
         let closing = String::from_utf8_lossy(&request)
             .to_ascii_lowercase()
             .contains("connection: close");
@@ -119,20 +171,26 @@ fn serve_tcp(mut stream: std::net::TcpStream, options: Options) {
         } else {
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n"
         };
-        if stream.write_all(response).is_err() || closing {
+        if !answer(&mut stream, busy, response) || closing {
             return;
         }
         last_response = Some(Instant::now());
     }
 }
 
-fn serve_once(stream: &mut (impl Read + Write)) {
+/// One request on `stream`, answered with `Connection: close` (or not at all: the caller
+/// drops the stream, a FIN since the request was read whole).
+fn serve_once(stream: &mut (impl Read + Write), options: &Options) {
     let mut request = Vec::new();
     if !read_request(stream, &mut request) {
         return;
     }
-    handle(&request);
-    let _ = stream.write_all(
+    let Reply::Answer { busy } = handle(&request, options) else {
+        return;
+    };
+    answer(
+        stream,
+        busy,
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
     );
 }
@@ -224,6 +282,107 @@ fn listen(addr: &str, backlog: i32) -> (OwnedFd, bool) {
     (owned, false)
 }
 
+/// Serves connections from `fd` for ever: a thread per connection, or one at a time
+/// (`sequential`, a pre-forked worker).
+fn serve(fd: OwnedFd, unix: bool, options: &'static Options, sequential: bool) -> ! {
+    if unix {
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        loop {
+            let Ok(mut stream) = listener.accept().map(|(s, _)| s) else {
+                continue;
+            };
+            if sequential {
+                serve_once(&mut stream, options);
+            } else {
+                std::thread::spawn(move || serve_once(&mut stream, options));
+            }
+        }
+    }
+    let listener = std::net::TcpListener::from(fd);
+    loop {
+        let Ok(stream) = listener.accept().map(|(s, _)| s) else {
+            continue;
+        };
+        if sequential {
+            serve_tcp(stream, options);
+        } else {
+            std::thread::spawn(move || serve_tcp(stream, options));
+        }
+    }
+}
+
+/// Forks a worker serving `fd`; its pid (in the master).
+fn fork_worker(fd: &OwnedFd, unix: bool, options: &'static Options, master: libc::pid_t) -> i32 {
+    // SAFETY: the master is single-threaded (it forks before any thread starts and never
+    // starts one), so the child may go on running Rust code.
+    let pid = unsafe { libc::fork() };
+    check(pid, "fork");
+    if pid > 0 {
+        return pid;
+    }
+    // SAFETY: prctl and getppid have no memory preconditions. A worker dies with its master
+    // (and does not start serving if the master died already).
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if libc::getppid() != master {
+            libc::_exit(0);
+        }
+    }
+    let fd = fd.try_clone().unwrap_or_else(|e| fail(format!("dup: {e}")));
+    serve(fd, unix, options, true)
+}
+
+/// The master of `--workers N`: keeps N workers alive, for ever.
+fn master(
+    fd: OwnedFd,
+    unix: bool,
+    options: &'static Options,
+    workers: u32,
+    ready: Option<String>,
+) -> ! {
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let mut alive: Vec<i32> = (0..workers)
+        .map(|_| fork_worker(&fd, unix, options, me))
+        .collect();
+    write_ready(ready);
+    loop {
+        let mut status = 0;
+        // SAFETY: waiting for our own children.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let Some(at) = alive.iter().position(|p| *p == pid) else {
+            continue;
+        };
+        let how = if libc::WIFSIGNALED(status) {
+            format!("killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("exited with {}", libc::WEXITSTATUS(status))
+        };
+        alive[at] = fork_worker(&fd, unix, options, me);
+        eprintln!(
+            "why502-test-backend: worker {pid} {how}; worker {} started",
+            alive[at]
+        );
+    }
+}
+
+/// Once listening: this process's pid in `path`, written whole, then renamed, so that a
+/// reader never sees a partial pid.
+fn write_ready(path: Option<String>) {
+    if let Some(path) = path {
+        let tmp = format!("{path}.tmp");
+        if let Err(e) = std::fs::write(&tmp, std::process::id().to_string())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+        {
+            fail(format!("cannot write {path}: {e}"));
+        }
+    }
+}
+
 fn main() {
     // Rust's runtime catches SIGSEGV to report stack overflows and survives one sent by
     // kill(2); the backends we stand in for (php-fpm, a C or Go server) die of it.
@@ -233,12 +392,16 @@ fn main() {
     let mut addr = None;
     let mut backlog = 128;
     let mut accept = true;
+    let mut workers = None;
     let mut options = Options {
         keepalive_idle: None,
+        close_every: None,
+        busy_dir: None,
     };
     let mut ready_file = None;
     let usage = "usage: why502-test-backend [--backlog N] [--no-accept] [--keepalive-idle-ms MS] \
-                 [--ready-file PATH] [--join-cgroup PROCS] ADDR:PORT|unix:PATH";
+                 [--close-every N] [--workers N] [--busy-dir DIR] [--ready-file PATH] \
+                 [--join-cgroup PROCS] ADDR:PORT|unix:PATH";
     while let Some(arg) = args.next() {
         let mut value = |name: &str| {
             args.next()
@@ -257,6 +420,25 @@ fn main() {
                     .unwrap_or_else(|e| fail(format!("--keepalive-idle-ms: {e}")));
                 options.keepalive_idle = Some(Duration::from_millis(ms));
             }
+            "--close-every" => {
+                let n: u64 = value("--close-every")
+                    .parse()
+                    .unwrap_or_else(|e| fail(format!("--close-every: {e}")));
+                if n == 0 {
+                    fail("--close-every: 0".into());
+                }
+                options.close_every = Some(n);
+            }
+            "--workers" => {
+                let n: u32 = value("--workers")
+                    .parse()
+                    .unwrap_or_else(|e| fail(format!("--workers: {e}")));
+                if n == 0 {
+                    fail("--workers: 0".into());
+                }
+                workers = Some(n);
+            }
+            "--busy-dir" => options.busy_dir = Some(value("--busy-dir").into()),
             "--ready-file" => ready_file = Some(value("--ready-file")),
             "--join-cgroup" => {
                 let procs = value("--join-cgroup");
@@ -274,31 +456,20 @@ fn main() {
         std::process::exit(2);
     };
     let (fd, unix) = listen(&addr, backlog);
-    if let Some(path) = ready_file {
-        // Written whole, then renamed: a reader never sees a partial pid.
-        let tmp = format!("{path}.tmp");
-        if let Err(e) = std::fs::write(&tmp, std::process::id().to_string())
-            .and_then(|()| std::fs::rename(&tmp, &path))
-        {
-            fail(format!("cannot write {path}: {e}"));
-        }
-    }
     if !accept {
+        write_ready(ready_file);
         // The accept queue fills and stays full; the process stays until killed.
         let _keep = fd;
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    if unix {
-        let listener = std::os::unix::net::UnixListener::from(fd);
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || serve_once(&mut stream));
-        }
-    } else {
-        let listener = std::net::TcpListener::from(fd);
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || serve_tcp(stream, options));
+    let options: &'static Options = Box::leak(Box::new(options));
+    match workers {
+        Some(n) => master(fd, unix, options, n, ready_file),
+        None => {
+            write_ready(ready_file);
+            serve(fd, unix, options, false)
         }
     }
 }

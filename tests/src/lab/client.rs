@@ -71,6 +71,15 @@ impl Client {
             .collect()
     }
 
+    /// `n` requests at once, like [`Client::burst`], in the background.
+    pub fn burst_in_background(&self, n: usize, method: &str, path: &str) -> SteadyLoad {
+        let client = self.clone();
+        let method = method.to_owned();
+        let path = path.to_owned();
+        let handle = std::thread::spawn(move || client.burst(n, &method, &path));
+        SteadyLoad { handle }
+    }
+
     /// `count` requests, `rate` per second, in the background (stops early on a stop
     /// request).
     pub fn steady(&self, rate: u32, count: u32, method: &str, path: &str) -> SteadyLoad {
@@ -150,13 +159,13 @@ impl Client {
     }
 }
 
-/// A steady load running in the background.
+/// Requests running in the background: a steady load or a burst.
 pub struct SteadyLoad {
     handle: JoinHandle<Vec<Exchange>>,
 }
 
 impl SteadyLoad {
-    /// Waits for every request of the load to finish.
+    /// Waits for every request to finish.
     pub fn finish(self) -> Vec<Exchange> {
         self.handle.join().expect("load thread")
     }

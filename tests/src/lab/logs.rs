@@ -22,7 +22,10 @@ const ERRNOS: [(u32, &str); 10] = [
 pub struct ErrorLog {
     /// Failures the agent counts, by its kind names: errno names of failed connects,
     /// `timeout` for "upstream timed out … while connecting", `reset` for an established
-    /// upstream connection reset (`recv() failed (104: …)`, `writev() failed (32: …)`).
+    /// upstream connection reset (`recv() failed (104: …)`, `writev() failed (32: …)`),
+    /// `closed_before_response` for "upstream prematurely closed connection while reading
+    /// response header", `response_timeout` for "upstream timed out (110: …) while reading
+    /// response header" (a 504).
     pub kinds: BTreeMap<String, u64>,
     /// Other upstream errors (which the kernel cannot see as a failed connect), by message.
     pub other: BTreeMap<String, u64>,
@@ -66,6 +69,17 @@ pub fn failure_kind(line: &str) -> Option<String> {
     let errno = errno_of(line);
     if line.contains("upstream timed out") && line.contains("while connecting to upstream") {
         return Some("timeout".into());
+    }
+    // After the connect, before the first byte of the response header: the upstream
+    // closed (FIN) or did not answer within proxy_read_timeout. (A close while reading
+    // the body, "… while reading upstream", is a truncated 200, not a failed request.)
+    if line.contains("while reading response header from upstream") {
+        if line.contains("upstream prematurely closed connection") {
+            return Some("closed_before_response".into());
+        }
+        if line.contains("upstream timed out") {
+            return Some("response_timeout".into());
+        }
     }
     if line.contains("connect() ") && line.contains(" failed (") {
         let n = errno?;
@@ -148,6 +162,7 @@ mod tests {
 2026/11/21 18:52:03 [error] 18373#18373: *9 upstream timed out (110: Connection timed out) while reading response header from upstream, client: 127.0.0.1, server: , request: "GET /?lab=12 HTTP/1.1", upstream: "http://127.0.0.1:9000/?lab=12", host: "why502.lab"
 2026/11/21 18:52:04 [error] 18373#18373: *10 recv() failed (104: Connection reset by peer) while reading response header from upstream, client: 127.0.0.1, server: , request: "POST /?lab=13 HTTP/1.1", upstream: "http://127.0.0.1:9000/?lab=13", host: "why502.lab"
 2026/11/21 18:52:04 [error] 18373#18373: *11 upstream prematurely closed connection while reading response header from upstream, client: 127.0.0.1, server: , request: "GET /alloc?lab=14 HTTP/1.1", upstream: "http://127.0.0.1:9000/alloc?lab=14", host: "why502.lab"
+2026/11/21 18:52:05 [error] 18373#18373: *12 upstream prematurely closed connection while reading upstream, client: 127.0.0.1, server: , request: "GET /big?lab=15 HTTP/1.1", upstream: "http://127.0.0.1:9000/big?lab=15", host: "why502.lab"
 "#;
 
     #[test]
@@ -161,21 +176,22 @@ mod tests {
                 ("EAGAIN", 1),
                 ("ECONNREFUSED", 1),
                 ("ENOENT", 1),
+                ("closed_before_response", 1),
                 ("reset", 1),
+                ("response_timeout", 1),
                 ("timeout", 1)
             ]
         );
-        assert_eq!(log.total(), 6);
+        assert_eq!(log.total(), 8);
         assert_eq!(log.requests[&7], "ECONNREFUSED");
         assert_eq!(log.requests[&9], "EADDRNOTAVAIL");
         assert_eq!(log.requests[&11], "timeout");
-        assert!(!log.requests.contains_key(&12));
+        assert_eq!(log.requests[&12], "response_timeout");
+        assert_eq!(log.requests[&13], "reset");
+        assert_eq!(log.requests[&14], "closed_before_response");
         assert_eq!(
             log.other.keys().collect::<Vec<_>>(),
-            [
-                "upstream prematurely closed connection while reading response header from upstream",
-                "upstream timed out (110: Connection timed out) while reading response header from upstream"
-            ]
+            ["upstream prematurely closed connection while reading upstream"]
         );
     }
 

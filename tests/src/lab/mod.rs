@@ -11,10 +11,13 @@
 
 mod backend;
 mod client;
+mod front;
+mod haproxy;
 mod logs;
 mod metrics;
 mod nginx;
 mod outcome;
+mod phpfpm;
 mod topology;
 
 use std::{
@@ -25,9 +28,12 @@ use std::{
 
 pub use backend::DetachedBackend;
 pub use client::{Client, Exchange};
+pub use front::Front;
+pub use haproxy::{HaproxyLog, LabHaproxy};
 pub use logs::{AccessLog, ErrorLog};
 pub use nginx::{LabNginx, NginxSpec};
 pub use outcome::Outcome;
+pub use phpfpm::{FastcgiNginx, LabPhpFpm, PhpFpmLog};
 pub use topology::Topology;
 
 use crate::agent::Agent;
@@ -47,6 +53,15 @@ pub enum Scenario {
     KeepaliveRace,
     PortExhaustion,
     Healthy,
+    QuietSite,
+    SlowBackend,
+    ClosesWithoutAnswer,
+    WorkerCrashMidRequest,
+    HealthyLow,
+    HealthyHigh,
+    HaproxyRetries,
+    PhpfpmOomUnix,
+    PhpfpmRequestTimeout,
 }
 
 /// Which process the top cause must name.
@@ -58,10 +73,13 @@ pub enum Culprit {
     Proxy,
     /// No process: nothing ever listened there.
     Nobody,
+    /// One of the workers the lab killed: a child of the first backend (which owns the
+    /// listener and stays alive).
+    Worker,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 21] = [
         Scenario::Crash,
         Scenario::Oom,
         Scenario::Deploy,
@@ -74,6 +92,15 @@ impl Scenario {
         Scenario::KeepaliveRace,
         Scenario::PortExhaustion,
         Scenario::Healthy,
+        Scenario::QuietSite,
+        Scenario::SlowBackend,
+        Scenario::ClosesWithoutAnswer,
+        Scenario::WorkerCrashMidRequest,
+        Scenario::HealthyLow,
+        Scenario::HealthyHigh,
+        Scenario::HaproxyRetries,
+        Scenario::PhpfpmOomUnix,
+        Scenario::PhpfpmRequestTimeout,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +117,15 @@ impl Scenario {
             Scenario::KeepaliveRace => "keepalive_race",
             Scenario::PortExhaustion => "port_exhaustion",
             Scenario::Healthy => "healthy",
+            Scenario::QuietSite => "quiet_site",
+            Scenario::SlowBackend => "slow_backend",
+            Scenario::ClosesWithoutAnswer => "closes_without_answer",
+            Scenario::WorkerCrashMidRequest => "worker_crash_mid_request",
+            Scenario::HealthyLow => "healthy_low",
+            Scenario::HealthyHigh => "healthy_high",
+            Scenario::HaproxyRetries => "haproxy_retries",
+            Scenario::PhpfpmOomUnix => "phpfpm_oom_unix",
+            Scenario::PhpfpmRequestTimeout => "phpfpm_request_timeout",
         }
     }
 
@@ -135,6 +171,46 @@ impl Scenario {
                  requests: connect() EADDRNOTAVAIL"
             }
             Scenario::Healthy => "steady load, no fault",
+            Scenario::QuietSite => {
+                "a quiet site (1 request per second): the backend is killed by SIGSEGV"
+            }
+            Scenario::SlowBackend => {
+                "proxy_read_timeout 2s; the backend answers GET /slow/3000 after 3 s: nginx \
+                 gives up first (504)"
+            }
+            Scenario::ClosesWithoutAnswer => {
+                "the backend reads GET /close and closes the connection without answering (FIN): \
+                 nginx says the upstream prematurely closed it (502)"
+            }
+            Scenario::WorkerCrashMidRequest => {
+                "a pre-forking backend (a master and 4 workers on its socket): the 3 workers \
+                 serving GET /slow/8000 get SIGSEGV mid-request; the master keeps listening and \
+                 forks new ones"
+            }
+            Scenario::HealthyLow => {
+                "1 request per second for 10 s; the backend closes one request in 10 without \
+                 answering: 1 failure, below the threshold"
+            }
+            Scenario::HealthyHigh => {
+                "50 requests per second for 10 s; the backend closes one request in 150 without \
+                 answering: 3 failures, 0.6 % of the attempts, below the failure ratio that \
+                 opens an incident (1 %)"
+            }
+            Scenario::HaproxyRetries => {
+                "HAProxy (retries 3, timeout connect 1s) in front of the backend, killed by \
+                 SIGSEGV under 2 requests per second: each refused connect is retried after 1 s, \
+                 then 503 (termination state SC)"
+            }
+            Scenario::PhpfpmOomUnix => {
+                "nginx fastcgi_pass to php-fpm on a unix socket (pm static, 3 workers, all in a \
+                 64 MiB memory cgroup); GET /alloc.php builds a 200 MiB string: its worker is \
+                 OOM-killed mid-request (502), 5 times"
+            }
+            Scenario::PhpfpmRequestTimeout => {
+                "nginx fastcgi_pass to php-fpm on a unix socket with request_terminate_timeout \
+                 2s; GET /sleep.php sleeps 5 s: the master kills its worker (SIGTERM) \
+                 mid-request (502), 5 times"
+            }
         }
     }
 
@@ -152,27 +228,104 @@ impl Scenario {
             Scenario::FirewallDrop => &["syn_timeout"],
             Scenario::KeepaliveRace => &["connection_resets"],
             Scenario::PortExhaustion => &["port_exhaustion"],
-            Scenario::Healthy => &[],
+            Scenario::QuietSite | Scenario::WorkerCrashMidRequest => &["crash"],
+            Scenario::SlowBackend => &["slow_upstream"],
+            Scenario::ClosesWithoutAnswer => &["upstream_closed"],
+            Scenario::Healthy | Scenario::HealthyLow | Scenario::HealthyHigh => &[],
+            Scenario::HaproxyRetries => &["crash"],
+            Scenario::PhpfpmOomUnix => &["oom_kill"],
+            Scenario::PhpfpmRequestTimeout => &["killed_by_parent"],
         }
     }
 
     /// Which process the top cause names.
     pub fn culprit(self) -> Culprit {
         match self {
-            Scenario::WrongPort | Scenario::MissingUnixSocket | Scenario::Healthy => {
-                Culprit::Nobody
-            }
+            Scenario::WrongPort
+            | Scenario::MissingUnixSocket
+            | Scenario::Healthy
+            | Scenario::HealthyLow
+            | Scenario::HealthyHigh => Culprit::Nobody,
             Scenario::PortExhaustion => Culprit::Proxy,
+            Scenario::WorkerCrashMidRequest
+            | Scenario::PhpfpmOomUnix
+            | Scenario::PhpfpmRequestTimeout => Culprit::Worker,
             _ => Culprit::Backend,
         }
     }
 
-    /// The HTTP status nginx answers with while the fault lasts.
+    /// The HTTP status the proxy answers with while the fault lasts.
     pub fn failure_status(self) -> Option<u16> {
         match self {
-            Scenario::TcpBacklogOverflow | Scenario::FirewallDrop => Some(504),
-            Scenario::Healthy => None,
+            Scenario::HaproxyRetries => Some(503),
+            Scenario::TcpBacklogOverflow | Scenario::FirewallDrop | Scenario::SlowBackend => {
+                Some(504)
+            }
+            Scenario::Healthy | Scenario::HealthyLow | Scenario::HealthyHigh => None,
             _ => Some(502),
+        }
+    }
+
+    /// The failures nginx's error.log may show (by the agent's kind names, see
+    /// `logs::failure_kind`), when the scenario says; empty: not checked.
+    pub fn logged_failure_kinds(self) -> &'static [&'static str] {
+        match self {
+            Scenario::QuietSite => &["ECONNREFUSED"],
+            Scenario::SlowBackend => &["response_timeout"],
+            Scenario::ClosesWithoutAnswer | Scenario::HealthyLow | Scenario::HealthyHigh => {
+                &["closed_before_response"]
+            }
+            // The killed worker's kernel closes the connection: a FIN, or a reset if nginx
+            // had sent more than the worker read.
+            Scenario::WorkerCrashMidRequest => &["closed_before_response", "reset"],
+            // What HAProxy's log accounts for: SC, every attempt refused.
+            Scenario::HaproxyRetries => &["ECONNREFUSED"],
+            // nginx's view of a php-fpm worker dying mid-request: `recv() failed (104: …)`
+            // (a reset: the worker left the request's last bytes unread), or a FIN.
+            Scenario::PhpfpmOomUnix | Scenario::PhpfpmRequestTimeout => {
+                &["reset", "closed_before_response"]
+            }
+            _ => &[],
+        }
+    }
+
+    /// Whether the incident's `failure_kinds` and `failures` are held to the proxy's log of
+    /// upstream errors. Not for a worker dying mid-request behind a unix socket: the kernel
+    /// has no end tracking of unix connections, so what the agent sees of it is the proxy's
+    /// 5xx (the incident's `responses`, checked against access.log) and the worker's death
+    /// (the cause), not a failure kind per request.
+    pub fn compares_failure_kinds(self) -> bool {
+        !matches!(
+            self,
+            Scenario::PhpfpmOomUnix | Scenario::PhpfpmRequestTimeout
+        )
+    }
+
+    /// The failed responses (502) a scenario without a fault makes on purpose: its
+    /// upstream's occasional, expected failures, too few (`healthy_low`: fewer than
+    /// `incidents.open_threshold`) or too small a share of its attempts (`healthy_high`:
+    /// under `incidents.min_failure_ratio`) to open an incident.
+    pub fn occasional_failures(self) -> u64 {
+        match self {
+            Scenario::HealthyLow => 1,
+            Scenario::HealthyHigh => 3,
+            _ => 0,
+        }
+    }
+
+    /// Requests per second of the scenario's steady load.
+    pub fn rate(self) -> u32 {
+        match self {
+            Scenario::QuietSite | Scenario::HealthyLow => 1,
+            Scenario::HealthyHigh => 50,
+            Scenario::SlowBackend => 4,
+            Scenario::ClosesWithoutAnswer => 5,
+            Scenario::WorkerCrashMidRequest => 10,
+            // Low load: HAProxy's retries take 3 s per request.
+            Scenario::HaproxyRetries | Scenario::PhpfpmOomUnix | Scenario::PhpfpmRequestTimeout => {
+                2
+            }
+            _ => RATE,
         }
     }
 }
@@ -250,7 +403,8 @@ impl Default for Narrator {
     }
 }
 
-/// Requests per second of the steady load.
+/// Requests per second of the steady load, unless the scenario has a rate of its own
+/// ([`Scenario::rate`]).
 pub const RATE: u32 = 20;
 
 /// One scenario's agent and topology.
@@ -292,14 +446,21 @@ impl Lab {
         self.topology.inject(self.scenario, &self.narrator)
     }
 
-    /// A steady load of [`RATE`] requests per second for `duration`, in the background.
+    /// A steady load of GET / at the scenario's rate for `duration`, in the background.
     pub fn load(&self, duration: Duration) -> client::SteadyLoad {
-        let count = (f64::from(RATE) * duration.as_secs_f64()).round() as u32;
+        self.load_on("/", duration)
+    }
+
+    /// A steady load of GET `path` at the scenario's rate ([`Scenario::rate`]) for
+    /// `duration`, in the background.
+    pub fn load_on(&self, path: &str, duration: Duration) -> client::SteadyLoad {
+        let rate = self.scenario.rate();
+        let count = (f64::from(rate) * duration.as_secs_f64()).round() as u32;
         self.narrator.say(format!(
-            "load: {count} requests GET / at {RATE}/s over {:.1} s",
+            "load: {count} requests GET {path} at {rate}/s over {:.1} s",
             duration.as_secs_f64()
         ));
-        self.topology.client.steady(RATE, count, "GET", "/")
+        self.topology.client.steady(rate, count, "GET", path)
     }
 
     /// Runs the scenario (load, fault, settling) and gathers its outcome; the lab is torn

@@ -21,6 +21,9 @@ pub struct NginxSpec {
     pub any_address: bool,
     /// Idle upstream connections kept per worker (`keepalive N`, with HTTP/1.1 upstream).
     pub keepalive: Option<u32>,
+    /// `proxy_read_timeout`, in seconds: how long nginx waits for the response header
+    /// ([`READ_TIMEOUT_S`] unless a scenario is about a slow upstream).
+    pub read_timeout_s: u32,
 }
 
 pub struct LabNginx {
@@ -32,6 +35,7 @@ pub struct LabNginx {
 /// nginx's timeouts towards the upstream: longer than the first SYN retransmit (1 s), so
 /// that a connect that times out has retransmitted.
 pub const CONNECT_TIMEOUT_S: u32 = 2;
+/// The default `proxy_read_timeout` and `proxy_send_timeout`.
 pub const READ_TIMEOUT_S: u32 = 2;
 
 impl LabNginx {
@@ -175,12 +179,13 @@ http {{
         location / {{
             proxy_pass http://lab_backend;{http11}
             proxy_connect_timeout {CONNECT_TIMEOUT_S}s;
-            proxy_read_timeout {READ_TIMEOUT_S}s;
+            proxy_read_timeout {read_timeout}s;
             proxy_send_timeout {READ_TIMEOUT_S}s;
         }}
     }}
 }}
 ",
         upstream = spec.upstream,
+        read_timeout = spec.read_timeout_s,
     )
 }

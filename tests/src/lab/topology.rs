@@ -1,7 +1,8 @@
-//! What a scenario runs: nginx, its backends, and where needed a network namespace (with
-//! its firewall rules and sysctls) or a memory cgroup. Torn down on drop, in order: nginx,
-//! the backends, the connections filling a backlog, the namespace (iptables rules and
-//! sysctls live in it and vanish with it), the cgroup, the files.
+//! What a scenario runs: the proxy in front (nginx, or nginx passing to php-fpm, or
+//! HAProxy), its backends (or php-fpm), and where needed a network namespace (with its
+//! firewall rules and sysctls) or a memory cgroup. Torn down on drop, in order: the proxy,
+//! php-fpm, the backends, the connections filling a backlog, the namespace (iptables rules
+//! and sysctls live in it and vanish with it), the cgroup, the files.
 
 use std::{
     net::{Ipv4Addr, TcpStream},
@@ -14,8 +15,15 @@ use std::{
 use super::{
     backend::DetachedBackend,
     client::{Client, Exchange},
-    nginx::{LabNginx, NginxSpec},
-    pause, Interrupted, Narrator, Scenario,
+    front::Front,
+    haproxy::{LabHaproxy, CONNECT_TIMEOUT_MS, RETRIES},
+    nginx::{LabNginx, NginxSpec, READ_TIMEOUT_S},
+    pause,
+    phpfpm::{
+        FastcgiNginx, LabPhpFpm, PhpFpmLog, PoolSpec, ALLOC_MIB, CGROUP_LIMIT,
+        FASTCGI_READ_TIMEOUT_S, SLEEP_S,
+    },
+    Interrupted, Narrator, Scenario,
 };
 use crate::{cgroup::MemoryCgroup, netns::Netns};
 
@@ -29,6 +37,27 @@ pub const SLOW_MS: u64 = 1500;
 pub const KEEPALIVE: u32 = 8;
 /// The keepalive scenario's backend closes connections idle for longer than this.
 pub const BACKEND_IDLE_MS: u64 = 1000;
+/// The slow-backend scenario's `proxy_read_timeout`, and how long its backend takes. (Not
+/// 1 s: nginx's timers run on its cached clock and can fire a few ms early, and the
+/// agent's `probes.response_timeout_ms`, 1 s, is the least wait it calls giving up.)
+pub const SLOW_READ_TIMEOUT_S: u32 = 2;
+pub const SLOW_BACKEND_MS: u64 = 3000;
+/// The pre-forking backend's workers, how many of them the lab kills mid-request, and how
+/// long their requests would take (nginx waits longer: `proxy_read_timeout`
+/// [`WORKER_READ_TIMEOUT_S`]).
+pub const WORKERS: u32 = 4;
+pub const KILLED_WORKERS: usize = 3;
+pub const WORKER_SLOW_MS: u64 = 8000;
+pub const WORKER_READ_TIMEOUT_S: u32 = 10;
+/// The controls' backends close one request in this many without answering.
+pub const HEALTHY_LOW_CLOSE_EVERY: u64 = 10;
+pub const HEALTHY_HIGH_CLOSE_EVERY: u64 = 150;
+/// Requests of the php-fpm scenarios that each get their worker killed.
+pub const PHP_FAULTS: usize = 5;
+/// The request-timeout scenario's pool: a worker for each slow request and one more, and
+/// its `request_terminate_timeout`.
+pub const PHPFPM_TIMEOUT_CHILDREN: u32 = PHP_FAULTS as u32 + 1;
+pub const PHPFPM_TERMINATE_TIMEOUT_S: u32 = 2;
 
 /// Connections that fill a backlog (held until teardown).
 enum Filler {
@@ -38,7 +67,10 @@ enum Filler {
 
 // Fields drop in declaration order, which is the teardown order.
 pub struct Topology {
-    pub nginx: LabNginx,
+    /// The proxy the client talks to.
+    pub front: Front,
+    /// The php-fpm behind nginx, for the php-fpm scenarios.
+    pub phpfpm: Option<LabPhpFpm>,
     /// The first is the one the fault hits; a restarted backend comes after it.
     pub backends: Vec<DetachedBackend>,
     fillers: Vec<Filler>,
@@ -47,6 +79,8 @@ pub struct Topology {
     pub dir: tempfile::TempDir,
     /// nginx's upstream as the agent names it: `127.0.0.1:PORT` or `unix:/path`.
     pub upstream: String,
+    /// Workers of the (pre-forking) first backend the fault killed.
+    pub killed_workers: Vec<u32>,
     pub backend_port: u16,
     pub client: Client,
 }
@@ -89,20 +123,56 @@ impl Topology {
                 "in the namespace: sysctl net.ipv4.ip_local_port_range=\"{PORT_RANGE}\" (8 local ports)"
             ));
         }
-        let cgroup = (scenario == Scenario::Oom).then(|| {
-            let cgroup = MemoryCgroup::new(&format!("lab-{}", nginx_port), 64 << 20);
+        let cgroup = match scenario {
+            Scenario::Oom => Some(64 << 20),
+            Scenario::PhpfpmOomUnix => Some(CGROUP_LIMIT),
+            _ => None,
+        }
+        .map(|limit: u64| {
+            let cgroup = MemoryCgroup::new(&format!("lab-{}", nginx_port), limit);
             say.say(format!(
-                "memory cgroup {} limited to 64 MiB, no swap",
-                cgroup.procs().parent().unwrap().display()
+                "memory cgroup {} limited to {} MiB, no swap",
+                cgroup.procs().parent().unwrap().display(),
+                limit >> 20
             ));
             cgroup
         });
 
         let unix_socket = |name: &str| format!("unix:{}", dir.path().join(name).display());
         let (upstream, backend_args): (String, Option<Vec<String>>) = match scenario {
-            Scenario::Crash | Scenario::Deploy | Scenario::Healthy => {
-                (tcp_upstream.clone(), Some(vec![]))
-            }
+            Scenario::Crash
+            | Scenario::Deploy
+            | Scenario::Healthy
+            | Scenario::QuietSite
+            | Scenario::ClosesWithoutAnswer => (tcp_upstream.clone(), Some(vec![])),
+            Scenario::SlowBackend => (
+                tcp_upstream.clone(),
+                Some(vec![
+                    "--busy-dir".into(),
+                    busy_dir(dir.path()).display().to_string(),
+                ]),
+            ),
+            Scenario::WorkerCrashMidRequest => (
+                tcp_upstream.clone(),
+                Some(vec![
+                    "--workers".into(),
+                    WORKERS.to_string(),
+                    "--busy-dir".into(),
+                    busy_dir(dir.path()).display().to_string(),
+                ]),
+            ),
+            Scenario::HealthyLow | Scenario::HealthyHigh => (
+                tcp_upstream.clone(),
+                Some(vec![
+                    "--close-every".into(),
+                    if scenario == Scenario::HealthyLow {
+                        HEALTHY_LOW_CLOSE_EVERY
+                    } else {
+                        HEALTHY_HIGH_CLOSE_EVERY
+                    }
+                    .to_string(),
+                ]),
+            ),
             Scenario::FirewallReject | Scenario::FirewallDrop | Scenario::PortExhaustion => {
                 (tcp_upstream.clone(), Some(vec![]))
             }
@@ -114,6 +184,11 @@ impl Topology {
                 )
             }
             Scenario::WrongPort => (tcp_upstream.clone(), None),
+            // php-fpm, not a test backend.
+            Scenario::PhpfpmOomUnix | Scenario::PhpfpmRequestTimeout => {
+                (unix_socket("php-fpm/php.sock"), None)
+            }
+            Scenario::HaproxyRetries => (tcp_upstream.clone(), Some(vec![])),
             Scenario::MissingUnixSocket => (unix_socket("missing.sock"), None),
             Scenario::UnixBacklogFull => (
                 unix_socket("backend.sock"),
@@ -133,6 +208,13 @@ impl Topology {
         };
 
         let mut backends = Vec::new();
+        let mut phpfpm = None;
+        if matches!(
+            scenario,
+            Scenario::WorkerCrashMidRequest | Scenario::SlowBackend
+        ) {
+            std::fs::create_dir(busy_dir(dir.path())).expect("the backend's busy directory");
+        }
         if let Some(args) = backend_args {
             let backend =
                 DetachedBackend::start(&upstream, &args, netns.as_ref(), dir.path(), "backend");
@@ -147,7 +229,47 @@ impl Topology {
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "?".into())
             ));
+            if scenario == Scenario::WorkerCrashMidRequest {
+                let workers = wait_for_workers(&backend);
+                say.say(format!(
+                    "its workers (children of pid {}, accepting on its socket): {workers:?}",
+                    backend.pid
+                ));
+            }
             backends.push(backend);
+        } else if matches!(
+            scenario,
+            Scenario::PhpfpmOomUnix | Scenario::PhpfpmRequestTimeout
+        ) {
+            let spec = PoolSpec {
+                children: if scenario == Scenario::PhpfpmOomUnix {
+                    3
+                } else {
+                    PHPFPM_TIMEOUT_CHILDREN
+                },
+                request_terminate_timeout_s: (scenario == Scenario::PhpfpmRequestTimeout)
+                    .then_some(PHPFPM_TERMINATE_TIMEOUT_S),
+                cgroup_procs: cgroup.as_ref().map(|c| c.procs()),
+            };
+            let fpm = LabPhpFpm::start(spec, &dir.path().join("php-fpm"));
+            assert_eq!(fpm.upstream(), upstream, "php-fpm's socket");
+            say.say(format!(
+                "php-fpm {} -F -R: master pid {} (the lab's child{}), pm static, workers {:?}{}, \
+                 listening on {upstream}",
+                super::phpfpm::binary().display(),
+                fpm.master_pid(),
+                if fpm.spec.cgroup_procs.is_some() {
+                    ", in the memory cgroup with its workers"
+                } else {
+                    ""
+                },
+                fpm.initial_workers,
+                fpm.spec
+                    .request_terminate_timeout_s
+                    .map(|s| format!(", request_terminate_timeout {s}s"))
+                    .unwrap_or_default(),
+            ));
+            phpfpm = Some(fpm);
         } else {
             say.say(format!("no backend: nothing ever listens on {upstream}"));
         }
@@ -160,37 +282,76 @@ impl Topology {
             vec![Ipv4Addr::LOCALHOST]
         };
         let client = Client::new(netns.as_ref().map(|ns| ns.name.clone()), hosts, nginx_port);
-        let spec = NginxSpec {
-            upstream: upstream.clone(),
-            port: nginx_port,
-            any_address: netns.is_some(),
-            keepalive: (scenario == Scenario::KeepaliveRace).then_some(KEEPALIVE),
-        };
         let prefix: PathBuf = dir.path().join("nginx");
-        let nginx = LabNginx::start(spec, &prefix, netns.as_ref(), &client);
-        say.say(format!(
-            "nginx {}:{nginx_port} → {upstream}{} (master pid {}, worker pid {}; prefix {})",
-            if netns.is_some() { "*" } else { "127.0.0.1" },
-            if scenario == Scenario::KeepaliveRace {
-                format!(" with upstream keepalive {KEEPALIVE}, HTTP/1.1")
-            } else {
-                String::new()
-            },
-            nginx.master_pid(),
-            nginx
-                .worker_pid()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "?".into()),
-            prefix.display()
-        ));
+        let front = if scenario == Scenario::HaproxyRetries {
+            let haproxy =
+                LabHaproxy::start(nginx_port, &upstream, &dir.path().join("haproxy"), &client);
+            say.say(format!(
+                "haproxy 127.0.0.1:{nginx_port} → {upstream} (retries {RETRIES}, timeout connect \
+                 {CONNECT_TIMEOUT_MS} ms, no health checks; pid {}; config {})",
+                haproxy.pid(),
+                haproxy.config_path().display()
+            ));
+            Front::Haproxy(haproxy)
+        } else if let Some(fpm) = &phpfpm {
+            let nginx = FastcgiNginx::start(nginx_port, fpm, &prefix, &client);
+            say.say(format!(
+                "nginx 127.0.0.1:{nginx_port} → fastcgi_pass {upstream} (fastcgi_read_timeout \
+                 {FASTCGI_READ_TIMEOUT_S}s; master pid {}, worker pid {}; prefix {})",
+                nginx.master_pid(),
+                nginx
+                    .worker_pid()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                prefix.display()
+            ));
+            Front::Fastcgi(nginx)
+        } else {
+            let spec = NginxSpec {
+                upstream: upstream.clone(),
+                port: nginx_port,
+                any_address: netns.is_some(),
+                keepalive: (scenario == Scenario::KeepaliveRace).then_some(KEEPALIVE),
+                read_timeout_s: match scenario {
+                    Scenario::SlowBackend => SLOW_READ_TIMEOUT_S,
+                    Scenario::WorkerCrashMidRequest => WORKER_READ_TIMEOUT_S,
+                    _ => READ_TIMEOUT_S,
+                },
+            };
+            let nginx = LabNginx::start(spec, &prefix, netns.as_ref(), &client);
+            say.say(format!(
+                "nginx {}:{nginx_port} → {upstream}{}{} (master pid {}, worker pid {}; prefix {})",
+                if netns.is_some() { "*" } else { "127.0.0.1" },
+                if scenario == Scenario::KeepaliveRace {
+                    format!(" with upstream keepalive {KEEPALIVE}, HTTP/1.1")
+                } else {
+                    String::new()
+                },
+                if nginx.spec.read_timeout_s == READ_TIMEOUT_S && scenario != Scenario::SlowBackend
+                {
+                    String::new()
+                } else {
+                    format!(", proxy_read_timeout {}s", nginx.spec.read_timeout_s)
+                },
+                nginx.master_pid(),
+                nginx
+                    .worker_pid()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                prefix.display()
+            ));
+            Front::Nginx(nginx)
+        };
         Ok(Self {
-            nginx,
+            front,
+            phpfpm,
             backends,
             fillers: Vec::new(),
             netns,
             cgroup,
             dir,
             upstream,
+            killed_workers: Vec::new(),
             backend_port,
             client,
         })
@@ -209,7 +370,7 @@ impl Topology {
     ) -> Result<Vec<Exchange>, Interrupted> {
         let mut made = Vec::new();
         match scenario {
-            Scenario::Crash => {
+            Scenario::Crash | Scenario::QuietSite | Scenario::HaproxyRetries => {
                 let backend = self.backend().expect("backend");
                 say.say(format!("inject: kill -SEGV {}", backend.pid));
                 backend.signal(libc::SIGSEGV);
@@ -294,9 +455,66 @@ impl Topology {
             Scenario::KeepaliveRace | Scenario::PortExhaustion => {
                 say.say("inject: nothing to do, the fault is in the traffic pattern");
             }
+            Scenario::SlowBackend | Scenario::ClosesWithoutAnswer => {
+                say.say("inject: nothing to do, the fault is the backend's answer to the load");
+            }
+            Scenario::WorkerCrashMidRequest => {
+                let backend = self.backend().expect("backend");
+                let busy = busy_dir(self.dir.path());
+                // The requests are in flight: wait until as many workers say they serve one.
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                let workers = loop {
+                    let workers = backend.busy_workers(&busy);
+                    if workers.len() >= KILLED_WORKERS {
+                        break workers;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "only {} of the backend's workers serve GET /slow after 5 s ({workers:?})",
+                        workers.len()
+                    );
+                    pause(Duration::from_millis(10))?;
+                };
+                say.say(format!(
+                    "inject: kill -SEGV {} (the workers serving GET /slow/{WORKER_SLOW_MS}; \
+                     their master {} keeps the listener)",
+                    workers
+                        .iter()
+                        .map(|w| w.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    backend.pid
+                ));
+                for &worker in &workers {
+                    assert!(
+                        backend.signal_worker(worker, libc::SIGSEGV),
+                        "worker {worker} vanished before its SIGSEGV"
+                    );
+                }
+                for &worker in &workers {
+                    assert!(
+                        backend.wait_worker_gone(worker, Duration::from_secs(5)),
+                        "worker {worker} survived SIGSEGV"
+                    );
+                }
+                self.killed_workers = workers;
+            }
+            Scenario::PhpfpmOomUnix | Scenario::PhpfpmRequestTimeout => {
+                made = self.inject_php(scenario, say)?;
+            }
             Scenario::Healthy => say.say("inject: nothing (healthy)"),
+            Scenario::HealthyLow | Scenario::HealthyHigh => say.say(
+                "inject: nothing (the backend's occasional failure is part of its normal life)",
+            ),
         }
         Ok(made)
+    }
+
+    /// How many `/slow/` requests the first backend still works on (started with
+    /// `--busy-dir`): until it has written their answers.
+    pub fn slow_requests_in_backend(&self) -> usize {
+        self.backend()
+            .map_or(0, |b| b.busy_requests(&busy_dir(self.dir.path())))
     }
 
     /// Starts the backend again on the same address (the deploy's second half).
@@ -314,6 +532,80 @@ impl Topology {
             backend.pid
         ));
         self.backends.push(backend);
+    }
+}
+
+impl Topology {
+    /// The nginx of the `proxy_pass` scenarios.
+    pub fn nginx(&self) -> &LabNginx {
+        match &self.front {
+            Front::Nginx(nginx) => nginx,
+            _ => panic!("this scenario's proxy is not the lab's proxy_pass nginx"),
+        }
+    }
+
+    /// The php-fpm scenarios' fault: [`PHP_FAULTS`] requests that get their worker killed
+    /// (`/alloc.php` one after the other, `/sleep.php` all together); then the workers
+    /// php-fpm's log says died are the ones the fault killed.
+    fn inject_php(
+        &mut self,
+        scenario: Scenario,
+        say: &Narrator,
+    ) -> Result<Vec<Exchange>, Interrupted> {
+        let mut made = Vec::new();
+        if scenario == Scenario::PhpfpmOomUnix {
+            say.say(format!(
+                "inject: {PHP_FAULTS} × GET /alloc.php ({ALLOC_MIB} MiB string), one after the \
+                 other"
+            ));
+            for _ in 0..PHP_FAULTS {
+                made.push(self.client.request("GET", "/alloc.php"));
+                pause(Duration::from_millis(300))?;
+            }
+        } else {
+            say.say(format!(
+                "inject: {PHP_FAULTS} × GET /sleep.php (sleeps {SLEEP_S} s), together: one \
+                 worker each"
+            ));
+            made.extend(self.client.burst(PHP_FAULTS, "GET", "/sleep.php"));
+        }
+        let statuses: Vec<String> = made.iter().map(|e| status_text(&e.status)).collect();
+        say.say(format!("they got: {}", statuses.join(", ")));
+        let fpm = self.phpfpm.as_ref().expect("php-fpm");
+        // The master logs a worker's end when it reaps it: soon after nginx saw it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let log = loop {
+            let log = PhpFpmLog::parse(&fpm.log());
+            if log.exits.len() >= PHP_FAULTS || std::time::Instant::now() > deadline {
+                break log;
+            }
+            pause(Duration::from_millis(20))?;
+        };
+        say.say(format!("php-fpm log: {}", log.summary()));
+        self.killed_workers = log.dead_workers();
+        Ok(made)
+    }
+}
+
+/// Where the pre-forking backend's workers say which of them serves a `/slow/` request.
+fn busy_dir(dir: &std::path::Path) -> PathBuf {
+    dir.join("busy")
+}
+
+/// Waits (bounded) until the pre-forking `backend` has all its workers; their pids.
+fn wait_for_workers(backend: &DetachedBackend) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let workers = backend.workers();
+        if workers.len() == WORKERS as usize {
+            return workers;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backend has {} workers after 5 s, not {WORKERS}",
+            workers.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

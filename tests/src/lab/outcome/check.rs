@@ -4,7 +4,7 @@
 
 use super::{
     super::{topology::status_text, Culprit, Scenario},
-    kinds_of, Outcome, DETECTION_LIMIT, OPEN_THRESHOLD, RESPONSES_METRIC,
+    kinds_of, responses_of, Outcome, DETECTION_LIMIT, OPEN_THRESHOLD, RESPONSES_METRIC,
 };
 
 impl Outcome {
@@ -19,28 +19,67 @@ impl Outcome {
             Some(status) => {
                 if (self.access.count(status) as usize) < OPEN_THRESHOLD {
                     failed.push(format!(
-                        "setup: nginx answered {status} only {} times (access.log {:?})",
+                        "setup: {} answered {status} only {} times ({} {:?})",
+                        self.proxy,
                         self.access.count(status),
+                        self.record_names.0,
                         self.access.statuses
                     ));
                 }
             }
             None => {
+                // Every request got 200, but for the upstream's occasional failures (502).
                 let bad: Vec<_> = self
                     .exchanges
                     .iter()
                     .filter(|e| e.status != Ok(200))
-                    .map(|e| format!("{} {} → {}", e.method, e.path, status_text(&e.status)))
                     .collect();
-                if !bad.is_empty() {
-                    failed.push(format!("setup: not every request got 200: {bad:?}"));
+                let occasional = scenario.occasional_failures();
+                if bad.len() as u64 != occasional || bad.iter().any(|e| e.status != Ok(502)) {
+                    failed.push(format!(
+                        "setup: expected every request to get 200{}, got: {:?}",
+                        if occasional == 0 {
+                            String::new()
+                        } else {
+                            format!(" but {occasional} to get 502")
+                        },
+                        bad.iter()
+                            .map(|e| format!(
+                                "{} {} → {}",
+                                e.method,
+                                e.path,
+                                status_text(&e.status)
+                            ))
+                            .collect::<Vec<_>>()
+                    ));
                 }
             }
         }
-        if scenario == Scenario::Deploy
+        let allowed = scenario.logged_failure_kinds();
+        let unexpected: Vec<_> = self
+            .errors
+            .kinds
+            .keys()
+            .chain(self.errors.other.keys())
+            .filter(|k| !allowed.contains(&k.as_str()))
+            .collect();
+        if !allowed.is_empty() && !unexpected.is_empty() {
+            failed.push(format!(
+                "setup: {} has {unexpected:?}, expected only {}",
+                self.record_names.1,
+                allowed.join(" or ")
+            ));
+        }
+        if matches!(scenario, Scenario::Deploy | Scenario::WorkerCrashMidRequest)
             && self.exchanges.last().map(|e| e.status.clone()) != Some(Ok(200))
         {
-            failed.push("setup: the restarted backend does not serve".into());
+            failed.push(match scenario {
+                Scenario::Deploy => "setup: the restarted backend does not serve".into(),
+                _ => "setup: the backend does not serve after its workers died".into(),
+            });
+        }
+        if scenario.culprit() == Culprit::Worker && self.killed_workers.is_empty() {
+            failed.push("setup: no worker was killed".into());
         }
 
         // a. Exactly one incident (none when healthy), queryable within a second.
@@ -71,15 +110,15 @@ impl Outcome {
             match self.detection {
                 Some(d) if d < DETECTION_LIMIT => {}
                 Some(d) => failed.push(format!(
-                    "a: incident queryable {} ms after the 5th failed response (limit {} ms)",
+                    "a: incident queryable {} ms after failed response #{OPEN_THRESHOLD} (limit \
+                     {} ms)",
                     d.as_millis(),
                     DETECTION_LIMIT.as_millis()
                 )),
-                None => failed.push(
-                    "a: no detection time: no incident seen, or fewer than 5 failures in \
-                     nginx's error.log"
-                        .into(),
-                ),
+                None => failed.push(format!(
+                    "a: no detection time: no incident seen, or fewer than {OPEN_THRESHOLD} \
+                     failures in nginx's error.log"
+                )),
             }
         }
 
@@ -95,14 +134,23 @@ impl Outcome {
                 ));
             }
             let pid = top["process"]["pid"].as_u64();
-            let want = match scenario.culprit() {
-                Culprit::Backend => self.backend_pids.first().map(|p| u64::from(*p)),
-                Culprit::Proxy => self.nginx_worker_pid.map(u64::from),
-                Culprit::Nobody => None,
-            };
-            if scenario.culprit() != Culprit::Nobody && pid != want {
+            let want: Vec<u64> = match scenario.culprit() {
+                Culprit::Backend => self.backend_pids.iter().take(1).copied().collect(),
+                Culprit::Proxy => self.nginx_worker_pid.into_iter().collect(),
+                // Any of the killed workers: each held a request.
+                Culprit::Worker => self.killed_workers.clone(),
+                Culprit::Nobody => Vec::new(),
+            }
+            .into_iter()
+            .map(u64::from)
+            .collect();
+            if scenario.culprit() != Culprit::Nobody && !pid.is_some_and(|p| want.contains(&p)) {
                 failed.push(format!(
-                    "b: top cause names pid {pid:?}, expected {want:?} ({:?})",
+                    "b: top cause names pid {pid:?}, expected {} ({:?})",
+                    match want.as_slice() {
+                        [one] => one.to_string(),
+                        many => format!("one of {many:?}"),
+                    },
                     scenario.culprit()
                 ));
             }
@@ -110,8 +158,30 @@ impl Outcome {
             failed.push("b: no incident to explain".into());
         }
 
-        // c. Counts agree with nginx's own logs.
+        // c. Counts agree with the proxy's own logs.
+        let (access_log, error_log) = self.record_names;
         if let Some(incident) = &self.incident {
+            // A worker dying behind a unix socket: no failure kind per request, but the
+            // incident's 5xx (see `Scenario::compares_failure_kinds`).
+            if let Some(status) = scenario
+                .failure_status()
+                .filter(|_| !scenario.compares_failure_kinds())
+            {
+                let agent = responses_of(incident).get(&status).copied().unwrap_or(0);
+                let logged = self.access.count(status);
+                if agent != logged {
+                    failed.push(format!(
+                        "c: the incident's responses[{status}] = {agent}, {access_log} has \
+                         {logged}"
+                    ));
+                }
+            }
+        }
+        if let Some(incident) = self
+            .incident
+            .as_ref()
+            .filter(|_| scenario.compares_failure_kinds())
+        {
             let kinds = kinds_of(incident);
             let mut names: Vec<&String> = kinds.keys().chain(self.errors.kinds.keys()).collect();
             names.sort();
@@ -121,14 +191,14 @@ impl Outcome {
                 let nginx = self.errors.kinds.get(name).copied().unwrap_or(0);
                 if agent != nginx {
                     failed.push(format!(
-                        "c: failure_kinds[{name}] = {agent}, nginx's error.log has {nginx}"
+                        "c: failure_kinds[{name}] = {agent}, {error_log} has {nginx}"
                     ));
                 }
             }
             let failures = incident["failures"].as_u64().unwrap_or(0);
             if failures != self.errors.total() {
                 failed.push(format!(
-                    "c: the incident has {failures} failures, nginx's error.log {}",
+                    "c: the incident has {failures} failures, {error_log} {}",
                     self.errors.total()
                 ));
             }
@@ -138,13 +208,15 @@ impl Outcome {
             match delta {
                 Some(d) if *d == logged as f64 => {}
                 Some(d) => failed.push(format!(
-                    "c: {RESPONSES_METRIC}{{proxy=\"nginx\",code=\"{code}\"}} rose by {d}, \
-                     access.log has {logged}"
+                    "c: {RESPONSES_METRIC}{{proxy=\"{}\",code=\"{code}\"}} rose by {d}, \
+                     {access_log} has {logged}",
+                    self.proxy
                 )),
                 None if logged == 0 => {}
                 None => failed.push(format!(
-                    "c: {RESPONSES_METRIC}{{proxy=\"nginx\",code=\"{code}\"}} is not exported; \
-                     access.log has {logged}"
+                    "c: {RESPONSES_METRIC}{{proxy=\"{}\",code=\"{code}\"}} is not exported; \
+                     {access_log} has {logged}",
+                    self.proxy
                 )),
             }
         }

@@ -1,6 +1,6 @@
 //! How soon the agent's incident became queryable: a poller of the CLI running alongside
-//! the scenario, and the time from the response of nginx's 5th logged failure to the
-//! poller's first sight of an incident. Changes with how detection latency is measured.
+//! the scenario, and the time from the response of nginx's `OPEN_THRESHOLD`-th logged
+//! failure to the poller's first sight of an incident. Changes with how detection latency is measured.
 
 use std::{
     path::PathBuf,
@@ -72,7 +72,8 @@ impl Detector {
     }
 }
 
-/// From the response that made nginx's 5th counted failure to the incident's appearance
+/// From the response that made nginx's `OPEN_THRESHOLD`-th counted failure to the
+/// incident's appearance
 /// (`seen`); `None` without either.
 pub(super) fn detection_time(
     seen: Option<Instant>,
@@ -85,7 +86,7 @@ pub(super) fn detection_time(
         .collect();
     failed.sort_by_key(|e| e.done);
     match (seen, failed.get(OPEN_THRESHOLD - 1)) {
-        (Some(seen), Some(fifth)) => Some(seen.saturating_duration_since(fifth.done)),
+        (Some(seen), Some(nth)) => Some(seen.saturating_duration_since(nth.done)),
         _ => None,
     }
 }

@@ -7,8 +7,11 @@ use std::time::Duration;
 use super::super::{
     client::Exchange,
     pause,
-    topology::{status_text, BACKEND_IDLE_MS, EXHAUSTION_REQUESTS, KEEPALIVE, SLOW_MS},
-    Interrupted, Lab, Scenario,
+    topology::{
+        status_text, BACKEND_IDLE_MS, EXHAUSTION_REQUESTS, KEEPALIVE, KILLED_WORKERS,
+        SLOW_BACKEND_MS, SLOW_MS, WORKER_SLOW_MS,
+    },
+    Front, HaproxyLog, Interrupted, Lab, Scenario,
 };
 
 /// `GET /` before the fault, for the scenarios whose backend serves at first (asserting
@@ -31,8 +34,9 @@ pub(super) fn warm_up(lab: &Lab) -> Option<Exchange> {
     assert_eq!(
         warm.status,
         Ok(200),
-        "nginx does not reach the backend before the fault:\n{}",
-        lab.topology.nginx.error_log()
+        "{} does not reach the backend before the fault:\n{}",
+        lab.topology.front.name(),
+        lab.topology.front.log_text()
     );
     Some(warm)
 }
@@ -49,14 +53,23 @@ pub(super) fn run_fault(lab: &mut Lab) -> Result<Vec<Exchange>, Interrupted> {
         | Scenario::Deploy
         | Scenario::FirewallReject
         | Scenario::FirewallDrop
-        | Scenario::Healthy => {
+        | Scenario::Healthy
+        | Scenario::QuietSite
+        | Scenario::HealthyLow
+        | Scenario::HealthyHigh => {
             let duration = match scenario {
                 Scenario::Deploy => Duration::from_millis(3500),
                 Scenario::Healthy => Duration::from_secs(2),
+                // At 1 request per second: 8 requests, the fault after the 3rd.
+                Scenario::QuietSite => Duration::from_secs(8),
+                Scenario::HealthyLow | Scenario::HealthyHigh => Duration::from_secs(10),
                 _ => Duration::from_millis(2500),
             };
             let load = lab.load(duration);
-            pause(Duration::from_millis(500))?;
+            pause(match scenario {
+                Scenario::QuietSite => Duration::from_millis(2500),
+                _ => Duration::from_millis(500),
+            })?;
             exchanges.extend(lab.inject()?);
             if scenario == Scenario::Deploy {
                 say.say("deploy: the new version starts in 2 s");
@@ -89,12 +102,77 @@ pub(super) fn run_fault(lab: &mut Lab) -> Result<Vec<Exchange>, Interrupted> {
             ));
             exchanges.extend(client.burst(KEEPALIVE as usize, "POST", "/"));
         }
+        Scenario::SlowBackend => {
+            exchanges.extend(lab.inject()?);
+            let path = format!("/slow/{SLOW_BACKEND_MS}");
+            exchanges.extend(lab.load_on(&path, Duration::from_millis(1500)).finish());
+            // The backend answers late, to connections nginx has closed (whose kernel
+            // resets them): part of the fault, which the agent must not count again.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while lab.topology.slow_requests_in_backend() > 0
+                && std::time::Instant::now() < deadline
+            {
+                pause(Duration::from_millis(50))?;
+            }
+            say.say(format!(
+                "the backend has written its late answers ({} still pending)",
+                lab.topology.slow_requests_in_backend()
+            ));
+        }
+        Scenario::ClosesWithoutAnswer => {
+            exchanges.extend(lab.inject()?);
+            exchanges.extend(lab.load_on("/close", Duration::from_secs(2)).finish());
+        }
+        Scenario::WorkerCrashMidRequest => {
+            let load = lab.load(Duration::from_secs(3));
+            pause(Duration::from_millis(500))?;
+            say.say(format!(
+                "burst: {KILLED_WORKERS} concurrent GET /slow/{WORKER_SLOW_MS}, one per worker \
+                 (each serves one connection at a time)"
+            ));
+            let slow = client.burst_in_background(
+                KILLED_WORKERS,
+                "GET",
+                &format!("/slow/{WORKER_SLOW_MS}"),
+            );
+            exchanges.extend(lab.inject()?);
+            exchanges.extend(slow.finish());
+            exchanges.extend(load.finish());
+            let after = client.request("GET", "/");
+            say.say(format!(
+                "check: GET / after the kills → {} (the master still listens, new workers \
+                 serve)",
+                status_text(&after.status)
+            ));
+            exchanges.push(after);
+        }
         Scenario::PortExhaustion => {
             exchanges.extend(lab.inject()?);
             say.say(format!(
                 "burst: {EXHAUSTION_REQUESTS} concurrent GET /slow/{SLOW_MS}, no upstream keepalive"
             ));
             exchanges.extend(client.burst(EXHAUSTION_REQUESTS, "GET", &format!("/slow/{SLOW_MS}")));
+        }
+        Scenario::HaproxyRetries => {
+            // 10 requests at 2/s, the backend killed after the 3rd: every later one is
+            // retried for 3 s before its 503, so the load ends about 3 s after its last.
+            let load = lab.load(Duration::from_secs(5));
+            pause(Duration::from_millis(1200))?;
+            exchanges.extend(lab.inject()?);
+            exchanges.extend(load.finish());
+            if let Front::Haproxy(haproxy) = &lab.topology.front {
+                say.say(format!(
+                    "haproxy log: {}",
+                    HaproxyLog::parse(&haproxy.log()).summary()
+                ));
+            }
+        }
+        Scenario::PhpfpmOomUnix | Scenario::PhpfpmRequestTimeout => {
+            // GET / (index.php) alongside: the workers not hit keep serving.
+            let load = lab.load(Duration::from_secs(4));
+            pause(Duration::from_millis(500))?;
+            exchanges.extend(lab.inject()?);
+            exchanges.extend(load.finish());
         }
     }
     Ok(exchanges)

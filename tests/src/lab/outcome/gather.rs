@@ -15,20 +15,23 @@ use super::{
         logs::{AccessLog, ErrorLog},
         metrics, pause, Interrupted, Lab,
     },
-    kinds_of, RESPONSES_METRIC,
+    kinds_of, responses_of, RESPONSES_METRIC, RESPONSE_CODES,
 };
 
 /// How long the agent gets to count everything nginx logged.
 const SETTLE: Duration = Duration::from_secs(3);
 
-/// The agent's incidents for `upstream`, oldest first, and nginx's error.log: polled until
-/// the one incident a scenario expects counts exactly what nginx logged, or [`SETTLE`] has
+/// The agent's incidents for `upstream`, oldest first, and the proxy's upstream errors
+/// (nginx's error.log, HAProxy's log): polled until the one incident a scenario expects
+/// counts exactly what the proxy logged (its failure kinds, or where those are not compared
+/// its responses with the failure status, against the access log), or [`SETTLE`] has
 /// passed (always, for a scenario that expects none).
 pub(super) fn settled_incidents(
     lab: &Lab,
     upstream: &str,
 ) -> Result<(Vec<Value>, ErrorLog), Interrupted> {
-    let nginx = &lab.topology.nginx;
+    let front = &lab.topology.front;
+    let status = lab.scenario.failure_status();
     let mut errors;
     let expects_incident = !lab.scenario.expected_causes().is_empty();
     let deadline = Instant::now() + SETTLE;
@@ -37,8 +40,16 @@ pub(super) fn settled_incidents(
         incidents = cli_json(lab, &["incidents", "--json", "--upstream", upstream])
             .and_then(|v| v["incidents"].as_array().cloned())
             .unwrap_or_default();
-        errors = ErrorLog::parse(&nginx.error_log());
-        let counted = incidents.len() == 1 && kinds_of(&incidents[0]) == errors.kinds;
+        errors = front.errors();
+        let counted = incidents.len() == 1
+            && if lab.scenario.compares_failure_kinds() {
+                kinds_of(&incidents[0]) == errors.kinds
+            } else {
+                status.is_some_and(|s| {
+                    responses_of(&incidents[0]).get(&s).copied().unwrap_or(0)
+                        == front.access().count(s)
+                })
+            };
         if (expects_incident && counted) || Instant::now() > deadline {
             break;
         }
@@ -49,22 +60,24 @@ pub(super) fn settled_incidents(
     Ok((incidents, errors))
 }
 
-/// The increase of the agent's 502 and 504 counts since `before` (a scrape): scraped until
-/// it equals access.log's counts, or [`SETTLE`] has passed.
+/// The increase of the agent's counts of the proxy's 502, 503 and 504 responses since
+/// `before` (a scrape): scraped until it equals the access log's counts, or [`SETTLE`] has
+/// passed.
 pub(super) fn responses_delta(
     lab: &Lab,
     before: &str,
     access: &AccessLog,
 ) -> Result<BTreeMap<u16, Option<f64>>, Interrupted> {
+    let proxy = lab.topology.front.name();
     let deltas = |text: &str| -> BTreeMap<u16, Option<f64>> {
-        [502u16, 504]
+        RESPONSE_CODES
             .into_iter()
             .map(|code| {
                 let count = |t: &str| {
                     metrics::sum(
                         t,
                         RESPONSES_METRIC,
-                        &[("proxy", "nginx"), ("code", &code.to_string())],
+                        &[("proxy", proxy), ("code", &code.to_string())],
                     )
                 };
                 let after = count(text);
@@ -86,15 +99,15 @@ pub(super) fn responses_delta(
     }
 }
 
-/// How many incidents the agent has (any proxy, any upstream), and those of this nginx for
+/// How many incidents the agent has (any proxy, any upstream), and those of this proxy for
 /// other upstreams than `upstream`.
 pub(super) fn host_incidents(lab: &Lab, upstream: &str) -> (usize, Vec<Value>) {
     let all = cli_json(lab, &["incidents", "--json"])
         .and_then(|v| v["incidents"].as_array().cloned())
         .unwrap_or_default();
     let count = all.len();
-    // This nginx's (other nginx processes on the host share its name, not its worker).
-    let worker = lab.topology.nginx.worker_pid();
+    // This proxy's (other nginx processes on the host share its name, not its worker).
+    let worker = lab.topology.front.worker_pid();
     let stray = all
         .into_iter()
         .filter(|i| {
@@ -143,18 +156,26 @@ pub(super) fn listener_events(lab: &Lab) -> Vec<Value> {
         .topology
         .backends
         .iter()
-        .map(|b| u64::from(b.pid))
+        .map(|b| b.pid)
+        .chain(lab.topology.phpfpm.iter().map(|fpm| fpm.master_pid()))
+        .chain(lab.topology.killed_workers.iter().copied())
+        .map(u64::from)
         .collect();
     let endpoint = upstream.trim_start_matches("unix:").to_string();
     let failures = std::cell::Cell::new(0);
     lab.agent.events(|e| {
         let kind = e["kind"].as_str().unwrap_or_default();
-        // The first few failures too, to compare their times with the listener's.
+        // The first few failures too, to compare their times with the listener's (and,
+        // for failures after the connect, their count with nginx's).
         let failure = matches!(
             kind,
-            "tcp_connect_failure" | "connect_syscall_error" | "tcp_reset_received"
+            "tcp_connect_failure"
+                | "connect_syscall_error"
+                | "tcp_reset_received"
+                | "tcp_reset_sent"
+                | "upstream_end"
         ) && e["dst"].as_str() == Some(upstream);
-        if failure && failures.get() < 3 {
+        if failure && failures.get() < 12 {
             failures.set(failures.get() + 1);
             return true;
         }

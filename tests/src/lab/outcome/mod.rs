@@ -23,12 +23,17 @@ use super::{
     metrics, Interrupted, Lab, Scenario,
 };
 
-/// The metric of the responses nginx sent, by status code.
+/// The metric of the responses the proxy sent, by status code.
 pub const RESPONSES_METRIC: &str = "why502_http_responses_total";
+/// The proxy's responses whose counts are held to its access log.
+pub const RESPONSE_CODES: [u16; 3] = [502, 503, 504];
 /// An incident must be queryable this soon after the failure that opened it.
 pub const DETECTION_LIMIT: Duration = Duration::from_secs(1);
-/// The agent opens an incident at this many failures within a second.
-const OPEN_THRESHOLD: usize = 5;
+/// The agent opens an incident at this many failures of a proxy within its window
+/// (`incidents.open_threshold`, `incidents.window_ms` 30 s): detection is timed from the
+/// response of the failure that made this many (strong evidence, a listener gone or its
+/// owner or a worker dead, opens it sooner).
+const OPEN_THRESHOLD: usize = 3;
 
 /// What one scenario run produced.
 #[derive(Debug, Clone)]
@@ -39,6 +44,15 @@ pub struct Outcome {
     pub upstream: String,
     /// Backends in start order (a restarted one after the first).
     pub backend_pids: Vec<u32>,
+    /// Workers of the first backend the fault killed (a pre-forking backend), or the
+    /// php-fpm workers its log says died.
+    pub killed_workers: Vec<u32>,
+    /// The proxy as the agent names it (its `proxy` label): `nginx` or `haproxy`.
+    pub proxy: &'static str,
+    /// What the summary calls the proxy's records: its statuses and its upstream errors
+    /// (`nginx access.log`, `nginx error.log`).
+    pub record_names: (&'static str, &'static str),
+    /// The proxy's process that connects upstream: nginx's worker, or HAProxy.
     pub nginx_worker_pid: Option<u32>,
     /// Every request the client made.
     pub exchanges: Vec<Exchange>,
@@ -54,13 +68,16 @@ pub struct Outcome {
     pub incident: Option<Value>,
     /// `why502 explain --last` as a human reads it.
     pub explain_text: String,
-    /// From the response that was nginx's 5th logged failure to the incident being
-    /// queryable through the CLI (polled every 50 ms).
+    /// From the response that was nginx's [`OPEN_THRESHOLD`]-th logged failure to the
+    /// incident being queryable through the CLI (polled every 50 ms).
     pub detection: Option<Duration>,
-    /// Increase of `why502_http_responses_total{proxy="nginx",code}` over the run, for 502
-    /// and 504; `None` when the agent does not export the series.
+    /// Increase of `why502_http_responses_total{proxy,code}` over the run, for
+    /// [`RESPONSE_CODES`]; `None` when the agent does not export the series.
     pub responses_delta: BTreeMap<u16, Option<f64>>,
+    /// The proxy's log of upstream errors (nginx's error.log, HAProxy's log).
     pub error_log: String,
+    /// php-fpm's log, for the php-fpm scenarios (empty otherwise).
+    pub backend_log: String,
     pub agent_log: Vec<String>,
     /// The agent's events about the upstream's listeners and the backends' processes, and
     /// the first failures.
@@ -94,15 +111,15 @@ pub(super) fn exercise(lab: &mut Lab) -> Result<Outcome, Interrupted> {
         incidents
             .first()
             .map(|i| format!(
-                ", {} failures counted (nginx logged {})",
+                ", {} failures counted ({} logged {})",
                 i["failures"],
+                lab.topology.front.name(),
                 errors.total()
             ))
             .unwrap_or_default()
     ));
     let detection_seen = detector.finish();
-    let nginx = &lab.topology.nginx;
-    let access = AccessLog::parse(&nginx.access_log());
+    let access = lab.topology.front.access();
     let responses_delta = gather::responses_delta(lab, &before, &access)?;
     let (host_incidents, stray_incidents) = gather::host_incidents(lab, &upstream);
     let incident = gather::explained(lab, &incidents);
@@ -110,13 +127,16 @@ pub(super) fn exercise(lab: &mut Lab) -> Result<Outcome, Interrupted> {
     let detection = detect::detection_time(detection_seen, &exchanges, &errors);
     let listener_events = gather::listener_events(lab);
 
-    let nginx = &lab.topology.nginx;
+    let front = &lab.topology.front;
     let outcome = Outcome {
         scenario,
         elapsed: say.elapsed(),
         upstream,
         backend_pids: lab.topology.backends.iter().map(|b| b.pid).collect(),
-        nginx_worker_pid: nginx.worker_pid(),
+        killed_workers: lab.topology.killed_workers.clone(),
+        proxy: front.name(),
+        record_names: front.record_names(),
+        nginx_worker_pid: front.worker_pid(),
         exchanges,
         access,
         errors,
@@ -126,7 +146,13 @@ pub(super) fn exercise(lab: &mut Lab) -> Result<Outcome, Interrupted> {
         explain_text,
         detection,
         responses_delta,
-        error_log: nginx.error_log(),
+        error_log: front.log_text(),
+        backend_log: lab
+            .topology
+            .phpfpm
+            .as_ref()
+            .map(|fpm| fpm.log())
+            .unwrap_or_default(),
         agent_log: lab.agent.log(),
         listener_events,
         uncorrelated_events: gather::uncorrelated_events(&lab.agent.log()),
@@ -143,6 +169,19 @@ impl Outcome {
     pub fn top_cause(&self) -> Option<&str> {
         self.incident.as_ref()?["causes"][0]["cause"].as_str()
     }
+}
+
+/// An incident's `responses`: the proxy's 5xx by status code.
+fn responses_of(incident: &Value) -> BTreeMap<u16, u64> {
+    incident["responses"]
+        .as_object()
+        .map(|codes| {
+            codes
+                .iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_u64().unwrap_or(0))))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// An incident's `failure_kinds`: failures by the agent's kind names.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     super::{client::Exchange, topology::status_text},
-    kinds_of, Outcome, RESPONSES_METRIC,
+    kinds_of, Outcome, OPEN_THRESHOLD, RESPONSES_METRIC,
 };
 
 /// What the client got: `502 ×40, 200 ×11`.
@@ -35,9 +35,10 @@ impl Outcome {
     pub fn summary(&self) -> String {
         let mut out = String::new();
         let statuses = counts_text(self.access.statuses.clone());
-        out.push_str(&format!("nginx access.log: {statuses}\n"));
+        let (access_log, error_log) = self.record_names;
+        out.push_str(&format!("{access_log}: {statuses}\n"));
         out.push_str(&format!(
-            "nginx error.log: {}{}\n",
+            "{error_log}: {}{}\n",
             counts_text(self.errors.kinds.clone()),
             if self.errors.other.is_empty() {
                 String::new()
@@ -72,7 +73,7 @@ impl Outcome {
         }
         if let Some(d) = self.detection {
             out.push_str(&format!(
-                "incident queryable {} ms after the response of the 5th failure\n",
+                "incident queryable {} ms after the response of failure #{OPEN_THRESHOLD}\n",
                 d.as_millis()
             ));
         }
@@ -81,7 +82,7 @@ impl Outcome {
             .iter()
             .map(|(code, d)| {
                 format!(
-                    "{code} {} (access.log {})",
+                    "{code} {} ({access_log} {})",
                     d.map(|d| format!("+{d}"))
                         .unwrap_or_else(|| "not exported".into()),
                     self.access.count(*code)
@@ -89,7 +90,8 @@ impl Outcome {
             })
             .collect();
         out.push_str(&format!(
-            "{RESPONSES_METRIC}{{proxy=\"nginx\"}}: {}\n",
+            "{RESPONSES_METRIC}{{proxy=\"{}\"}}: {}\n",
+            self.proxy,
             deltas.join(", ")
         ));
         if self.uncorrelated_events > 0 || self.host_incidents > self.incidents.len() {
@@ -102,13 +104,13 @@ impl Outcome {
         out
     }
 
-    /// Everything, for a failed test: summary, checks, the incident, nginx's and the
-    /// agent's logs.
+    /// Everything, for a failed test: summary, checks, the incident, the proxy's (and
+    /// php-fpm's) and the agent's logs.
     pub fn report(&self) -> String {
         let failed = self.failed_checks();
         format!(
             "scenario {} ({:.1} s): {}\n{}checks: {}\n\nincident: {}\n\nexplain --last:\n{}\n\
-             nginx error.log:\n{}\nagent log (last 20 lines):\n{}\n\nagent events about the \
+             {}:\n{}\n{}agent log (last 20 lines):\n{}\n\nagent events about the \
              upstream's listeners and the backends:\n{}\n",
             self.scenario,
             self.elapsed.as_secs_f64(),
@@ -124,7 +126,16 @@ impl Outcome {
                 .map(|i| serde_json::to_string_pretty(i).unwrap_or_default())
                 .unwrap_or_else(|| "none".into()),
             self.explain_text,
+            match self.proxy {
+                "haproxy" => "haproxy log",
+                _ => "nginx error.log",
+            },
             self.error_log,
+            if self.backend_log.is_empty() {
+                String::new()
+            } else {
+                format!("php-fpm log:\n{}\n", self.backend_log)
+            },
             self.agent_log
                 .iter()
                 .rev()
