@@ -232,6 +232,11 @@ pub struct KernelOffsets {
     pub task_real_parent: u16,
     pub task_tgid: u16,
     pub task_exit_code: u16,
+    /// `struct tcp_sock` (which starts with its `struct sock`): `bytes_received` and
+    /// `bytes_acked`, both `u64`, Linux 4.1+ (see [`crate::connect`]). Without both, no
+    /// connection is followed to its end.
+    pub tcp_bytes_received: u16,
+    pub tcp_bytes_acked: u16,
 }
 
 /// Everything in the `CONFIG` global.
@@ -249,11 +254,15 @@ pub struct KernelConfig {
     pub process: ProcessFields,
     pub syscalls: SyscallFields,
     pub http: HttpFields,
+    /// Ends where the u16 offsets end: `signal_mask` is 8-aligned with nothing in between
+    /// (checked in `layout`).
     pub kernel: KernelOffsets,
-    /// Explicit, so that `signal_mask` is 8-aligned with no uninitialised bytes before it.
-    pub _pad: [u16; 2],
     /// Bit `n` set: report signal `n`.
     pub signal_mask: u64,
+    /// A followed upstream connection the proxy closes first, with its request
+    /// acknowledged and no response byte, at least this long after the handshake is
+    /// reported as the proxy giving up (`UpstreamEnd`, `end_how::PROXY_GAVE_UP`).
+    pub response_timeout_ns: u64,
 }
 
 const NO: u16 = crate::NO_OFFSET;
@@ -341,9 +350,11 @@ impl KernelConfig {
             task_real_parent: NO,
             task_tgid: NO,
             task_exit_code: NO,
+            tcp_bytes_received: NO,
+            tcp_bytes_acked: NO,
         },
-        _pad: [0; 2],
         signal_mask: 0,
+        response_timeout_ns: 1_000_000_000,
     };
 }
 

@@ -1,5 +1,29 @@
-//! Outbound connects: failures (ring buffer), successes (per-CPU aggregates), and the
-//! kernel-side bookkeeping that ties an asynchronous outcome back to the connecting process.
+//! Outbound connects: failures (ring buffer), successes (per-CPU aggregates), the
+//! kernel-side bookkeeping that ties an asynchronous outcome back to the connecting process,
+//! and how proxies' upstream connections end ([`UpstreamEnd`]).
+//!
+//! # Following a proxy's upstream connections
+//!
+//! A TCP connection whose connecting process is a proxy (in the kernel's `PROXIES` map at
+//! CLOSE→SYN_SENT) is *followed*: its [`TrackedConnect`] records when it was established,
+//! and its end is judged from two counters of `struct tcp_sock`, both `u64` and both added
+//! in Linux 4.1 (Eric Dumazet, 2015, commits 0df48c26d841 "tcp: add tcpi_bytes_acked to
+//! tcp_info" and bdd1f9edacb5 "tcp: add tcpi_bytes_received to tcp_info"; RFC 4898's
+//! `tcpEStatsAppHCThruOctetsAcked` / `...Received`):
+//!
+//! - `bytes_acked`, the sum of all advances of `snd_una`: the peer's acknowledgement of
+//!   our SYN counts 1, so the request bytes the upstream acknowledged are `bytes_acked - 1`
+//!   (and a FIN of ours, once acknowledged, one more).
+//! - `bytes_received`, the sum of all advances of `rcv_nxt` after the handshake (the
+//!   peer's SYN is not counted): response bytes, plus 1 once the peer's FIN is in. The
+//!   kernel advances `rcv_nxt` past a FIN before it moves the socket to CLOSE_WAIT, so at
+//!   ESTABLISHED→CLOSE_WAIT `bytes_received <= 1` means no response byte (verified on
+//!   Linux 6.18).
+//!
+//! The offsets come from BTF (`KernelOffsets::tcp_bytes_received`, `tcp_bytes_acked`);
+//! without them nothing is followed and the agent warns. The counters are per connection:
+//! on a keepalive connection that already carried a response, a later request's failure is
+//! not seen this way (`bytes_received` is no longer 0).
 
 use crate::{
     header::EventHeader,
@@ -51,14 +75,63 @@ pub struct ConnectSyscallError {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TrackedConnect {
+    /// CLOSE→SYN_SENT (`bpf_ktime_get_ns`).
     pub start_ns: u64,
+    /// SYN_SENT→ESTABLISHED, 0 before.
+    pub established_ns: u64,
     pub cgroup_id: u64,
     pub pid: u32,
     pub tgid: u32,
     pub comm: [u8; crate::COMM_LEN],
     pub syn_retransmits: u16,
+    /// 1 once the handshake completed.
     pub established: u8,
-    pub _pad: [u8; 5],
+    /// 1 when the connection is followed to its end (a proxy's upstream connection, see
+    /// the module documentation).
+    pub follow: u8,
+    /// 1 once the end of a followed connection was reported (an [`UpstreamEnd`] or a reset
+    /// received): it is then not counted as [`ConnectStats::closed_ok`].
+    pub end_reported: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What crossed a followed connection, from `tcp_sock`'s counters (see the module
+/// documentation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Time since SYN_SENT→ESTABLISHED.
+    pub duration_ns: u64,
+    /// Bytes the upstream acknowledged: `bytes_acked` without our SYN (and without our
+    /// FIN once that is acknowledged).
+    pub bytes_sent: u64,
+    /// Bytes received from the upstream: `bytes_received` without its FIN.
+    pub bytes_received: u64,
+}
+
+/// How a followed upstream connection ended badly ([`UpstreamEnd::how`]).
+pub mod end_how {
+    /// ESTABLISHED→CLOSE_WAIT with no response byte: the upstream sent its FIN first
+    /// (nginx: "upstream prematurely closed connection").
+    pub const CLOSED_BY_UPSTREAM: u32 = 1;
+    /// ESTABLISHED→FIN_WAIT1 after the request was acknowledged, no response byte, at
+    /// least `KernelConfig::response_timeout_ns` after the handshake: the proxy stopped
+    /// waiting (nginx: "upstream timed out … while reading response header").
+    pub const PROXY_GAVE_UP: u32 = 2;
+}
+
+/// A followed upstream connection ended without a response (resets are reported as
+/// [`crate::tcp::TcpResetReceived`], with their [`Traffic`]). The header is the
+/// connecting process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamEnd {
+    pub header: EventHeader,
+    pub tuple: SockTuple,
+    pub traffic: Traffic,
+    /// One of [`end_how`].
+    pub how: u32,
+    pub _pad: u32,
 }
 
 /// Kernel bookkeeping for one `connect(2)` call in flight, keyed by pid_tgid.
@@ -96,6 +169,9 @@ pub struct ConnectStats {
     pub latency_sum_ns: u64,
     /// Retransmitted segments on established connections of this key.
     pub retransmits: u64,
+    /// Followed connections (a proxy's upstream connections) of this key that ended
+    /// normally: at CLOSE, with no [`UpstreamEnd`] or reset reported and no socket error.
+    pub closed_ok: u64,
     pub latency_hist: [u64; LATENCY_BUCKETS],
 }
 
@@ -104,6 +180,7 @@ impl ConnectStats {
         established: 0,
         latency_sum_ns: 0,
         retransmits: 0,
+        closed_ok: 0,
         latency_hist: [0; LATENCY_BUCKETS],
     };
 }
@@ -145,6 +222,8 @@ crate::impl_pod!(
     TcpConnectFailure,
     ConnectSyscallError,
     TrackedConnect,
+    Traffic,
+    UpstreamEnd,
     ConnectCall,
     ConnectKey,
     ConnectStats

@@ -122,6 +122,9 @@ event_kinds! {
     Signal = 12, "signal", process::Signal { header };
     /// The OOM killer chose a victim.
     OomKill = 13, "oom_kill", process::OomKill { header };
+    /// A proxy's upstream connection ended without a response byte: the upstream closed
+    /// first, or the proxy gave up waiting (see [`connect::UpstreamEnd`]).
+    UpstreamEnd = 14, "upstream_end", connect::UpstreamEnd { header };
 }
 
 /// The highest kind number plus one (kinds start at 1): the length of per-kind counter
@@ -147,7 +150,7 @@ mod tests {
 
     /// The stable numbers and names: a record written by one version must mean the same to
     /// another, and counter names are part of the metrics.
-    const STABLE: [(u32, &str); 13] = [
+    const STABLE: [(u32, &str); 14] = [
         (1, "tcp_connect_failure"),
         (2, "connect_syscall_error"),
         (3, "tcp_reset_received"),
@@ -161,6 +164,7 @@ mod tests {
         (11, "process_exit"),
         (12, "signal"),
         (13, "oom_kill"),
+        (14, "upstream_end"),
     ];
 
     #[test]
@@ -169,7 +173,7 @@ mod tests {
         for (kind, (number, name)) in EventKind::ALL.into_iter().zip(STABLE) {
             assert_eq!((kind as u32, kind.name()), (number, name));
         }
-        assert_eq!(EVENT_KIND_SLOTS, 14);
+        assert_eq!(EVENT_KIND_SLOTS, 15);
     }
 
     #[test]
@@ -210,6 +214,7 @@ mod tests {
             kind::<process::ProcessExit>(),
             kind::<process::Signal>(),
             kind::<process::OomKill>(),
+            kind::<connect::UpstreamEnd>(),
         ];
         assert_eq!(kinds, EventKind::ALL);
     }

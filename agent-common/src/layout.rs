@@ -18,7 +18,7 @@ use crate::{
     },
     connect::{
         ConnectCall, ConnectKey, ConnectStats, ConnectSyscallError, TcpConnectFailure,
-        TrackedConnect,
+        TrackedConnect, Traffic, UpstreamEnd,
     },
     event::{counter, EventHeader, EventKind, Record, EVENT_KIND_SLOTS},
     http::ResponseKey,
@@ -64,6 +64,7 @@ assert_no_padding! {
     EventHeader { kind, pid, tgid, _pad, ts_ns, cgroup_id, comm }
     SockTuple { family, sport, dport, _pad, saddr, daddr }
     RawSockAddr { len, family, _pad, bytes }
+    Traffic { duration_ns, bytes_sent, bytes_received }
 }
 const _: () = assert!(size_of::<EventHeader>() == 48 && align_of::<EventHeader>() == 8);
 
@@ -73,7 +74,7 @@ assert_no_padding! {
         header, tuple, duration_ns, errno, syn_retransmits, errno_source, owner_known
     }
     ConnectSyscallError { header, addr, duration_ns, fd, errno }
-    TcpResetReceived { header, tuple, state, owner_known }
+    TcpResetReceived { header, tuple, state, owner_known, traffic, followed, _pad }
     TcpResetSent { header, tuple, state, reason, owner_known, _pad }
     TcpHandshakeRetransmit { header, tuple, count, owner_known }
     TcpSynRetransmit { 0 }
@@ -83,12 +84,13 @@ assert_no_padding! {
     ListenerClosed { 0 }
     ListenCall { header, fd, _pad }
     ProcessExec { header, ppid, _pad, filename }
-    ProcessExit { header, exit_code, _pad }
+    ProcessExit { header, exit_code, ppid }
     Signal { header, signal, code, target_pid, group, result, _pad, target_comm }
     OomKill {
         header, victim_pid, uid, total_vm_kb, anon_rss_kb, file_rss_kb, shmem_rss_kb,
         pgtables_kb, oom_score_adj, _pad, victim_comm
     }
+    UpstreamEnd { header, tuple, traffic, how, _pad }
 }
 
 /// The record sizes of the ring-buffer format as it is. A change here changes what the
@@ -110,10 +112,12 @@ const RECORD_SIZES: [(EventKind, usize); EventKind::COUNT] = [
     record_size::<ProcessExit>(),
     record_size::<Signal>(),
     record_size::<OomKill>(),
+    record_size::<UpstreamEnd>(),
 ];
 const _: () = {
-    const EXPECTED: [usize; EventKind::COUNT] =
-        [104, 184, 96, 104, 96, 96, 88, 88, 56, 312, 56, 88, 120];
+    const EXPECTED: [usize; EventKind::COUNT] = [
+        104, 184, 128, 104, 96, 96, 88, 88, 56, 312, 56, 88, 120, 120,
+    ];
     let mut i = 0;
     while i < RECORD_SIZES.len() {
         let (kind, size) = RECORD_SIZES[i];
@@ -129,9 +133,10 @@ const _: () = {
 // Map keys (compared bytewise by the kernel) and values, and the `CONFIG` global.
 assert_no_padding! {
     ConnectKey { tgid, family, dport, daddr }
-    ConnectStats { established, latency_sum_ns, retransmits, latency_hist }
+    ConnectStats { established, latency_sum_ns, retransmits, closed_ok, latency_hist }
     TrackedConnect {
-        start_ns, cgroup_id, pid, tgid, comm, syn_retransmits, established, _pad
+        start_ns, established_ns, cgroup_id, pid, tgid, comm, syn_retransmits, established,
+        follow, end_reported, _pad
     }
     ConnectCall { start_ns, addr, fd, reported }
     ResponseKey { tgid, code, _pad }
@@ -150,17 +155,21 @@ assert_no_padding! {
         write_buf, write_count, writev_vec, writev_vlen, sendto_buf, sendto_len, sendmsg_msg,
         fork_child_pid
     }
-    KernelOffsets { sock_sk_err, sock_state, task_real_parent, task_tgid, task_exit_code }
+    KernelOffsets {
+        sock_sk_err, sock_state, task_real_parent, task_tgid, task_exit_code,
+        tcp_bytes_received, tcp_bytes_acked
+    }
     KernelConfig {
         set_state, error_report, receive_reset, send_reset, retransmit_skb,
-        retransmit_synack, mark_victim, signal, process, syscalls, http, kernel, _pad,
-        signal_mask
+        retransmit_synack, mark_victim, signal, process, syscalls, http, kernel,
+        signal_mask, response_timeout_ns
     }
 }
 
 // The `CONFIG` global the agent writes through `EbpfLoader::override_global`.
-const _: () = assert!(size_of::<KernelConfig>() == 224 && align_of::<KernelConfig>() == 8);
+const _: () = assert!(size_of::<KernelConfig>() == 232 && align_of::<KernelConfig>() == 8);
 const _: () = assert!(offset_of!(KernelConfig, signal_mask) == 216);
+const _: () = assert!(offset_of!(KernelConfig, response_timeout_ns) == 224);
 
 // Counter slots: per-kind drops below the probe errors, probe errors within the array.
 const _: () = {

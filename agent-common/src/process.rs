@@ -25,7 +25,10 @@ pub struct ProcessExit {
     /// `task_struct.exit_code` as `wait(2)` encodes it: `(code << 8)` for an exit, the signal
     /// number (with 0x80 for a core dump) for a death by signal. -1 when unknown.
     pub exit_code: i32,
-    pub _pad: u32,
+    /// The parent's tgid (`task_struct.real_parent->tgid`) as the process exits, so that
+    /// it is known when procfs no longer is. A process whose parent died before it names
+    /// the one it was reparented to (init or a subreaper). 0 when unknown.
+    pub ppid: u32,
 }
 
 /// A watched signal was generated (`signal:signal_generate`). The header is the sender.

@@ -1,6 +1,6 @@
 //! Resets and retransmits on TCP connections.
 
-use crate::{header::EventHeader, net::SockTuple};
+use crate::{connect::Traffic, header::EventHeader, net::SockTuple};
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 pub mod state {
@@ -29,6 +29,13 @@ pub struct TcpResetReceived {
     pub state: i32,
     /// 1 when the socket's owner was recorded at connect time.
     pub owner_known: u32,
+    /// What had crossed the connection when the RST arrived: whether the upstream had
+    /// answered. Only meaningful when `followed` is 1, zero otherwise.
+    pub traffic: Traffic,
+    /// 1 when the connection was followed from its connect (a proxy's upstream
+    /// connection, see [`crate::connect`]).
+    pub followed: u32,
+    pub _pad: u32,
 }
 
 /// `tcp:tcp_send_reset` on a full socket.

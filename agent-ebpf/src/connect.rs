@@ -25,6 +25,7 @@ use aya_ebpf::{
 use crate::{
     maps::{config, CALLS, CONNECT_STATS, SOCK_ERRORS, TRACKED, WATCHED},
     read::{anonymous_header_at, current_header, field, kernel_field, required, reserve, tuple},
+    upstream,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -49,15 +50,17 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     ) else {
         return 0;
     };
+    // The transitions that matter; every other one (the bulk: a server socket's
+    // SYN_RECV→ESTABLISHED, FIN_WAIT1→FIN_WAIT2, CLOSE_WAIT→LAST_ACK…) leaves here.
     match (old, new) {
         (state::CLOSE, state::SYN_SENT) => track(skaddr),
         (state::SYN_SENT, state::ESTABLISHED) => established(&ctx, skaddr),
         (state::SYN_SENT, state::CLOSE) => failed(&ctx, skaddr),
         (state::CLOSE, state::LISTEN) => listener(&ctx, ListenerOpened),
         (state::LISTEN, state::CLOSE) => listener(&ctx, ListenerClosed),
-        (_, state::CLOSE) => {
-            let _ = TRACKED.remove(skaddr);
-        }
+        (state::ESTABLISHED, state::CLOSE_WAIT) => upstream::fin_received(&ctx, skaddr),
+        (state::ESTABLISHED, state::FIN_WAIT1) => upstream::fin_sent(&ctx, skaddr),
+        (_, state::CLOSE) => upstream::closed(&ctx, skaddr),
         _ => {}
     }
     0
@@ -67,17 +70,35 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn track(skaddr: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     let tracked = TrackedConnect {
         start_ns: unsafe { bpf_ktime_get_ns() },
+        established_ns: 0,
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
+        tgid,
         comm: bpf_get_current_comm().unwrap_or_default(),
         syn_retransmits: 0,
         established: 0,
-        _pad: [0; 5],
+        follow: upstream::should_follow(tgid) as u8,
+        end_reported: 0,
+        _pad: [0; 3],
     };
     let _ = TRACKED.insert(skaddr, tracked, 0);
+}
+
+/// The calling CPU's aggregates for `key`, created (zeroed) when missing.
+#[inline(always)]
+pub fn stats_for(key: ConnectKey) -> Option<&'static mut ConnectStats> {
+    let stats = match CONNECT_STATS.get_ptr_mut(key) {
+        Some(stats) => stats,
+        None => {
+            let _ = CONNECT_STATS.insert(key, &ZERO_STATS, 0);
+            CONNECT_STATS.get_ptr_mut(key)?
+        }
+    };
+    // Per-CPU values: no other CPU writes this copy, plain adds are enough.
+    Some(unsafe { &mut *stats })
 }
 
 #[inline(always)]
@@ -89,26 +110,19 @@ fn established(ctx: &TracePointContext, skaddr: u64) {
         return;
     };
     let tracked = unsafe { &mut *tracked };
+    let now = unsafe { bpf_ktime_get_ns() };
     tracked.established = 1;
-    let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(tracked.start_ns);
+    tracked.established_ns = now;
+    let latency = now.saturating_sub(tracked.start_ns);
     let key = ConnectKey {
         tgid: tracked.tgid,
         family: t.family,
         dport: t.dport,
         daddr: t.daddr,
     };
-    let stats = match CONNECT_STATS.get_ptr_mut(key) {
-        Some(stats) => stats,
-        None => {
-            let _ = CONNECT_STATS.insert(key, &ZERO_STATS, 0);
-            match CONNECT_STATS.get_ptr_mut(key) {
-                Some(stats) => stats,
-                None => return,
-            }
-        }
+    let Some(stats) = stats_for(key) else {
+        return;
     };
-    // Per-CPU values: no other CPU writes this copy, plain adds are enough.
-    let stats = unsafe { &mut *stats };
     stats.established += 1;
     stats.latency_sum_ns += latency;
     if let Some(bucket) = stats.latency_hist.get_mut(latency_bucket(latency)) {

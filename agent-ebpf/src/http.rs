@@ -31,6 +31,12 @@ pub fn mark_proxy(tgid: u32) {
     }
 }
 
+/// Whether `tgid` is marked as a proxy.
+#[inline(always)]
+pub fn is_proxy(tgid: u32) -> bool {
+    PROXIES.get_ptr(tgid).is_some()
+}
+
 #[inline(always)]
 fn current_proxy() -> Option<u32> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

@@ -2,7 +2,8 @@
 //! `connect(2)`/`listen(2)`, process exec/exit, signals and OOM kills.
 //!
 //! Hot paths (every TCP state change, every `connect(2)`) only touch maps; the ring buffer
-//! carries the rare events: failures, resets, exits, kills.
+//! carries the rare events: failures, resets, exits, kills, and proxies' upstream
+//! connections that ended without a response.
 #![no_std]
 #![no_main]
 
@@ -13,6 +14,7 @@ mod maps;
 mod process;
 mod read;
 mod tcp;
+mod upstream;
 
 #[cfg(not(test))]
 #[panic_handler]

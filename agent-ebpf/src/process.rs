@@ -29,15 +29,22 @@ fn data_loc_str(ctx: &TracePointContext, offset: u16, dst: &mut [u8]) -> bool {
     unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_ok()
 }
 
+/// `task->real_parent->tgid`, 0 when unknown. At exit the tracepoint runs before the
+/// kernel notifies the parent: a thread's `real_parent` is its process's parent, and a
+/// process whose parent died before it was already reparented (to init or a subreaper).
+#[inline(always)]
+fn parent_tgid(task: u64) -> u32 {
+    let parent = kernel_field::<u64>(task, config!(kernel.task_real_parent)).unwrap_or(0);
+    kernel_field::<u32>(parent, config!(kernel.task_tgid)).unwrap_or(0)
+}
+
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let header = current_header::<ProcessExec>();
     if proxy::is_known_comm(&header.comm) {
         crate::http::mark_proxy(header.tgid);
     }
-    let task = unsafe { bpf_get_current_task() };
-    let parent = kernel_field::<u64>(task, config!(kernel.task_real_parent)).unwrap_or(0);
-    let ppid = kernel_field::<u32>(parent, config!(kernel.task_tgid)).unwrap_or(0);
+    let ppid = parent_tgid(unsafe { bpf_get_current_task() });
     let Some(mut entry) = reserve::<ProcessExec>() else {
         return 0;
     };
@@ -81,13 +88,14 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if exit_code == 0 && !watched {
         return 0;
     }
+    let ppid = parent_tgid(task);
     let Some(mut entry) = reserve::<ProcessExit>() else {
         return 0;
     };
     entry.write(ProcessExit {
         header,
         exit_code,
-        _pad: 0,
+        ppid,
     });
     entry.submit(0);
     0

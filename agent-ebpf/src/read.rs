@@ -2,6 +2,7 @@
 
 use agent_common::{
     config::{Probe, TupleFields},
+    connect::TrackedConnect,
     event::{counter, EventHeader, Record},
     net::{SockTuple, AF_INET, AF_INET6},
     COMM_LEN, NO_OFFSET,
@@ -124,6 +125,20 @@ pub fn anonymous_header_at<T: Record>(ts_ns: u64) -> EventHeader {
         ts_ns,
         cgroup_id: 0,
         comm: [0; COMM_LEN],
+    }
+}
+
+/// A `T` header about the process that opened a tracked connection, at `ts_ns`.
+#[inline(always)]
+pub fn owner_header_at<T: Record>(tracked: &TrackedConnect, ts_ns: u64) -> EventHeader {
+    EventHeader {
+        kind: T::KIND as u32,
+        pid: tracked.pid,
+        tgid: tracked.tgid,
+        _pad: 0,
+        ts_ns,
+        cgroup_id: tracked.cgroup_id,
+        comm: tracked.comm,
     }
 }
 

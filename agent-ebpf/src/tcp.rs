@@ -1,5 +1,6 @@
 //! Resets and retransmits (`tcp:*` tracepoints). These fire in softirq context, so the
-//! process is taken from the connect-time record in `TRACKED` when there is one.
+//! process is taken from the connect-time record in `TRACKED` when there is one. A reset
+//! received on a followed upstream connection carries its traffic (`upstream.rs`).
 
 use agent_common::{
     config::{Probe, TcpSockFields},
@@ -11,26 +12,23 @@ use agent_common::{
         TcpSynRetransmit,
     },
 };
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 
 use crate::{
     maps::{config, CONNECT_STATS, TRACKED},
-    read::{anonymous_header, field, kernel_field, required, reserve, tuple},
+    read::{anonymous_header, field, kernel_field, owner_header_at, required, reserve, tuple},
+    upstream,
 };
 
 /// The header of a `T` record on a socket: its connecting process if known.
 #[inline(always)]
 fn owner_header<T: Record>(tracked: Option<&TrackedConnect>) -> (EventHeader, u32) {
-    let mut header = anonymous_header::<T>();
     match tracked {
-        Some(tracked) => {
-            header.pid = tracked.pid;
-            header.tgid = tracked.tgid;
-            header.cgroup_id = tracked.cgroup_id;
-            header.comm = tracked.comm;
-            (header, 1)
-        }
-        None => (header, 0),
+        Some(tracked) => (
+            owner_header_at::<T>(tracked, unsafe { bpf_ktime_get_ns() }),
+            1,
+        ),
+        None => (anonymous_header::<T>(), 0),
     }
 }
 
@@ -53,30 +51,40 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let Some((skaddr, t)) = skaddr_and_tuple(&ctx, &fields, Probe::TcpReceiveReset) else {
         return 0;
     };
-    let tracked = unsafe { TRACKED.get(skaddr) };
+    let tracked = TRACKED.get_ptr_mut(skaddr);
     let sk_state = kernel_field::<u8>(skaddr, config!(kernel.sock_state))
         .map(i32::from)
         .unwrap_or(-1);
     // A RST in SYN_SENT is a refused connect, reported as such by inet_sock_set_state.
     let in_handshake = match tracked {
-        Some(tracked) if sk_state == -1 => tracked.established == 0,
+        Some(tracked) if sk_state == -1 => (unsafe { (*tracked).established }) == 0,
         _ => sk_state == state::SYN_SENT,
     };
     if in_handshake {
         return 0;
     }
-    let (header, owner_known) = owner_header::<TcpResetReceived>(tracked);
+    let (header, owner_known) =
+        owner_header::<TcpResetReceived>(tracked.map(|tracked| unsafe { &*tracked }));
     // A process whose upstream connections get reset is a proxy: its 502s count.
     crate::http::mark_proxy(header.tgid);
+    // A followed connection: what had crossed it says whether the upstream had answered.
+    let traffic = tracked.and_then(|tracked| {
+        upstream::reset_traffic(skaddr, unsafe { &mut *tracked }, sk_state, header.ts_ns)
+    });
     let Some(mut entry) = reserve::<TcpResetReceived>() else {
         return 0;
     };
-    entry.write(TcpResetReceived {
-        header,
-        tuple: t,
-        state: sk_state,
-        owner_known,
-    });
+    // Filled in place: the record is too large to assemble on the BPF stack next to the rest.
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).header = header;
+        (*event).tuple = t;
+        (*event).state = sk_state;
+        (*event).owner_known = owner_known;
+        (*event).traffic = traffic.unwrap_or_default();
+        (*event).followed = traffic.is_some() as u32;
+        (*event)._pad = 0;
+    }
     entry.submit(0);
     0
 }

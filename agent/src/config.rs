@@ -75,10 +75,15 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IncidentConfig {
-    /// Failures from one proxy to one upstream within `window_ms` that open an incident.
+    /// Failures from one proxy to one upstream within `window_ms` that open an incident
+    /// (one is enough when the upstream's listener is gone or its worker just died).
     pub open_threshold: u32,
     /// The spike-detection window.
     pub window_ms: u64,
+    /// The least share of failures among a flow's attempts (failures plus the kernel's
+    /// successful connects) in the window that opens an incident: an upstream that always
+    /// fails a little does not.
+    pub min_failure_ratio: f64,
     /// An incident closes after this long without a failure.
     pub quiet_seconds: u64,
     /// How far back evidence (exits, kills, listener changes) is looked for.
@@ -90,8 +95,9 @@ pub struct IncidentConfig {
 impl Default for IncidentConfig {
     fn default() -> Self {
         Self {
-            open_threshold: 5,
-            window_ms: 1000,
+            open_threshold: 3,
+            window_ms: 30_000,
+            min_failure_ratio: 0.01,
             quiet_seconds: 10,
             lookback_seconds: 300,
             memory_pressure_percent: 10.0,
@@ -170,6 +176,12 @@ pub struct ProbeConfig {
     pub connect_stats_entries: u32,
     /// Signals reported by `signal_generate`, by name.
     pub signals: Vec<String>,
+    /// A proxy's upstream connection that the proxy closes first, with its request
+    /// acknowledged and no response byte, at least this long after the handshake is
+    /// reported as the proxy giving up (`upstream_end`, how = `proxy_gave_up`). Below
+    /// proxies' read timeouts (nginx: 60 s, and its timers fire a few ms early: a floor of
+    /// exactly 1 s would miss a 1 s `proxy_read_timeout`), above most clients' aborts.
+    pub response_timeout_ms: u64,
 }
 
 impl Default for ProbeConfig {
@@ -185,6 +197,7 @@ impl Default for ProbeConfig {
             ]
             .map(String::from)
             .to_vec(),
+            response_timeout_ms: 500,
         }
     }
 }
@@ -315,6 +328,12 @@ impl Config {
         let inc = &self.incidents;
         for (key, value, min, max) in [
             (
+                "probes.response_timeout_ms",
+                probes.response_timeout_ms,
+                10,
+                3_600_000,
+            ),
+            (
                 "incidents.open_threshold",
                 u64::from(inc.open_threshold),
                 1,
@@ -371,6 +390,12 @@ impl Config {
                     format!("{value} is not between {min} and {max}"),
                 ));
             }
+        }
+        if !(0.0..1.0).contains(&inc.min_failure_ratio) {
+            return Err(invalid(
+                "incidents.min_failure_ratio",
+                format!("{} is not between 0 and 1", inc.min_failure_ratio),
+            ));
         }
         if !(0.0..=100.0).contains(&inc.memory_pressure_percent) {
             return Err(invalid(
@@ -487,6 +512,14 @@ mod tests {
                 "[probes]\nconnect_table_entries = 0\n",
                 "probes.connect_table_entries",
             ),
+            (
+                "[probes]\nresponse_timeout_ms = 0\n",
+                "probes.response_timeout_ms",
+            ),
+            (
+                "[probes]\nresponse_timeout_ms = 3600001\n",
+                "probes.response_timeout_ms",
+            ),
             ("[agent]\nlog_level = \"loud\"\n", "agent.log_level"),
             (
                 "[enrich]\nprocess_cache_entries = 0\n",
@@ -525,6 +558,10 @@ mod tests {
             defaults.probes.ring_buffer_bytes
         );
         assert_eq!(config.probes.signals, defaults.probes.signals);
+        assert_eq!(
+            config.probes.response_timeout_ms,
+            defaults.probes.response_timeout_ms
+        );
         assert_eq!(config.enrich.redact_keys, defaults.enrich.redact_keys);
         assert_eq!(
             config.incidents.open_threshold,

@@ -7,7 +7,7 @@ use std::{
 };
 
 use agent_common::{
-    connect::{self, errno_source},
+    connect::{self, end_how, errno_source},
     event::{EventHeader, EventKind, Record},
     listener, net, process, tcp,
 };
@@ -15,8 +15,9 @@ use agent_common::{
 use crate::model::{
     clock,
     event::{
-        ConnectFailure, ConnectSyscallError, Endpoint, Errno, Event, EventDetail, Exec, Exit,
-        HandshakeRetransmit, Listener, OomKill, ProcessRef, SignalSent, Source, TcpReset,
+        ConnectFailure, ConnectSyscallError, EndHow, Endpoint, Errno, Event, EventDetail, Exec,
+        Exit, HandshakeRetransmit, Listener, OomKill, ProcessRef, SignalSent, Source, TcpReset,
+        Traffic, UpstreamEnd,
     },
     signal,
 };
@@ -33,6 +34,8 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("connect(2) address of family {0} cannot be decoded")]
     Family(u16),
+    #[error("unknown way {0} for an upstream connection to end")]
+    EndHow(u32),
 }
 
 /// What a record decodes to.
@@ -119,7 +122,8 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                     dst,
                     state: tcp_state_name(r.state),
                     reason: None,
-                    traffic: None,
+                    // Only a followed connection (a proxy's upstream) has its traffic.
+                    traffic: (r.followed != 0).then(|| traffic(&r.traffic)),
                 }),
             ));
         }
@@ -173,7 +177,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         }
         EventKind::ProcessExit => {
             let r = read::<process::ProcessExit>(bytes)?;
-            EventDetail::ProcessExit(Exit::from_wait_status(r.exit_code))
+            let mut exit = Exit::from_wait_status(r.exit_code);
+            exit.ppid = (r.ppid != 0).then_some(r.ppid);
+            EventDetail::ProcessExit(exit)
         }
         EventKind::Signal => {
             let r = read::<process::Signal>(bytes)?;
@@ -210,8 +216,30 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                 victim: None,
             })
         }
+        EventKind::UpstreamEnd => {
+            let r = read::<connect::UpstreamEnd>(bytes)?;
+            let (src, dst) = tuple_addrs(&r.tuple);
+            EventDetail::UpstreamEnd(UpstreamEnd {
+                src,
+                dst,
+                how: match r.how {
+                    end_how::CLOSED_BY_UPSTREAM => EndHow::ClosedByUpstream,
+                    end_how::PROXY_GAVE_UP => EndHow::ProxyGaveUp,
+                    other => return Err(DecodeError::EndHow(other)),
+                },
+                traffic: traffic(&r.traffic),
+            })
+        }
     };
     Ok(event(header, detail))
+}
+
+fn traffic(t: &connect::Traffic) -> Traffic {
+    Traffic {
+        duration: Duration::from_nanos(t.duration_ns),
+        bytes_sent: t.bytes_sent,
+        bytes_received: t.bytes_received,
+    }
 }
 
 /// A SYN or SYN-ACK retransmission, with its owner if the kernel knew it.
@@ -511,6 +539,8 @@ mod tests {
                 Ok(_) => {}
                 // A zeroed sockaddr has family 0: decoding got past the record itself.
                 Err(DecodeError::Family(0)) if kind == EventKind::ConnectSyscallError => {}
+                // Likewise a zeroed `how`.
+                Err(DecodeError::EndHow(0)) if kind == EventKind::UpstreamEnd => {}
                 Err(err) => panic!("{kind:?}: {err}"),
             }
         }
@@ -563,6 +593,115 @@ mod tests {
             panic!()
         };
         assert!(matches!(closed.detail, EventDetail::ListenerClosed(_)));
+    }
+
+    fn traffic_record(duration_ns: u64, bytes_sent: u64, bytes_received: u64) -> connect::Traffic {
+        connect::Traffic {
+            duration_ns,
+            bytes_sent,
+            bytes_received,
+        }
+    }
+
+    #[test]
+    fn upstream_ends_decode() {
+        for (how, expected) in [
+            (end_how::CLOSED_BY_UPSTREAM, EndHow::ClosedByUpstream),
+            (end_how::PROXY_GAVE_UP, EndHow::ProxyGaveUp),
+        ] {
+            let record = connect::UpstreamEnd {
+                header: header(EventKind::UpstreamEnd, 1234),
+                tuple: v4_tuple(),
+                traffic: traffic_record(1_250_000_000, 78, 0),
+                how,
+                _pad: 0,
+            };
+            let Decoded::Event(event) = decode(&bytes_of(&record)).unwrap() else {
+                panic!("not an event")
+            };
+            assert_eq!(event.process.as_ref().map(|p| p.pid), Some(1234));
+            let EventDetail::UpstreamEnd(end) = &event.detail else {
+                panic!("{:?}", event.detail)
+            };
+            assert_eq!(end.how, expected);
+            assert_eq!(end.src, "127.0.0.1:41000".parse().unwrap());
+            assert_eq!(end.dst, "127.0.0.2:9000".parse().unwrap());
+            assert_eq!(
+                end.traffic,
+                Traffic {
+                    duration: Duration::from_millis(1250),
+                    bytes_sent: 78,
+                    bytes_received: 0,
+                }
+            );
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["kind"], "upstream_end");
+            assert_eq!(json["bytes_sent"], 78);
+        }
+        let bad = connect::UpstreamEnd {
+            header: header(EventKind::UpstreamEnd, 1234),
+            tuple: v4_tuple(),
+            traffic: traffic_record(0, 0, 0),
+            how: 7,
+            _pad: 0,
+        };
+        assert_eq!(decode(&bytes_of(&bad)).unwrap_err(), DecodeError::EndHow(7));
+    }
+
+    #[test]
+    fn reset_traffic_only_on_followed_connections() {
+        let mut record = tcp::TcpResetReceived {
+            header: header(EventKind::TcpResetReceived, 1234),
+            tuple: v4_tuple(),
+            state: tcp::state::ESTABLISHED,
+            owner_known: 1,
+            traffic: traffic_record(2_000_000, 40, 0),
+            followed: 1,
+            _pad: 0,
+        };
+        let reset = |record: &tcp::TcpResetReceived| {
+            let Decoded::Event(event) = decode(&bytes_of(record)).unwrap() else {
+                panic!("not an event")
+            };
+            let EventDetail::TcpResetReceived(reset) = event.detail else {
+                panic!("{:?}", event.detail)
+            };
+            reset
+        };
+        assert_eq!(
+            reset(&record).traffic,
+            Some(Traffic {
+                duration: Duration::from_millis(2),
+                bytes_sent: 40,
+                bytes_received: 0,
+            })
+        );
+        record.followed = 0;
+        record.traffic = traffic_record(0, 0, 0);
+        assert_eq!(reset(&record).traffic, None);
+    }
+
+    #[test]
+    fn exits_carry_their_parent() {
+        let mut record = process::ProcessExit {
+            header: header(EventKind::ProcessExit, 1234),
+            exit_code: 9,
+            ppid: 77,
+        };
+        let exit = |record: &process::ProcessExit| {
+            let Decoded::Event(event) = decode(&bytes_of(record)).unwrap() else {
+                panic!("not an event")
+            };
+            let EventDetail::ProcessExit(exit) = event.detail else {
+                panic!("{:?}", event.detail)
+            };
+            exit
+        };
+        let killed = exit(&record);
+        assert_eq!(killed.ppid, Some(77));
+        assert_eq!(killed.signal_number, Some(9));
+        record.ppid = 0;
+        assert_eq!(exit(&record).ppid, None);
     }
 
     #[test]

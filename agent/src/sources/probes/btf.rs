@@ -1,7 +1,7 @@
 //! Just enough of the [BTF format](https://docs.kernel.org/bpf/btf.html) to find where a
 //! kernel struct keeps a field. Rust eBPF programs get no CO-RE relocations, so the agent
-//! resolves the few offsets it needs (`sock.sk_err`, `task_struct.exit_code`…) here and
-//! passes them to the programs.
+//! resolves the few offsets it needs (`sock.sk_err`, `task_struct.exit_code`,
+//! `tcp_sock.bytes_received`…) here and passes them to the programs.
 //!
 //! The kernel's own BTF is at `/sys/kernel/btf/vmlinux` (`CONFIG_DEBUG_INFO_BTF`, Linux 5.2+).
 
@@ -205,11 +205,27 @@ impl Btf {
 
     /// The byte offset of `path` (`["__sk_common", "skc_state"]`) within `struct name`.
     pub fn field_offset(&self, name: &str, path: &[&str]) -> Option<u32> {
+        self.field(name, path).map(|(offset, _)| offset)
+    }
+
+    /// [`Btf::field_offset`] of a field that is an integer of `size` bytes (through
+    /// typedefs such as `u64`): a program reading it as such reads the right thing.
+    pub fn int_field_offset(&self, name: &str, path: &[&str], size: u32) -> Option<u32> {
+        let (offset, type_id) = self.field(name, path)?;
+        let ty = self.resolve(type_id)?;
+        // For an INT, the word after `info` is its size in bytes.
+        (ty.kind == KIND_INT && ty.target == size).then_some(offset)
+    }
+
+    /// The byte offset of `path` within `struct name`, with the field's type id.
+    fn field(&self, name: &str, path: &[&str]) -> Option<(u32, u32)> {
         let mut ty = &self.types[*self.structs_by_name.get(name)? as usize];
         let mut bits = 0;
+        let mut field_type = 0;
         for (i, field) in path.iter().enumerate() {
             let (off, type_id) = self.find_member(ty, field)?;
             bits += off;
+            field_type = type_id;
             if i + 1 < path.len() {
                 ty = self.resolve(type_id)?;
                 if !matches!(ty.kind, KIND_STRUCT | KIND_UNION) {
@@ -217,7 +233,7 @@ impl Btf {
                 }
             }
         }
-        (bits % 8 == 0).then_some(bits / 8)
+        (bits % 8 == 0).then_some((bits / 8, field_type))
     }
 }
 
@@ -283,6 +299,15 @@ mod tests {
     }
 
     #[test]
+    fn integer_fields_are_checked_for_their_size() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(btf.int_field_offset("outer", &["in", "b"], 4), Some(12));
+        assert_eq!(btf.int_field_offset("outer", &["in", "b"], 8), None);
+        // A struct is not an integer.
+        assert_eq!(btf.int_field_offset("outer", &["in"], 8), None);
+    }
+
+    #[test]
     fn rejects_non_btf() {
         assert!(matches!(
             Btf::parse(b"hello world, not btf at all"),
@@ -308,5 +333,15 @@ mod tests {
             .unwrap();
         assert_eq!(state, family + 2);
         assert!(btf.field_offset("task_struct", &["exit_code"]).is_some());
+        // The byte counters of followed connections: u64 in struct tcp_sock, which starts
+        // with its struct sock (the programs add the offsets to the sock's address).
+        assert_eq!(
+            btf.field_offset("tcp_sock", &["inet_conn", "icsk_inet", "sk"]),
+            Some(0)
+        );
+        let received = btf.int_field_offset("tcp_sock", &["bytes_received"], 8);
+        let acked = btf.int_field_offset("tcp_sock", &["bytes_acked"], 8);
+        assert!(received.is_some_and(|o| o > sk_err), "{received:?}");
+        assert!(acked.is_some_and(|o| o > sk_err), "{acked:?}");
     }
 }

@@ -18,7 +18,23 @@ pub struct Layout {
     pub config: KernelConfig,
     pub unavailable: BTreeMap<Probe, String>,
     /// Kernel struct fields that could not be resolved (features degrade, probes stay on).
-    pub missing_kernel_fields: Vec<&'static str>,
+    pub missing_kernel_fields: Vec<MissingField>,
+}
+
+/// A kernel struct field BTF did not give, and what goes without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingField {
+    pub name: &'static str,
+    pub degrades: &'static str,
+}
+
+/// What the kernel programs are told besides offsets (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Bit `n` set: report signal `n`.
+    pub signal_mask: u64,
+    /// See `KernelConfig::response_timeout_ns`.
+    pub response_timeout_ns: u64,
 }
 
 struct Fields<'a> {
@@ -97,7 +113,7 @@ pub fn build(
     enabled: &BTreeSet<Probe>,
     formats: &Formats,
     btf: Option<&Btf>,
-    signal_mask: u64,
+    options: Options,
 ) -> Layout {
     let mut config = KernelConfig::UNSET;
     let mut unavailable = BTreeMap::new();
@@ -201,28 +217,57 @@ pub fn build(
             );
         }
     }
-    config.signal_mask = signal_mask;
+    config.signal_mask = options.signal_mask;
+    config.response_timeout_ns = options.response_timeout_ns;
 
     let mut missing_kernel_fields = Vec::new();
-    let mut offset = |what: &'static str, strct: &str, path: &[&str]| -> u16 {
-        match btf.and_then(|b| b.field_offset(strct, path)) {
+    let mut resolved = |name: &'static str, degrades: &'static str, found: Option<u32>| -> u16 {
+        match found {
             Some(o) if o < NO_OFFSET as u32 => o as u16,
             _ => {
-                missing_kernel_fields.push(what);
+                missing_kernel_fields.push(MissingField { name, degrades });
                 NO_OFFSET
             }
         }
     };
-    config.kernel.sock_sk_err = offset("sock.sk_err", "sock", &["sk_err"]);
-    config.kernel.sock_state = offset(
-        "sock.__sk_common.skc_state",
-        "sock",
-        &["__sk_common", "skc_state"],
+    let offset = |strct: &str, path: &[&str]| btf.and_then(|b| b.field_offset(strct, path));
+    let k = &mut config.kernel;
+    k.sock_sk_err = resolved(
+        "sock.sk_err",
+        "the errno of failed connects comes from the error report alone",
+        offset("sock", &["sk_err"]),
     );
-    config.kernel.task_real_parent =
-        offset("task_struct.real_parent", "task_struct", &["real_parent"]);
-    config.kernel.task_tgid = offset("task_struct.tgid", "task_struct", &["tgid"]);
-    config.kernel.task_exit_code = offset("task_struct.exit_code", "task_struct", &["exit_code"]);
+    k.sock_state = resolved(
+        "sock.__sk_common.skc_state",
+        "the TCP state of resets is unknown",
+        offset("sock", &["__sk_common", "skc_state"]),
+    );
+    const PARENTS: &str = "exec and exit events carry no parent";
+    k.task_real_parent = resolved(
+        "task_struct.real_parent",
+        PARENTS,
+        offset("task_struct", &["real_parent"]),
+    );
+    k.task_tgid = resolved(
+        "task_struct.tgid",
+        PARENTS,
+        offset("task_struct", &["tgid"]),
+    );
+    k.task_exit_code = resolved(
+        "task_struct.exit_code",
+        "exit codes are unknown",
+        offset("task_struct", &["exit_code"]),
+    );
+    // Read as u64 by the programs: only an 8-byte integer will do (Linux 4.1+).
+    const FOLLOWING: &str = "proxies' upstream connections are not followed to their end \
+        (no upstream_end events, no traffic on resets, no closed_ok counts)";
+    let counter = |field: &str| btf.and_then(|b| b.int_field_offset("tcp_sock", &[field], 8));
+    k.tcp_bytes_received = resolved(
+        "tcp_sock.bytes_received",
+        FOLLOWING,
+        counter("bytes_received"),
+    );
+    k.tcp_bytes_acked = resolved("tcp_sock.bytes_acked", FOLLOWING, counter("bytes_acked"));
 
     Layout {
         config,
@@ -235,6 +280,11 @@ pub fn build(
 mod tests {
     use super::*;
     use std::path::Path;
+
+    const OPTIONS: Options = Options {
+        signal_mask: 1 << 9,
+        response_timeout_ns: 1_500_000_000,
+    };
 
     fn format(text: &str) -> Format {
         Format::parse(text, Path::new("format")).unwrap()
@@ -264,7 +314,7 @@ mod tests {
             (Probe::TcpReceiveReset, format(CLASSIC_RESET)),
             (Probe::TcpSendReset, format(SOCKADDR_RESET)),
         ]);
-        let layout = build(&enabled, &formats, None, 0);
+        let layout = build(&enabled, &formats, None, OPTIONS);
         assert!(layout.unavailable.is_empty(), "{:?}", layout.unavailable);
         let classic = layout.config.receive_reset;
         assert_eq!(classic.tuple.sockaddr, 0);
@@ -275,7 +325,36 @@ mod tests {
         assert_eq!((sockaddr.tuple.saddr, sockaddr.tuple.daddr), (32, 60));
         assert_eq!((sockaddr.state, sockaddr.reason), (24, 28));
         // No BTF: every kernel field is reported missing, nothing panics.
-        assert_eq!(layout.missing_kernel_fields.len(), 5);
+        let missing: Vec<_> = layout
+            .missing_kernel_fields
+            .iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(missing.len(), 7, "{missing:?}");
+        assert!(missing.contains(&"tcp_sock.bytes_received"));
+        assert!(missing.contains(&"tcp_sock.bytes_acked"));
+        assert_eq!(layout.config.kernel.tcp_bytes_acked, NO_OFFSET);
+        // The options pass through.
+        assert_eq!(layout.config.response_timeout_ns, 1_500_000_000);
+        assert_eq!(layout.config.signal_mask, 1 << 9);
+    }
+
+    #[test]
+    fn kernel_fields_come_from_the_running_kernel_when_present() {
+        let Ok(btf) = Btf::from_file(super::super::btf::VMLINUX) else {
+            eprintln!("skipped: no readable kernel BTF");
+            return;
+        };
+        let layout = build(&BTreeSet::new(), &Formats::new(), Some(&btf), OPTIONS);
+        assert!(
+            layout.missing_kernel_fields.is_empty(),
+            "{:?}",
+            layout.missing_kernel_fields
+        );
+        let k = layout.config.kernel;
+        assert_ne!(k.tcp_bytes_received, k.tcp_bytes_acked);
+        assert_eq!(k.tcp_bytes_received % 8, 0);
+        assert_eq!(k.tcp_bytes_acked % 8, 0);
     }
 
     #[test]
@@ -283,7 +362,7 @@ mod tests {
         let enabled = BTreeSet::from([Probe::TcpRetransmitSkb, Probe::MarkVictim]);
         // tcp_retransmit_skb needs `state`, which CLASSIC_RESET lacks.
         let formats = Formats::from([(Probe::TcpRetransmitSkb, format(CLASSIC_RESET))]);
-        let layout = build(&enabled, &formats, None, 0);
+        let layout = build(&enabled, &formats, None, OPTIONS);
         assert!(layout.unavailable[&Probe::TcpRetransmitSkb].contains("state"));
         assert!(layout.unavailable[&Probe::MarkVictim].contains("oom:mark_victim"));
     }

@@ -126,12 +126,30 @@ pub struct ConnectAggregate {
     pub latency_hist: [u64; LATENCY_BUCKETS],
 }
 
+/// How the followed connections of one (process, destination) ended, summed over CPUs:
+/// a proxy's upstream connections (`agent_common::connect`). The bad ends are events
+/// (`UpstreamEnd`, resets with traffic); these are the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectEnds {
+    /// Ended normally: at CLOSE, with no bad end reported and no socket error.
+    pub closed_ok: u64,
+}
+
 /// The `CONNECT_STATS` per-CPU LRU hash.
 pub struct ConnectStatsMap(PerCpuHashMap<MapData, ConnectKey, ConnectStats>);
 
 impl ConnectStatsMap {
     /// The kernel's success aggregates per (process, destination).
     pub fn read(&self) -> Vec<ConnectAggregate> {
+        self.read_with_ends()
+            .into_iter()
+            .map(|(agg, _)| agg)
+            .collect()
+    }
+
+    /// [`ConnectStatsMap::read`] with how each key's followed connections ended, from
+    /// the same pass over the map.
+    pub fn read_with_ends(&self) -> Vec<(ConnectAggregate, ConnectEnds)> {
         let mut out = Vec::new();
         for entry in self.0.iter() {
             // An entry evicted between listing keys and reading it is simply gone.
@@ -143,15 +161,17 @@ impl ConnectStatsMap {
                 retransmits: 0,
                 latency_hist: [0; LATENCY_BUCKETS],
             };
+            let mut ends = ConnectEnds::default();
             for cpu in per_cpu.iter() {
                 agg.established += cpu.established;
                 agg.latency_sum_ns += cpu.latency_sum_ns;
                 agg.retransmits += cpu.retransmits;
+                ends.closed_ok += cpu.closed_ok;
                 for (sum, v) in agg.latency_hist.iter_mut().zip(cpu.latency_hist) {
                     *sum += v;
                 }
             }
-            out.push(agg);
+            out.push((agg, ends));
         }
         out
     }

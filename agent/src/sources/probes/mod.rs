@@ -87,13 +87,18 @@ impl ProbeSet {
             Ok(btf) => Some(btf),
             Err(err) => {
                 log::warn!(
-                    "kernel BTF unavailable ({}): errno, ppid and exit codes degrade",
+                    "kernel BTF unavailable ({}): errno, ppid and exit codes degrade, and \
+                     proxies' upstream connections are not followed to their end",
                     crate::error_chain(&err)
                 );
                 None
             }
         };
-        let layout = layout::build(&enabled, &formats, btf.as_ref(), config.signal_mask());
+        let options = layout::Options {
+            signal_mask: config.signal_mask(),
+            response_timeout_ns: config.probes.response_timeout_ms.saturating_mul(1_000_000),
+        };
+        let layout = layout::build(&enabled, &formats, btf.as_ref(), options);
 
         let probes = &config.probes;
         let mut ebpf = EbpfLoader::new()
@@ -138,12 +143,16 @@ impl ProbeSet {
             return Err(ProbeError::NoneAttached(reasons.join("; ")));
         }
         for field in &layout.missing_kernel_fields {
-            log::warn!("kernel BTF lacks {field}; the features that use it degrade");
+            log::warn!("kernel BTF lacks {}: {}", field.name, field.degrades);
         }
         Ok(Self {
             ebpf,
             status,
-            missing_kernel_fields: layout.missing_kernel_fields,
+            missing_kernel_fields: layout
+                .missing_kernel_fields
+                .iter()
+                .map(|f| f.name)
+                .collect(),
             mounted_tracefs,
         })
     }
