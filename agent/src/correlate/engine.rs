@@ -45,6 +45,8 @@ struct OpenIncident {
 struct Flow {
     proxy: ProcessSummary,
     window: Window,
+    /// The last failure (0: none yet; a flow may start from its successes).
+    last_failure_mono: u64,
     /// Boxed: most flows never open one, and an incident is large.
     open: Option<Box<OpenIncident>>,
     last_mono: u64,
@@ -154,6 +156,7 @@ impl Engine {
                     Flow {
                         proxy: summary(&c.process),
                         window,
+                        last_failure_mono: 0,
                         open: None,
                         last_mono: mono,
                     },
@@ -256,7 +259,8 @@ impl Engine {
             let failing = self.flows.iter().any(|(k, f)| {
                 k.proxy == proxy
                     && k.upstream.is_some()
-                    && f.last_mono + window_ns + RESPONSE_GRACE_NS >= first.mono
+                    && f.last_failure_mono > 0
+                    && f.last_failure_mono + window_ns + RESPONSE_GRACE_NS >= first.mono
             });
             if failing {
                 continue;
@@ -318,10 +322,12 @@ impl Engine {
         let flow = self.flows.entry(key.clone()).or_insert_with(|| Flow {
             proxy: proxy.clone(),
             window: Window::new(event.mono_ns),
+            last_failure_mono: event.mono_ns,
             open: None,
             last_mono: event.mono_ns,
         });
         flow.last_mono = event.mono_ns;
+        flow.last_failure_mono = event.mono_ns;
         if let Some(open) = flow.open.as_mut() {
             let incident = &mut open.incident;
             match what {

@@ -397,13 +397,18 @@ fn worker_died(
 ) {
     let pid = death.value.pid;
     let worker = &death.value.process;
-    let serving = if in_flight > 0 {
-        format!(
-            " while serving {in_flight} requests of {}",
+    // Which worker held which request the kernel does not say: the deaths and the failed
+    // requests are counted, not paired.
+    let deaths = k.worker_deaths_since(owner.process.pid, f.first_mono);
+    let requests = |n: u64| format!("{n} request{}", if n == 1 { "" } else { "s" });
+    let serving = match (in_flight, deaths) {
+        (0, _) => String::new(),
+        (n, 0 | 1) => format!(" while serving {} of {}", requests(n), describe(f.proxy)),
+        (n, d) => format!(
+            " while serving requests: {d} of its workers died so, with {} of {} in flight",
+            requests(n),
             describe(f.proxy)
-        )
-    } else {
-        String::new()
+        ),
     };
     let who = format!(
         "{}, a worker of {} (listener of {endpoint}),",

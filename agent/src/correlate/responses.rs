@@ -95,10 +95,15 @@ impl PendingResponses {
             .collect()
     }
 
-    /// Marks the responses of `proxy` up to `now_mono` as judged.
+    /// Marks the responses of `proxy` that were due at `now_mono` (those [`Self::due`]
+    /// returned) as judged; later ones still wait for their grace, or for an incident
+    /// that opens to [`Self::take`] them.
     pub fn judged(&mut self, proxy: &str, now_mono: u64) {
         if let Some(pending) = self.by_proxy.get_mut(proxy) {
-            for r in pending.iter_mut().filter(|r| r.mono <= now_mono) {
+            for r in pending
+                .iter_mut()
+                .filter(|r| r.mono + RESPONSE_GRACE_NS <= now_mono)
+            {
                 r.used = true;
             }
         }

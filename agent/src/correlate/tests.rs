@@ -1081,3 +1081,56 @@ fn an_upstream_closing_before_answering_with_nothing_dying_is_low() {
     let incident = run(&mut e, &events);
     assert_eq!(top(&incident), (Cause::UpstreamClosed, Confidence::Low));
 }
+
+#[test]
+fn every_502_of_unix_workers_dying_one_after_the_other_is_counted() {
+    let mut e = engine();
+    let sock = "/run/php/php-fpm.sock";
+    e.observe(&event(
+        SEC,
+        Some(fpm()),
+        EventDetail::UnixListenerOpened(UnixListener {
+            path: sock.into(),
+            source: Source::Kernel,
+        }),
+    ));
+    // Five workers OOM-killed 350 ms apart; the kernel's response counts are polled every
+    // 250 ms, correlation ticks every 250 ms.
+    let deaths: Vec<u64> = (0..5).map(|i| 10 * SEC + i * 350 * MS).collect();
+    let mut updates = Vec::new();
+    let mut answered = 0;
+    for step in 0..40 {
+        let now = 10 * SEC + step * 250 * MS;
+        for (i, &d) in deaths.iter().enumerate() {
+            if d > now.saturating_sub(250 * MS) && d <= now {
+                updates.extend(e.observe(&worker_exit(d, 110 + i as u32, 9)));
+            }
+        }
+        // The 502s of the deaths since the last poll.
+        let new = deaths
+            .iter()
+            .filter(|&&d| d + 5 * MS > now.saturating_sub(250 * MS) && d + 5 * MS <= now)
+            .count() as u64;
+        if new > 0 {
+            answered += new;
+            updates.extend(e.observe(&responses(now, 502, new)));
+        }
+        updates.extend(e.tick(now, at(now)));
+    }
+    assert_eq!(answered, 5);
+    let opened: Vec<_> = updates
+        .iter()
+        .filter(|u| matches!(u, Update::Opened(_)))
+        .collect();
+    assert_eq!(opened.len(), 1, "{updates:?}");
+    let last = updates.last().unwrap().incident();
+    assert_eq!(last.upstream, format!("unix:{sock}"));
+    assert_eq!(last.responses.get(&502), Some(&5), "{last:?}");
+    assert!(
+        last.causes[0]
+            .summary
+            .contains("5 of its workers died so, with 5 requests"),
+        "{}",
+        last.causes[0].summary
+    );
+}
