@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    history::{Dated, ExitRecord},
+    history::{Dated, ExitRecord, SignalRecord},
     knowledge::Knowledge,
     listeners::{ListenerRecord, Owner},
 };
@@ -438,15 +438,7 @@ fn worker_died(
              per-request memory (memory_limit, pm.max_requests)",
         )
     } else if let Some(s) = k.history.signal_from(owner.process.pid, pid, horizon) {
-        evidence.push(Evidence {
-            time: s.time,
-            kind: "signal".into(),
-            text: format!(
-                "{} to pid {pid} from {}",
-                s.value.signal.signal,
-                describe(&s.value.sender)
-            ),
-        });
+        evidence.push(signal_evidence(s, pid));
         (
             Cause::KilledByParent,
             format!(
@@ -632,15 +624,7 @@ fn gone_listener(
         )
     });
     let mut evidence: Vec<Evidence> = signal
-        .map(|s| Evidence {
-            time: s.time,
-            kind: "signal".into(),
-            text: format!(
-                "{} to pid {pid} from {}",
-                s.value.signal.signal,
-                describe(&s.value.sender)
-            ),
-        })
+        .map(|s| signal_evidence(s, pid))
         .into_iter()
         .collect();
     evidence.extend(exit.map(|e| exit_evidence(&e.value.exit, e.time, pid)));
@@ -743,6 +727,18 @@ fn gone_listener(
         process: Some(owner.process.clone()),
         evidence: timeline(evidence),
     });
+}
+
+fn signal_evidence(s: &Dated<SignalRecord>, pid: u32) -> Evidence {
+    Evidence {
+        time: s.time,
+        kind: "signal".into(),
+        text: format!(
+            "{} to pid {pid} from {}",
+            s.value.signal.signal,
+            describe(&s.value.sender)
+        ),
+    }
 }
 
 fn exit_evidence(exit: &Exit, time: SystemTime, pid: u32) -> Evidence {

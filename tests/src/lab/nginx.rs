@@ -27,9 +27,15 @@ pub struct NginxSpec {
 }
 
 pub struct LabNginx {
+    process: NginxProcess,
+    pub spec: NginxSpec,
+}
+
+/// A running nginx with its own prefix: its logs, its master and worker, stopped on drop.
+/// Every nginx of the lab is one ([`LabNginx`] proxying, php-fpm's fastcgi front).
+pub struct NginxProcess {
     child: Child,
     prefix: PathBuf,
-    pub spec: NginxSpec,
 }
 
 /// nginx's timeouts towards the upstream: longer than the first SYN retransmit (1 s), so
@@ -47,9 +53,38 @@ impl LabNginx {
             "{} is missing: `cargo xtask bootstrap` installs Debian's nginx-light",
             crate::nginx::NGINX
         );
+        let port = spec.port;
+        let process = NginxProcess::start(&config(&spec, prefix), prefix, netns, client, port);
+        Self { process, spec }
+    }
+}
+
+impl std::ops::Deref for LabNginx {
+    type Target = NginxProcess;
+
+    fn deref(&self) -> &NginxProcess {
+        &self.process
+    }
+}
+
+impl NginxProcess {
+    /// Starts nginx with `config` in `prefix` (inside `netns` if given) and waits until
+    /// `client` can connect to `port`.
+    pub fn start(
+        config: &str,
+        prefix: &Path,
+        netns: Option<&Netns>,
+        client: &Client,
+        port: u16,
+    ) -> Self {
+        assert!(
+            Path::new(crate::nginx::NGINX).exists(),
+            "{} is missing: `cargo xtask bootstrap` installs Debian's nginx-light",
+            crate::nginx::NGINX
+        );
         std::fs::create_dir_all(prefix.join("tmp")).expect("nginx prefix");
         let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, config(&spec, prefix)).expect("write nginx.conf");
+        std::fs::write(&conf, config).expect("write nginx.conf");
         let mut cmd = match netns {
             Some(ns) => {
                 // `ip netns exec` execs nginx itself: the child is nginx's master.
@@ -71,7 +106,6 @@ impl LabNginx {
         let mut nginx = Self {
             child,
             prefix: prefix.to_path_buf(),
-            spec,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !client.connects() {
@@ -84,8 +118,7 @@ impl LabNginx {
             }
             assert!(
                 Instant::now() < deadline,
-                "nginx did not listen on {}: {}",
-                nginx.spec.port,
+                "nginx did not listen on {port}: {}",
                 nginx.error_log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -125,7 +158,7 @@ impl LabNginx {
     }
 }
 
-impl Drop for LabNginx {
+impl Drop for NginxProcess {
     fn drop(&mut self) {
         // SIGQUIT: graceful stop of the master and its worker; SIGKILL if that lingers.
         if crate::signal_and_wait(&mut self.child, libc::SIGQUIT, Duration::from_secs(3)) {

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::client::Client;
+use super::{client::Client, nginx::NginxProcess};
 
 /// The memory limit of the OOM scenario's cgroup (php-fpm's master and workers).
 pub const CGROUP_LIMIT: u64 = 64 << 20;
@@ -334,98 +334,27 @@ impl PhpFpmLog {
 /// nginx in front of php-fpm: `fastcgi_pass unix:<socket>` for every request (`/` is
 /// `index.php`), with the lab's log format, its prefix in the lab's directory.
 pub struct FastcgiNginx {
-    child: Child,
-    prefix: PathBuf,
+    process: NginxProcess,
     pub port: u16,
     pub upstream: String,
 }
 
 impl FastcgiNginx {
     pub fn start(port: u16, fpm: &LabPhpFpm, prefix: &Path, client: &Client) -> Self {
-        let nginx = crate::nginx::NGINX;
-        assert!(
-            Path::new(nginx).exists(),
-            "{nginx} is missing: `cargo xtask bootstrap` installs Debian's nginx-light"
-        );
-        std::fs::create_dir_all(prefix.join("tmp")).expect("nginx prefix");
-        let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, nginx_config(port, fpm, prefix)).expect("write nginx.conf");
-        let log = std::fs::File::create(prefix.join("stderr.log")).expect("nginx stderr");
-        let child = Command::new(nginx)
-            .arg("-p")
-            .arg(prefix)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("nginx stderr"))
-            .stderr(log)
-            .spawn()
-            .expect("start nginx");
-        let mut front = Self {
-            child,
-            prefix: prefix.to_path_buf(),
+        let config = nginx_config(port, fpm, prefix);
+        Self {
+            process: NginxProcess::start(&config, prefix, None, client, port),
             port,
             upstream: fpm.upstream(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !client.connects() {
-            if let Ok(Some(status)) = front.child.try_wait() {
-                panic!(
-                    "nginx exited ({status}): {}{}",
-                    front.read("stderr.log"),
-                    front.error_log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen on {port}: {}",
-                front.error_log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
-        front
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.prefix.join(name)).unwrap_or_default()
-    }
-
-    pub fn error_log(&self) -> String {
-        self.read("error.log")
-    }
-
-    pub fn access_log(&self) -> String {
-        self.read("access.log")
-    }
-
-    pub fn master_pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The worker's pid (`worker_processes 1`).
-    pub fn worker_pid(&self) -> Option<u32> {
-        let pid = self.child.id();
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
     }
 }
 
-impl Drop for FastcgiNginx {
-    fn drop(&mut self) {
-        if crate::signal_and_wait(&mut self.child, libc::SIGQUIT, Duration::from_secs(3)) {
-            return;
-        }
-        let worker = self.worker_pid();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(worker) = worker {
-            // SAFETY: the worker of the nginx this lab started.
-            unsafe { libc::kill(worker as i32, libc::SIGKILL) };
-        }
+impl std::ops::Deref for FastcgiNginx {
+    type Target = NginxProcess;
+
+    fn deref(&self) -> &NginxProcess {
+        &self.process
     }
 }
 
