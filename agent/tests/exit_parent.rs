@@ -1,4 +1,5 @@
-//! Kernel integration tests: an exit names the exiting process's parent, from the kernel.
+//! Kernel integration tests: an orphan's exit names the parent it was given, from the kernel
+//! (a plain exit's parent is checked in `process.rs`).
 
 mod common;
 
@@ -8,23 +9,6 @@ use common::{harness, pid_of};
 use why502::model::event::EventDetail;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-#[test]
-fn exit_names_its_parent() {
-    let Some(h) = harness() else { return };
-    let mut events = h.subscribe();
-    let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
-    let pid = child.id();
-    assert_eq!(child.wait().unwrap().code(), Some(3));
-    let exit = h.wait_for(&mut events, WAIT, "exit", |e| {
-        matches!(e.detail, EventDetail::ProcessExit(_)) && pid_of(e) == Some(pid)
-    });
-    let EventDetail::ProcessExit(exit) = &exit.detail else {
-        unreachable!()
-    };
-    assert_eq!(exit.code, Some(3));
-    assert_eq!(exit.ppid, Some(std::process::id()));
-}
 
 /// A process whose parent exited first names the one it was reparented to, not the dead
 /// parent.

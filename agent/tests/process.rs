@@ -25,6 +25,11 @@ fn exit_with_code_3() {
     };
     assert_eq!(exit.code, Some(3));
     assert_eq!(exit.signal, None);
+    assert_eq!(
+        exit.ppid,
+        Some(std::process::id()),
+        "the kernel names the parent"
+    );
 }
 
 #[test]
