@@ -139,11 +139,15 @@ pub struct UpstreamEnd {
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectCall {
     pub start_ns: u64,
-    pub addr: RawSockAddr,
+    /// The caller's `struct sockaddr *`: the address is only read (at the syscall's exit)
+    /// when the call failed, not on every connect of the host.
+    pub uaddr: u64,
+    pub addrlen: u32,
     pub fd: i32,
     /// Set when the TCP state machine already reported this call's failure, so that the
     /// syscall's own error return is not reported twice.
     pub reported: u32,
+    pub _pad: u32,
 }
 
 /// Key of the per-CPU success aggregates: who connected where.

@@ -138,7 +138,7 @@ assert_no_padding! {
         start_ns, established_ns, cgroup_id, pid, tgid, comm, syn_retransmits, established,
         follow, end_reported, _pad
     }
-    ConnectCall { start_ns, addr, fd, reported }
+    ConnectCall { start_ns, uaddr, addrlen, fd, reported, _pad }
     ResponseKey { tgid, code, _pad }
     TupleFields { family, sport, dport, saddr, daddr, saddr_v6, daddr_v6, sockaddr }
     SetStateFields { skaddr, oldstate, newstate, protocol, tuple }

@@ -9,14 +9,18 @@ use agent_common::{
     },
     event::{EventKind, Record},
     listener::{ListenerChange, ListenerClosed, ListenerOpened},
-    net::{RawSockAddr, AF_INET, AF_INET6, AF_UNIX, SOCKADDR_MAX},
+    net::{AF_INET, AF_INET6, AF_UNIX, SOCKADDR_MAX},
     tcp::state,
 };
+use core::{
+    mem::{offset_of, size_of, MaybeUninit},
+    ptr::addr_of_mut,
+};
+
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
-        bpf_probe_read_user_str_bytes,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -24,7 +28,10 @@ use aya_ebpf::{
 
 use crate::{
     maps::{config, CALLS, CONNECT_STATS, SOCK_ERRORS, TRACKED, WATCHED},
-    read::{anonymous_header_at, current_header, field, kernel_field, required, reserve, tuple},
+    read::{
+        anonymous_header_at, current_comm_to, current_header, field, kernel_field, required,
+        reserve, tuple,
+    },
     upstream,
 };
 
@@ -43,15 +50,28 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if protocol != IPPROTO_TCP {
         return 0;
     }
-    let (Some(old), Some(new), Some(skaddr)) = (
+    let (Some(old), Some(new)) = (
         required::<i32>(&ctx, config!(set_state.oldstate), probe),
         required::<i32>(&ctx, config!(set_state.newstate), probe),
-        required::<u64>(&ctx, config!(set_state.skaddr), probe),
     ) else {
         return 0;
     };
-    // The transitions that matter; every other one (the bulk: a server socket's
-    // SYN_RECV→ESTABLISHED, FIN_WAIT1→FIN_WAIT2, CLOSE_WAIT→LAST_ACK…) leaves here.
+    // Every other transition (the bulk: a server socket's LISTEN→SYN_RECV and
+    // SYN_RECV→ESTABLISHED, FIN_WAIT1→FIN_WAIT2, CLOSE_WAIT→LAST_ACK…) leaves here, before
+    // the socket's address is read and before any map operation.
+    let matters = match new {
+        state::SYN_SENT | state::CLOSE => true,
+        state::ESTABLISHED => old == state::SYN_SENT,
+        state::LISTEN => old == state::CLOSE,
+        state::CLOSE_WAIT | state::FIN_WAIT1 => old == state::ESTABLISHED,
+        _ => false,
+    };
+    if !matters {
+        return 0;
+    }
+    let Some(skaddr) = required::<u64>(&ctx, config!(set_state.skaddr), probe) else {
+        return 0;
+    };
     match (old, new) {
         (state::CLOSE, state::SYN_SENT) => track(skaddr),
         (state::SYN_SENT, state::ESTABLISHED) => established(&ctx, skaddr),
@@ -66,23 +86,41 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The flags word of [`TrackedConnect`] (`syn_retransmits`, `established`, `follow`,
+/// `end_reported`, `_pad`), written as one aligned store by [`track`].
+const TRACKED_FLAGS: usize = offset_of!(TrackedConnect, syn_retransmits);
+const _: () = assert!(
+    TRACKED_FLAGS % 8 == 0
+        && offset_of!(TrackedConnect, established) == TRACKED_FLAGS + 2
+        && offset_of!(TrackedConnect, follow) == TRACKED_FLAGS + 3
+        && offset_of!(TrackedConnect, end_reported) == TRACKED_FLAGS + 4
+        && size_of::<TrackedConnect>() == TRACKED_FLAGS + 8
+);
+
 /// CLOSE→SYN_SENT runs in the connecting task: the only moment its identity is at hand.
+///
+/// Built field by field without zeroing first: zeroing the name and the padding bytes
+/// compiled to calls to a byte-at-a-time `memset` subprogram, on every connect.
 #[inline(always)]
 fn track(skaddr: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let tracked = TrackedConnect {
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        established_ns: 0,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: pid_tgid as u32,
-        tgid,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        syn_retransmits: 0,
-        established: 0,
-        follow: upstream::should_follow(tgid) as u8,
-        end_reported: 0,
-        _pad: [0; 3],
+    let follow = upstream::should_follow(tgid) as u64;
+    let mut tracked = MaybeUninit::<TrackedConnect>::uninit();
+    let p = tracked.as_mut_ptr();
+    let tracked = unsafe {
+        (*p).start_ns = bpf_ktime_get_ns();
+        (*p).established_ns = 0;
+        (*p).cgroup_id = bpf_get_current_cgroup_id();
+        (*p).pid = pid_tgid as u32;
+        (*p).tgid = tgid;
+        current_comm_to(addr_of_mut!((*p).comm));
+        // Little-endian: syn_retransmits 0, established 0, follow, end_reported 0, _pad 0.
+        p.cast::<u8>()
+            .add(TRACKED_FLAGS)
+            .cast::<u64>()
+            .write(follow << 24);
+        tracked.assume_init_ref()
     };
     let _ = TRACKED.insert(skaddr, tracked, 0);
 }
@@ -237,6 +275,8 @@ pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Only the caller's pointer is kept: the address is read from user memory (a copy on
+/// every connect of the host) only when the call fails, in [`sys_exit_connect`].
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let probe = Probe::SysEnterConnect;
@@ -247,46 +287,17 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     ) else {
         return 0;
     };
-    let Ok(family) = (unsafe { bpf_probe_read_user(uaddr as *const u16) }) else {
-        return 0;
-    };
-    if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
+    if uaddr == 0 {
         return 0;
     }
-    let mut call = ConnectCall {
+    let call = ConnectCall {
         start_ns: unsafe { bpf_ktime_get_ns() },
-        addr: RawSockAddr {
-            len: addrlen as u32,
-            family,
-            _pad: 0,
-            bytes: [0; SOCKADDR_MAX],
-        },
+        uaddr,
+        addrlen: addrlen as u32,
         fd: fd as i32,
         reported: 0,
+        _pad: 0,
     };
-    let src = uaddr as *const u8;
-    let bytes = &mut call.addr.bytes;
-    let read = match family {
-        AF_INET => unsafe { bpf_probe_read_user_buf(src, &mut bytes[..16]) },
-        AF_INET6 => unsafe { bpf_probe_read_user_buf(src, &mut bytes[..28]) },
-        _ => {
-            // sockaddr_un: a path up to its NUL, or an abstract name (leading NUL) that
-            // fills the rest of the address.
-            let first: u8 = unsafe { bpf_probe_read_user(src.wrapping_add(2)) }.unwrap_or(0);
-            if first != 0 {
-                unsafe { bpf_probe_read_user_str_bytes(src.wrapping_add(2), &mut bytes[2..110]) }
-                    .map(|_| ())
-            } else {
-                unsafe { bpf_probe_read_user_buf(src.wrapping_add(2), &mut bytes[2..110]) }
-            }
-        }
-    };
-    if read.is_err() && family != AF_UNIX {
-        crate::maps::count(agent_common::event::counter::PROBE_ERROR_BASE + probe as u32);
-        return 0;
-    }
-    bytes[0] = family as u8;
-    bytes[1] = (family >> 8) as u8;
     let _ = CALLS.insert(bpf_get_current_pid_tgid(), call, 0);
     0
 }
@@ -307,22 +318,63 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Reports a failed `connect(2)` with the address it was given, read now from the
+/// caller's memory (the kernel has just copied it, so it is paged in).
 #[inline(always)]
 fn report_syscall_error(call: *const ConnectCall, errno: i32) {
-    let header = current_header::<ConnectSyscallError>();
-    crate::http::mark_proxy(header.tgid);
-    let Some(mut entry) = reserve::<ConnectSyscallError>() else {
+    let (start_ns, uaddr, addrlen, fd) =
+        unsafe { ((*call).start_ns, (*call).uaddr, (*call).addrlen, (*call).fd) };
+    let Ok(family) = (unsafe { bpf_probe_read_user(uaddr as *const u16) }) else {
         return;
     };
-    // Field by field, straight from the map into the ring: the record is too large to
-    // assemble on the 512-byte BPF stack next to everything else.
-    let event = entry.as_mut_ptr();
-    unsafe {
-        (*event).duration_ns = header.ts_ns.saturating_sub((*call).start_ns);
-        (*event).header = header;
-        (*event).addr = (*call).addr;
-        (*event).fd = (*call).fd;
-        (*event).errno = errno;
+    if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
+        return;
     }
+    let header = current_header::<ConnectSyscallError>();
+    let Some(mut entry) = reserve::<ConnectSyscallError>() else {
+        crate::http::mark_proxy(header.tgid);
+        return;
+    };
+    // Field by field, straight into the ring: the record is too large to assemble on the
+    // 512-byte BPF stack next to everything else.
+    let event = entry.as_mut_ptr();
+    let bytes = unsafe {
+        (*event).duration_ns = header.ts_ns.saturating_sub(start_ns);
+        (*event).header = header;
+        (*event).fd = fd;
+        (*event).errno = errno;
+        (*event).addr.len = addrlen;
+        (*event).addr.family = family;
+        (*event).addr._pad = 0;
+        // Ring memory is not zeroed: what the reads below leave out must read as zeros.
+        core::ptr::write_bytes((*event).addr.bytes.as_mut_ptr(), 0, SOCKADDR_MAX);
+        &mut (*event).addr.bytes
+    };
+    let src = uaddr as *const u8;
+    let read = match family {
+        AF_INET => unsafe { bpf_probe_read_user_buf(src, &mut bytes[..16]) },
+        AF_INET6 => unsafe { bpf_probe_read_user_buf(src, &mut bytes[..28]) },
+        _ => {
+            // sockaddr_un: a path up to its NUL, or an abstract name (leading NUL) that
+            // fills the rest of the address.
+            let first: u8 = unsafe { bpf_probe_read_user(src.wrapping_add(2)) }.unwrap_or(0);
+            if first != 0 {
+                unsafe { bpf_probe_read_user_str_bytes(src.wrapping_add(2), &mut bytes[2..110]) }
+                    .map(|_| ())
+            } else {
+                unsafe { bpf_probe_read_user_buf(src.wrapping_add(2), &mut bytes[2..110]) }
+            }
+        }
+    };
+    if read.is_err() && family != AF_UNIX {
+        crate::maps::count(
+            agent_common::event::counter::PROBE_ERROR_BASE + Probe::SysEnterConnect as u32,
+        );
+        entry.discard(0);
+        return;
+    }
+    bytes[0] = family as u8;
+    bytes[1] = (family >> 8) as u8;
+    crate::http::mark_proxy(header.tgid);
     entry.submit(0);
 }

@@ -1,9 +1,11 @@
 //! HTTP status codes of the responses proxies write, counted per (process, code).
 //! Non-proxies return after one map lookup.
 
+use core::mem::MaybeUninit;
+
 use agent_common::http::{status_code, ResponseKey, STATUS_LINE_LEN};
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -49,10 +51,20 @@ fn count(tgid: u32, buf: u64, len: u64) {
     if buf == 0 || len < STATUS_LINE_LEN as u64 {
         return;
     }
-    let mut line = [0u8; STATUS_LINE_LEN];
-    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut line) }.is_err() {
+    // Not zeroed first (that compiled to a call to a byte-at-a-time `memset`): the helper
+    // fills the buffer, or zeroes it when it fails.
+    let mut line = MaybeUninit::<[u8; STATUS_LINE_LEN]>::uninit();
+    let read = unsafe {
+        generated::bpf_probe_read_user(
+            line.as_mut_ptr().cast(),
+            STATUS_LINE_LEN as u32,
+            buf as *const core::ffi::c_void,
+        )
+    };
+    if read != 0 {
         return;
     }
+    let line = unsafe { line.assume_init() };
     let Some(code) = status_code(&line) else {
         return;
     };

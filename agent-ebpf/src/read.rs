@@ -7,10 +7,12 @@ use agent_common::{
     net::{SockTuple, AF_INET, AF_INET6},
     COMM_LEN, NO_OFFSET,
 };
+use core::{mem::MaybeUninit, ptr::addr_of_mut};
+
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated,
     },
     maps::ring_buf::RingBufEntry,
     programs::TracePointContext,
@@ -93,18 +95,32 @@ fn sockaddr(ctx: &TracePointContext, offset: u16, family: u16) -> Option<(u16, [
     Some((u16::from_be(port), addr))
 }
 
+/// Writes the current task's name to `dst`, which need not be initialised: the helper
+/// zeroes it itself when it fails. (aya's `bpf_get_current_comm()` zeroes a copy first,
+/// which compiles to a call to a byte-at-a-time `memset` subprogram.)
+///
+/// # Safety
+/// `dst` must be valid for writes.
+#[inline(always)]
+pub unsafe fn current_comm_to(dst: *mut [u8; COMM_LEN]) {
+    unsafe { generated::bpf_get_current_comm(dst.cast(), COMM_LEN as u32) };
+}
+
 /// The current task as the subject of a `T` record; the kind comes from the type.
 #[inline(always)]
 pub fn current_header<T: Record>() -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
-    EventHeader {
-        kind: T::KIND as u32,
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        _pad: 0,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    let mut header = MaybeUninit::<EventHeader>::uninit();
+    let p = header.as_mut_ptr();
+    unsafe {
+        (*p).kind = T::KIND as u32;
+        (*p).pid = pid_tgid as u32;
+        (*p).tgid = (pid_tgid >> 32) as u32;
+        (*p)._pad = 0;
+        (*p).ts_ns = bpf_ktime_get_ns();
+        (*p).cgroup_id = bpf_get_current_cgroup_id();
+        current_comm_to(addr_of_mut!((*p).comm));
+        header.assume_init()
     }
 }
 
