@@ -171,7 +171,10 @@ fn established(ctx: &TracePointContext, skaddr: u64) {
 #[inline(always)]
 fn failed(ctx: &TracePointContext, skaddr: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
+    // The socket is closed: whatever happens below, its entry must go, or dead sockets
+    // would crowd live ones out of the LRU (a full ring in a storm of refusals).
     let Some(t) = tuple(ctx, &config!(set_state.tuple)) else {
+        let _ = TRACKED.remove(skaddr);
         return;
     };
     // The kernel sets sk_err before it moves the socket to CLOSE, whichever of the two
@@ -212,6 +215,7 @@ fn failed(ctx: &TracePointContext, skaddr: u64) {
         }
     }
     let Some(mut entry) = reserve::<TcpConnectFailure>() else {
+        let _ = TRACKED.remove(skaddr);
         return;
     };
     // Filled in place: the record is too large to assemble on the BPF stack next to the rest.
