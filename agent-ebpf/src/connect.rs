@@ -4,7 +4,7 @@
 use agent_common::{
     config::Probe,
     connect::{
-        errno_source, latency_bucket, ConnectCall, ConnectKey, ConnectStats, ConnectSyscallError,
+        errno_source, latency_bucket, ConnectCall, ConnectKey, ConnectSyscallError,
         TcpConnectFailure, TrackedConnect,
     },
     event::{EventKind, Record},
@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{config, CALLS, CONNECT_STATS, SOCK_ERRORS, TRACKED, WATCHED},
+    maps::{config, stats_for, CALLS, SOCK_ERRORS, TRACKED, WATCHED},
     read::{
         anonymous_header_at, current_comm_to, current_header, field, kernel_field, required,
         reserve, tuple,
@@ -37,8 +37,6 @@ use crate::{
 
 const IPPROTO_TCP: u16 = 6;
 
-/// Inserted by reference: a fresh entry built on the stack would not fit there.
-static ZERO_STATS: ConnectStats = ConnectStats::ZERO;
 const EINPROGRESS: i64 = 115;
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
@@ -123,20 +121,6 @@ fn track(skaddr: u64) {
         tracked.assume_init_ref()
     };
     let _ = TRACKED.insert(skaddr, tracked, 0);
-}
-
-/// The calling CPU's aggregates for `key`, created (zeroed) when missing.
-#[inline(always)]
-pub fn stats_for(key: ConnectKey) -> Option<&'static mut ConnectStats> {
-    let stats = match CONNECT_STATS.get_ptr_mut(key) {
-        Some(stats) => stats,
-        None => {
-            let _ = CONNECT_STATS.insert(key, &ZERO_STATS, 0);
-            CONNECT_STATS.get_ptr_mut(key)?
-        }
-    };
-    // Per-CPU values: no other CPU writes this copy, plain adds are enough.
-    Some(unsafe { &mut *stats })
 }
 
 #[inline(always)]

@@ -83,3 +83,20 @@ pub fn count(slot: u32) {
         unsafe { *value += 1 };
     }
 }
+
+/// Inserted by reference: a fresh entry built on the stack would not fit there.
+static ZERO_STATS: ConnectStats = ConnectStats::ZERO;
+
+/// The calling CPU's aggregates for `key`, created (zeroed) when missing.
+#[inline(always)]
+pub fn stats_for(key: ConnectKey) -> Option<&'static mut ConnectStats> {
+    let stats = match CONNECT_STATS.get_ptr_mut(key) {
+        Some(stats) => stats,
+        None => {
+            let _ = CONNECT_STATS.insert(key, &ZERO_STATS, 0);
+            CONNECT_STATS.get_ptr_mut(key)?
+        }
+    };
+    // Per-CPU values: no other CPU writes this copy, plain adds are enough.
+    Some(unsafe { &mut *stats })
+}

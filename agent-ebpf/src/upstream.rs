@@ -167,7 +167,7 @@ fn count_closed_ok(ctx: &TracePointContext, skaddr: u64, tgid: u32) {
         dport: t.dport,
         daddr: t.daddr,
     };
-    if let Some(stats) = crate::connect::stats_for(key) {
+    if let Some(stats) = crate::maps::stats_for(key) {
         stats.closed_ok += 1;
     }
 }
