@@ -38,6 +38,8 @@ use crate::{
 const IPPROTO_TCP: u16 = 6;
 
 const EINPROGRESS: i64 = 115;
+const ETIMEDOUT: i32 = 110;
+const ECONNREFUSED: i32 = 111;
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -199,6 +201,10 @@ fn failed(ctx: &TracePointContext, skaddr: u64) {
         }
     }
     let Some(mut entry) = reserve::<TcpConnectFailure>() else {
+        // Lost (and counted), but its process is a proxy all the same.
+        if let Some(tracked) = tracked {
+            crate::http::mark_proxy(unsafe { (*tracked).tgid });
+        }
         let _ = TRACKED.remove(skaddr);
         return;
     };
@@ -316,6 +322,12 @@ fn report_syscall_error(call: *const ConnectCall, errno: i32) {
         return;
     };
     if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
+        return;
+    }
+    // A TCP connect refused or timed out failed in its handshake, which the state machine
+    // reported already (`failed`). Proxies with non-blocking connects (HAProxy) ask for
+    // the outcome with a second connect(2) on the socket, which returns that error again.
+    if family != AF_UNIX && (errno == ECONNREFUSED || errno == ETIMEDOUT) {
         return;
     }
     let header = current_header::<ConnectSyscallError>();

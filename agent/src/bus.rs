@@ -56,29 +56,9 @@ impl<T> Topic<T> {
 /// The enriched events: what the kernel and the host saw.
 pub type EventBus = Topic<Event>;
 
-impl Default for EventBus {
-    fn default() -> Self {
-        Self::new(BUS_CAPACITY)
-    }
-}
-
 impl EventBus {
     /// The event topic, with room for [`BUS_CAPACITY`] events per subscriber.
     pub fn events() -> Self {
         Self::new(BUS_CAPACITY)
-    }
-}
-
-/// Receives until the topic closes, counting what was lost to lag with `lagged`.
-pub async fn next<T>(
-    rx: &mut broadcast::Receiver<Arc<T>>,
-    mut lagged: impl FnMut(u64),
-) -> Option<Arc<T>> {
-    loop {
-        match rx.recv().await {
-            Ok(message) => return Some(message),
-            Err(broadcast::error::RecvError::Lagged(n)) => lagged(n),
-            Err(broadcast::error::RecvError::Closed) => return None,
-        }
     }
 }

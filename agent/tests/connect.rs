@@ -56,6 +56,74 @@ fn refused_connect_on_a_closed_port() {
     assert_eq!(reports.len(), 1, "reported twice: {reports:?}");
 }
 
+/// A non-blocking connect asked for its outcome with a second connect(2), as HAProxy
+/// does: the refusal is one failure, not two.
+#[test]
+fn a_non_blocking_refused_connect_asked_again_is_one_failure() {
+    let Some(h) = harness() else { return };
+    let mut events = h.subscribe();
+    let port = closed_port();
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let connect = |fd: i32| {
+        // SAFETY: a valid sockaddr_in and its length.
+        let r = unsafe {
+            libc::connect(
+                fd,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        }
+    };
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    assert!(fd >= 0);
+    assert_eq!(connect(fd), libc::EINPROGRESS);
+    // The RST from loopback comes at once; ask until the outcome is there.
+    let deadline = std::time::Instant::now() + WAIT;
+    let outcome = loop {
+        let errno = connect(fd);
+        if errno != libc::EALREADY && errno != libc::EINPROGRESS {
+            break errno;
+        }
+        assert!(std::time::Instant::now() < deadline, "no outcome");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    // SAFETY: the socket made above.
+    unsafe { libc::close(fd) };
+    assert_eq!(outcome, libc::ECONNREFUSED);
+
+    let report = matcher(|e| {
+        matches!(&e.detail, EventDetail::TcpConnectFailure(f) if f.dst.port() == port)
+            || matches!(&e.detail, EventDetail::ConnectSyscallError(s)
+                if matches!(&s.dst, Endpoint::Tcp(dst) if dst.port() == port))
+    });
+    let mut reports = h.collect(&mut events, WAIT, 1, &report);
+    reports.extend(h.collect(&mut events, Duration::from_millis(500), 10, &report));
+    assert!(
+        matches!(&reports[..], [e] if matches!(&e.detail, EventDetail::TcpConnectFailure(f)
+            if f.errno.0 == libc::ECONNREFUSED)),
+        "expected one refused connect, got {reports:?}"
+    );
+}
+
 #[test]
 fn successful_connects_are_counted_in_the_kernel() {
     let Some(h) = harness() else { return };

@@ -482,27 +482,6 @@ fn remote_upstream_has_no_local_cause() {
 }
 
 #[test]
-fn a_refused_tcp_connect_is_one_failure_also_when_the_proxy_asks_again() {
-    let mut e = engine();
-    // HAProxy: the state machine reports the refused handshake, then its second
-    // connect() on the socket returns ECONNREFUSED again.
-    for i in 0..2 {
-        assert!(e.observe(&refused(SEC + i * SEC, BACKEND, 111)).is_empty());
-        let again = syscall_error(
-            SEC + i * SEC + MS,
-            Endpoint::Tcp(BACKEND.parse().unwrap()),
-            libc::ECONNREFUSED,
-        );
-        assert!(e.observe(&again).is_empty(), "not a second failure");
-    }
-    let opened = e.observe(&refused(3 * SEC, BACKEND, 111));
-    let [Update::Opened(incident)] = &opened[..] else {
-        panic!("{opened:?}")
-    };
-    assert_eq!(incident.failures, 3);
-}
-
-#[test]
 fn a_few_failures_are_not_an_incident() {
     let mut e = engine();
     // Two: under the threshold of three.

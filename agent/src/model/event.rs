@@ -191,21 +191,12 @@ pub struct ConnectSyscallError {
 }
 
 impl ConnectSyscallError {
-    /// Whether this error is no upstream failure of its own:
-    /// - glibc probes nscd's socket whenever a program sets up name lookups; its absence is
-    ///   normal and says nothing about an upstream;
-    /// - a TCP socket refused or timed out only after its handshake failed, which the
-    ///   state machine reported already (`tcp_connect_failure`); proxies with
-    ///   non-blocking connects (HAProxy) ask for the outcome with a second `connect()`,
-    ///   which returns that error again.
+    /// glibc probes nscd's socket whenever a program sets up name lookups; its absence is
+    /// normal and says nothing about an upstream.
     pub fn is_benign(&self) -> bool {
-        match &self.dst {
-            Endpoint::Unix(path) => {
-                self.errno.0 == libc::ENOENT
-                    && (path == "/var/run/nscd/socket" || path == "/run/nscd/socket")
-            }
-            Endpoint::Tcp(_) => matches!(self.errno.0, libc::ECONNREFUSED | libc::ETIMEDOUT),
-        }
+        matches!(&self.dst, Endpoint::Unix(path)
+            if self.errno.0 == libc::ENOENT
+                && (path == "/var/run/nscd/socket" || path == "/run/nscd/socket"))
     }
 }
 
