@@ -315,10 +315,6 @@ impl Engine {
             window_ns,
             min_failure_ratio: self.config.min_failure_ratio,
         };
-        let strong = key
-            .upstream
-            .as_ref()
-            .is_some_and(|u| self.knowledge.strong_evidence(u, event.mono_ns));
         let flow = self.flows.entry(key.clone()).or_insert_with(|| Flow {
             proxy: proxy.clone(),
             window: Window::new(event.mono_ns),
@@ -343,6 +339,11 @@ impl Engine {
             return Vec::new();
         }
 
+        // Only outside incidents: an open one takes every failure anyway.
+        let strong = key
+            .upstream
+            .as_ref()
+            .is_some_and(|u| self.knowledge.strong_evidence(u, event.mono_ns));
         let Some(spike) = flow
             .window
             .push((event.mono_ns, event.time), what, count, rule, strong)

@@ -175,7 +175,6 @@ impl Drop for NginxProcess {
 }
 
 fn config(spec: &NginxSpec, prefix: &Path) -> String {
-    let p = prefix.display();
     let listen = if spec.any_address {
         spec.port.to_string()
     } else {
@@ -188,6 +187,33 @@ fn config(spec: &NginxSpec, prefix: &Path) -> String {
         ),
         None => (String::new(), ""),
     };
+    with_logs(
+        prefix,
+        &format!(
+            "    upstream lab_backend {{
+        server {upstream} max_fails=0;{keepalive}
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://lab_backend;{http11}
+            proxy_connect_timeout {CONNECT_TIMEOUT_S}s;
+            proxy_read_timeout {read_timeout}s;
+            proxy_send_timeout {READ_TIMEOUT_S}s;
+        }}
+    }}
+",
+            upstream = spec.upstream,
+            read_timeout = spec.read_timeout_s,
+        ),
+    )
+}
+
+/// A whole nginx.conf for the lab: one worker in the foreground, every path in `prefix`,
+/// the access log in the lab's format (what [`super::AccessLog`] reads), around the
+/// `http` block's `servers` (upstreams and servers).
+pub fn with_logs(prefix: &Path, servers: &str) -> String {
+    let p = prefix.display();
     format!(
         "daemon off;
 master_process on;
@@ -204,21 +230,7 @@ http {{
     fastcgi_temp_path {p}/tmp/fastcgi;
     uwsgi_temp_path {p}/tmp/uwsgi;
     scgi_temp_path {p}/tmp/scgi;
-    upstream lab_backend {{
-        server {upstream} max_fails=0;{keepalive}
-    }}
-    server {{
-        listen {listen};
-        location / {{
-            proxy_pass http://lab_backend;{http11}
-            proxy_connect_timeout {CONNECT_TIMEOUT_S}s;
-            proxy_read_timeout {read_timeout}s;
-            proxy_send_timeout {READ_TIMEOUT_S}s;
-        }}
-    }}
-}}
-",
-        upstream = spec.upstream,
-        read_timeout = spec.read_timeout_s,
+{servers}}}
+"
     )
 }

@@ -359,24 +359,10 @@ impl std::ops::Deref for FastcgiNginx {
 }
 
 fn nginx_config(port: u16, fpm: &LabPhpFpm, prefix: &Path) -> String {
-    let p = prefix.display();
-    format!(
-        "daemon off;
-master_process on;
-user root;
-worker_processes 1;
-pid {p}/nginx.pid;
-error_log {p}/error.log info;
-events {{ worker_connections 1024; }}
-http {{
-    log_format lab '$status $request_method \"$request_uri\" upstream=$upstream_addr status=$upstream_status connect=$upstream_connect_time at=$msec';
-    access_log {p}/access.log lab;
-    client_body_temp_path {p}/tmp/body;
-    proxy_temp_path {p}/tmp/proxy;
-    fastcgi_temp_path {p}/tmp/fastcgi;
-    uwsgi_temp_path {p}/tmp/uwsgi;
-    scgi_temp_path {p}/tmp/scgi;
-    server {{
+    super::nginx::with_logs(
+        prefix,
+        &format!(
+            "    server {{
         listen 127.0.0.1:{port};
         root {www};
         location / {{
@@ -395,10 +381,10 @@ http {{
             fastcgi_send_timeout {FASTCGI_READ_TIMEOUT_S}s;
         }}
     }}
-}}
 ",
-        www = fpm.www.display(),
-        socket = fpm.socket.display(),
+            www = fpm.www.display(),
+            socket = fpm.socket.display(),
+        ),
     )
 }
 
