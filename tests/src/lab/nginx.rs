@@ -146,6 +146,14 @@ impl NginxProcess {
         self.child.id()
     }
 
+    /// `master pid 10, worker pid 12`, for the narration.
+    pub fn pids(&self) -> String {
+        let worker = self
+            .worker_pid()
+            .map_or_else(|| "?".into(), |p| p.to_string());
+        format!("master pid {}, worker pid {worker}", self.master_pid())
+    }
+
     /// The worker's pid (`worker_processes 1`), from the master's children.
     pub fn worker_pid(&self) -> Option<u32> {
         let pid = self.child.id();

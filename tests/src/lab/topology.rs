@@ -297,12 +297,8 @@ impl Topology {
             let nginx = FastcgiNginx::start(nginx_port, fpm, &prefix, &client);
             say.say(format!(
                 "nginx 127.0.0.1:{nginx_port} → fastcgi_pass {upstream} (fastcgi_read_timeout \
-                 {FASTCGI_READ_TIMEOUT_S}s; master pid {}, worker pid {}; prefix {})",
-                nginx.master_pid(),
-                nginx
-                    .worker_pid()
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "?".into()),
+                 {FASTCGI_READ_TIMEOUT_S}s; {}; prefix {})",
+                nginx.pids(),
                 prefix.display()
             ));
             Front::Fastcgi(nginx)
@@ -320,7 +316,7 @@ impl Topology {
             };
             let nginx = LabNginx::start(spec, &prefix, netns.as_ref(), &client);
             say.say(format!(
-                "nginx {}:{nginx_port} → {upstream}{}{} (master pid {}, worker pid {}; prefix {})",
+                "nginx {}:{nginx_port} → {upstream}{}{} ({}; prefix {})",
                 if netns.is_some() { "*" } else { "127.0.0.1" },
                 if scenario == Scenario::KeepaliveRace {
                     format!(" with upstream keepalive {KEEPALIVE}, HTTP/1.1")
@@ -333,11 +329,7 @@ impl Topology {
                 } else {
                     format!(", proxy_read_timeout {}s", nginx.spec.read_timeout_s)
                 },
-                nginx.master_pid(),
-                nginx
-                    .worker_pid()
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "?".into()),
+                nginx.pids(),
                 prefix.display()
             ));
             Front::Nginx(nginx)
