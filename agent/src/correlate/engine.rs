@@ -64,6 +64,18 @@ pub struct Engine {
     next_id: u64,
 }
 
+impl Flow {
+    fn new(proxy: ProcessSummary, mono: u64) -> Self {
+        Self {
+            proxy,
+            window: Window::new(mono),
+            last_failure_mono: 0,
+            open: None,
+            last_mono: mono,
+        }
+    }
+}
+
 /// A flow's proxy: its unit when it has one (all its workers are one proxy), else its name.
 fn flow_proxy(proxy: &ProcessSummary) -> String {
     proxy.unit.clone().unwrap_or_else(|| proxy.comm.clone())
@@ -142,26 +154,19 @@ impl Engine {
             if !self.knowledge.is_proxy(&c.process) {
                 continue;
             }
+            let proxy = summary(&c.process);
             let key = FlowKey {
-                proxy: flow_proxy(&summary(&c.process)),
+                proxy: flow_proxy(&proxy),
                 upstream: Some(Endpoint::Tcp(destination(&c.growth.key))),
             };
-            if let Some(flow) = self.flows.get_mut(&key) {
-                flow.window.succeeded(mono, c.growth.established);
-            } else if self.flows.len() < FLOW_CAPACITY {
-                let mut window = Window::new(mono);
-                window.succeeded(mono, c.growth.established);
-                self.flows.insert(
-                    key,
-                    Flow {
-                        proxy: summary(&c.process),
-                        window,
-                        last_failure_mono: 0,
-                        open: None,
-                        last_mono: mono,
-                    },
-                );
+            if !self.flows.contains_key(&key) && self.flows.len() >= FLOW_CAPACITY {
+                continue;
             }
+            self.flows
+                .entry(key)
+                .or_insert_with(|| Flow::new(proxy, mono))
+                .window
+                .succeeded(mono, c.growth.established);
         }
     }
 
@@ -315,13 +320,10 @@ impl Engine {
             window_ns,
             min_failure_ratio: self.config.min_failure_ratio,
         };
-        let flow = self.flows.entry(key.clone()).or_insert_with(|| Flow {
-            proxy: proxy.clone(),
-            window: Window::new(event.mono_ns),
-            last_failure_mono: event.mono_ns,
-            open: None,
-            last_mono: event.mono_ns,
-        });
+        let flow = self
+            .flows
+            .entry(key.clone())
+            .or_insert_with(|| Flow::new(proxy.clone(), event.mono_ns));
         flow.last_mono = event.mono_ns;
         flow.last_failure_mono = event.mono_ns;
         if let Some(open) = flow.open.as_mut() {
