@@ -30,10 +30,14 @@ pub enum Probe {
     SysEnterSendto = 16,
     SysEnterSendmsg = 17,
     SchedProcessFork = 18,
+    /// BTF-enabled only (`tp_btf`): the HTTP responses proxies send over TCP, read from
+    /// the message being sent. Where it attaches, the four write-syscall probes are not
+    /// needed (they stay the fallback). The tracepoint came with Linux 6.10.
+    TcpSendmsgLocked = 19,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 19] = [
+    pub const ALL: [Probe; 20] = [
         Probe::InetSockSetState,
         Probe::InetSkErrorReport,
         Probe::TcpReceiveReset,
@@ -53,6 +57,16 @@ impl Probe {
         Probe::SysEnterSendto,
         Probe::SysEnterSendmsg,
         Probe::SchedProcessFork,
+        Probe::TcpSendmsgLocked,
+    ];
+
+    /// The probes that count HTTP responses from write syscalls, where
+    /// [`Probe::TcpSendmsgLocked`] cannot.
+    pub const WRITE_SYSCALLS: [Probe; 4] = [
+        Probe::SysEnterWrite,
+        Probe::SysEnterWritev,
+        Probe::SysEnterSendto,
+        Probe::SysEnterSendmsg,
     ];
 
     /// The program's name in the object file, also the name users give in config.
@@ -77,6 +91,7 @@ impl Probe {
             Probe::SysEnterSendto => "sys_enter_sendto",
             Probe::SysEnterSendmsg => "sys_enter_sendmsg",
             Probe::SchedProcessFork => "sched_process_fork",
+            Probe::TcpSendmsgLocked => "tcp_sendmsg_locked",
         }
     }
 
@@ -87,7 +102,8 @@ impl Probe {
             Probe::TcpReceiveReset
             | Probe::TcpSendReset
             | Probe::TcpRetransmitSkb
-            | Probe::TcpRetransmitSynack => "tcp",
+            | Probe::TcpRetransmitSynack
+            | Probe::TcpSendmsgLocked => "tcp",
             Probe::SysEnterConnect
             | Probe::SysExitConnect
             | Probe::SysEnterListen
@@ -100,6 +116,23 @@ impl Probe {
             Probe::SignalGenerate => "signal",
             Probe::MarkVictim => "oom",
         }
+    }
+
+    /// The program that attaches as a BTF-enabled raw tracepoint (`tp_btf`, Linux 5.5+),
+    /// where the kernel has BTF: the tracepoint's arguments as they are, without the
+    /// record a classic tracepoint copies into a per-CPU buffer on every hit. Only the hot
+    /// paths have one; the others are rare enough for the classic copy.
+    pub const fn btf_program(self) -> Option<&'static str> {
+        match self {
+            Probe::InetSockSetState => Some("inet_sock_set_state_btf"),
+            Probe::TcpSendmsgLocked => Some("tcp_sendmsg_locked"),
+            _ => None,
+        }
+    }
+
+    /// Whether the probe exists only as a `tp_btf` program (no classic fallback).
+    pub const fn btf_only(self) -> bool {
+        matches!(self, Probe::TcpSendmsgLocked)
     }
 }
 
@@ -239,6 +272,48 @@ pub struct KernelOffsets {
     pub tcp_bytes_acked: u16,
 }
 
+/// `struct sock` fields the `tp_btf` programs read where a classic tracepoint's record
+/// would have carried them (from BTF; within `__sk_common` but `sk_protocol` and the
+/// local port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockOffsets {
+    /// `u16 sk_protocol` (a bitfield before Linux 5.6: then unresolved).
+    pub protocol: u16,
+    pub family: u16,
+    /// `skc_daddr`, `skc_rcv_saddr` (IPv4, network order).
+    pub daddr: u16,
+    pub rcv_saddr: u16,
+    /// `skc_dport`, and the local port `inet_sock.inet_sport` (both network order). Not
+    /// `skc_num`: a closing socket has already released its port (`__inet_put_port`
+    /// zeroes `inet_num`) when its move to CLOSE is traced.
+    pub dport: u16,
+    pub sport: u16,
+    /// `skc_v6_daddr`, `skc_v6_rcv_saddr`.
+    pub v6_daddr: u16,
+    pub v6_rcv_saddr: u16,
+}
+
+/// Where `tcp_sendmsg_locked`'s `struct msghdr` keeps the bytes being sent: its
+/// `struct iov_iter` (Linux 6.4+ layout: `ubuf` and `__iov` share a slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MsgOffsets {
+    /// `msghdr.msg_iter`.
+    pub iter: u16,
+    /// Within `iov_iter`: `u8 iter_type`, `size_t iov_offset`, `void *ubuf` (also
+    /// `const struct iovec *__iov`), `size_t count`.
+    pub iter_type: u16,
+    pub iov_offset: u16,
+    pub ubuf: u16,
+    pub count: u16,
+    /// The values of `enum iter_type`'s `ITER_UBUF` (`write`, `send`) and `ITER_IOVEC`
+    /// (`writev`, `sendmsg`).
+    pub kind_ubuf: u16,
+    pub kind_iovec: u16,
+    pub _pad: u16,
+}
+
 /// Everything in the `CONFIG` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -257,6 +332,8 @@ pub struct KernelConfig {
     /// Ends where the u16 offsets end: `signal_mask` is 8-aligned with nothing in between
     /// (checked in `layout`).
     pub kernel: KernelOffsets,
+    pub sock: SockOffsets,
+    pub msg: MsgOffsets,
     /// Bit `n` set: report signal `n`.
     pub signal_mask: u64,
     /// A followed upstream connection the proxy closes first, with its request
@@ -352,6 +429,26 @@ impl KernelConfig {
             task_exit_code: NO,
             tcp_bytes_received: NO,
             tcp_bytes_acked: NO,
+        },
+        sock: SockOffsets {
+            protocol: NO,
+            family: NO,
+            daddr: NO,
+            rcv_saddr: NO,
+            dport: NO,
+            sport: NO,
+            v6_daddr: NO,
+            v6_rcv_saddr: NO,
+        },
+        msg: MsgOffsets {
+            iter: NO,
+            iter_type: NO,
+            iov_offset: NO,
+            ubuf: NO,
+            count: NO,
+            kind_ubuf: NO,
+            kind_iovec: NO,
+            _pad: 0,
         },
         signal_mask: 0,
         response_timeout_ns: 1_000_000_000,

@@ -31,8 +31,36 @@ pub mod counter {
     pub const DROPPED_BASE: u32 = 0;
     /// Probe errors (a failed read of kernel or user memory): slot `PROBE_ERROR_BASE + probe`.
     pub const PROBE_ERROR_BASE: u32 = 32;
+    /// Inserts refused because a bounded kernel table was full: slot `TABLE_FULL_BASE +
+    /// table` (see [`Table`]).
+    pub const TABLE_FULL_BASE: u32 = 56;
     /// Total number of slots.
     pub const SLOTS: u32 = 64;
+
+    /// The kernel tables that are plain (not LRU) hashes: an insert into a full one fails
+    /// and is counted rather than evicting an entry another program still needs.
+    #[repr(u32)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Table {
+        /// `TRACKED`: TCP sockets from SYN_SENT to CLOSE.
+        Tracked = 0,
+        /// `CALLS`: `connect(2)` calls in flight.
+        ConnectCalls = 1,
+        /// `LISTEN_CALLS`: `listen(2)` calls in flight.
+        ListenCalls = 2,
+    }
+
+    impl Table {
+        pub const ALL: [Table; 3] = [Table::Tracked, Table::ConnectCalls, Table::ListenCalls];
+
+        pub const fn name(self) -> &'static str {
+            match self {
+                Table::Tracked => "tracked_connects",
+                Table::ConnectCalls => "connect_calls",
+                Table::ListenCalls => "listen_calls",
+            }
+        }
+    }
 }
 
 #[cfg(feature = "user")]

@@ -13,8 +13,9 @@ use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
     config::{
-        ErrorReportFields, HttpFields, KernelConfig, KernelOffsets, MarkVictimFields, Probe,
-        ProcessFields, SetStateFields, SignalFields, SyscallFields, TcpSockFields, TupleFields,
+        ErrorReportFields, HttpFields, KernelConfig, KernelOffsets, MarkVictimFields, MsgOffsets,
+        Probe, ProcessFields, SetStateFields, SignalFields, SockOffsets, SyscallFields,
+        TcpSockFields, TupleFields,
     },
     connect::{
         ConnectCall, ConnectKey, ConnectStats, ConnectSyscallError, TcpConnectFailure,
@@ -159,17 +160,21 @@ assert_no_padding! {
         sock_sk_err, sock_state, task_real_parent, task_tgid, task_exit_code,
         tcp_bytes_received, tcp_bytes_acked
     }
+    SockOffsets { protocol, family, daddr, rcv_saddr, dport, sport, v6_daddr, v6_rcv_saddr }
+    MsgOffsets {
+        iter, iter_type, iov_offset, ubuf, count, kind_ubuf, kind_iovec, _pad
+    }
     KernelConfig {
         set_state, error_report, receive_reset, send_reset, retransmit_skb,
-        retransmit_synack, mark_victim, signal, process, syscalls, http, kernel,
+        retransmit_synack, mark_victim, signal, process, syscalls, http, kernel, sock, msg,
         signal_mask, response_timeout_ns
     }
 }
 
 // The `CONFIG` global the agent writes through `EbpfLoader::override_global`.
-const _: () = assert!(size_of::<KernelConfig>() == 232 && align_of::<KernelConfig>() == 8);
-const _: () = assert!(offset_of!(KernelConfig, signal_mask) == 216);
-const _: () = assert!(offset_of!(KernelConfig, response_timeout_ns) == 224);
+const _: () = assert!(size_of::<KernelConfig>() == 264 && align_of::<KernelConfig>() == 8);
+const _: () = assert!(offset_of!(KernelConfig, signal_mask) == 248);
+const _: () = assert!(offset_of!(KernelConfig, response_timeout_ns) == 256);
 
 // Counter slots: per-kind drops below the probe errors, probe errors within the array.
 const _: () = {
@@ -186,7 +191,19 @@ const _: () = {
         i += 1;
     }
     assert!(
-        counter::PROBE_ERROR_BASE + slots <= counter::SLOTS,
-        "probe-error counters do not fit in COUNTERS"
+        counter::PROBE_ERROR_BASE + slots <= counter::TABLE_FULL_BASE,
+        "probe-error counters overlap the table-full counters"
+    );
+    let mut tables = 0;
+    let mut i = 0;
+    while i < counter::Table::ALL.len() {
+        if counter::Table::ALL[i] as u32 + 1 > tables {
+            tables = counter::Table::ALL[i] as u32 + 1;
+        }
+        i += 1;
+    }
+    assert!(
+        counter::TABLE_FULL_BASE + tables <= counter::SLOTS,
+        "table-full counters do not fit in COUNTERS"
     );
 };

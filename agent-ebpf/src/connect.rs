@@ -1,5 +1,11 @@
 //! Outbound connects: the TCP state machine (`sock:inet_sock_set_state`), socket errors
 //! (`sock:inet_sk_error_report`) and the `connect(2)` syscall itself.
+//!
+//! The state machine runs on every TCP state change of the host, about ten per proxied
+//! connection counting both ends, so it has two attachments: `tp_btf` where the kernel has
+//! BTF (the arguments as they are) and the classic tracepoint as the fallback (which first
+//! copies a 60-byte record into a per-CPU buffer, on every hit). Both leave on the
+//! transitions that do not matter before any read beyond the two states.
 
 use agent_common::{
     config::Probe,
@@ -17,21 +23,23 @@ use core::{
     ptr::addr_of_mut,
 };
 
+use agent_common::event::counter::Table;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 
 use crate::{
-    maps::{config, stats_for, CALLS, SOCK_ERRORS, TRACKED, WATCHED},
+    maps::{config, insert_or_count, stats_for, CALLS, SOCK_ERRORS, TRACKED, WATCHED},
     read::{
         anonymous_header_at, current_comm_to, current_header, field, kernel_field, required,
         reserve, tuple,
     },
+    sock::{KernelSock, SetStateRecord, SockView},
     upstream,
 };
 
@@ -44,46 +52,69 @@ const ECONNREFUSED: i32 = 111;
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let probe = Probe::InetSockSetState;
-    let Some(protocol) = required::<u16>(&ctx, config!(set_state.protocol), probe) else {
-        return 0;
-    };
-    if protocol != IPPROTO_TCP {
-        return 0;
-    }
     let (Some(old), Some(new)) = (
         required::<i32>(&ctx, config!(set_state.oldstate), probe),
         required::<i32>(&ctx, config!(set_state.newstate), probe),
     ) else {
         return 0;
     };
-    // Every other transition (the bulk: a server socket's LISTEN→SYN_RECV and
-    // SYN_RECV→ESTABLISHED, FIN_WAIT1→FIN_WAIT2, CLOSE_WAIT→LAST_ACK…) leaves here, before
-    // the socket's address is read and before any map operation.
-    let matters = match new {
-        state::SYN_SENT | state::CLOSE => true,
-        state::ESTABLISHED => old == state::SYN_SENT,
-        state::LISTEN => old == state::CLOSE,
-        state::CLOSE_WAIT | state::FIN_WAIT1 => old == state::ESTABLISHED,
-        _ => false,
-    };
-    if !matters {
+    if !matters(old, new) {
+        return 0;
+    }
+    if required::<u16>(&ctx, config!(set_state.protocol), probe) != Some(IPPROTO_TCP) {
         return 0;
     }
     let Some(skaddr) = required::<u64>(&ctx, config!(set_state.skaddr), probe) else {
         return 0;
     };
+    state_changed(&SetStateRecord(&ctx), skaddr, old, new);
+    0
+}
+
+/// `inet_sock_set_state` as a BTF-enabled tracepoint (Linux 5.5+ with BTF): `(const struct
+/// sock *sk, int oldstate, int newstate)`, read straight from the context.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    if !matters(old, new) {
+        return 0;
+    }
+    let sk: u64 = ctx.arg(0);
+    if kernel_field::<u16>(sk, config!(sock.protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    state_changed(&KernelSock(sk), sk, old, new);
+    0
+}
+
+/// Every other transition (the bulk: a server socket's LISTEN→SYN_RECV and
+/// SYN_RECV→ESTABLISHED, FIN_WAIT1→FIN_WAIT2, CLOSE_WAIT→LAST_ACK…) is left alone,
+/// before the socket's address is read and before any map operation.
+#[inline(always)]
+fn matters(old: i32, new: i32) -> bool {
+    match new {
+        state::SYN_SENT | state::CLOSE => true,
+        state::ESTABLISHED => old == state::SYN_SENT,
+        state::LISTEN => old == state::CLOSE,
+        state::CLOSE_WAIT | state::FIN_WAIT1 => old == state::ESTABLISHED,
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn state_changed<S: SockView>(sock: &S, skaddr: u64, old: i32, new: i32) {
     match (old, new) {
         (state::CLOSE, state::SYN_SENT) => track(skaddr),
-        (state::SYN_SENT, state::ESTABLISHED) => established(&ctx, skaddr),
-        (state::SYN_SENT, state::CLOSE) => failed(&ctx, skaddr),
-        (state::CLOSE, state::LISTEN) => listener(&ctx, ListenerOpened),
-        (state::LISTEN, state::CLOSE) => listener(&ctx, ListenerClosed),
-        (state::ESTABLISHED, state::CLOSE_WAIT) => upstream::fin_received(&ctx, skaddr),
-        (state::ESTABLISHED, state::FIN_WAIT1) => upstream::fin_sent(&ctx, skaddr),
-        (_, state::CLOSE) => upstream::closed(&ctx, skaddr),
+        (state::SYN_SENT, state::ESTABLISHED) => established(sock, skaddr),
+        (state::SYN_SENT, state::CLOSE) => failed(sock, skaddr),
+        (state::CLOSE, state::LISTEN) => listener(sock, ListenerOpened),
+        (state::LISTEN, state::CLOSE) => listener(sock, ListenerClosed),
+        (state::ESTABLISHED, state::CLOSE_WAIT) => upstream::fin_received(sock, skaddr),
+        (state::ESTABLISHED, state::FIN_WAIT1) => upstream::fin_sent(sock, skaddr),
+        (_, state::CLOSE) => upstream::closed(sock, skaddr),
         _ => {}
     }
-    0
 }
 
 /// The flags word of [`TrackedConnect`] (`syn_retransmits`, `established`, `follow`,
@@ -122,15 +153,15 @@ fn track(skaddr: u64) {
             .write(follow << 24);
         tracked.assume_init_ref()
     };
-    let _ = TRACKED.insert(skaddr, tracked, 0);
+    insert_or_count(&TRACKED, Table::Tracked, &skaddr, tracked);
 }
 
 #[inline(always)]
-fn established(ctx: &TracePointContext, skaddr: u64) {
+fn established<S: SockView>(sock: &S, skaddr: u64) {
     let Some(tracked) = TRACKED.get_ptr_mut(skaddr) else {
         return;
     };
-    let Some(t) = tuple(ctx, &config!(set_state.tuple)) else {
+    let Some(t) = sock.tuple() else {
         return;
     };
     let tracked = unsafe { &mut *tracked };
@@ -155,11 +186,11 @@ fn established(ctx: &TracePointContext, skaddr: u64) {
 }
 
 #[inline(always)]
-fn failed(ctx: &TracePointContext, skaddr: u64) {
+fn failed<S: SockView>(sock: &S, skaddr: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     // The socket is closed: whatever happens below, its entry must go, or dead sockets
     // would crowd live ones out of the LRU (a full ring in a storm of refusals).
-    let Some(t) = tuple(ctx, &config!(set_state.tuple)) else {
+    let Some(t) = sock.tuple() else {
         let _ = TRACKED.remove(skaddr);
         return;
     };
@@ -239,8 +270,8 @@ fn failed(ctx: &TracePointContext, skaddr: u64) {
 /// Reports a listener change as the record `record` wraps it in ([`ListenerOpened`] or
 /// [`ListenerClosed`]).
 #[inline(always)]
-fn listener<T: Record>(ctx: &TracePointContext, record: impl FnOnce(ListenerChange) -> T) {
-    let Some(t) = tuple(ctx, &config!(set_state.tuple)) else {
+fn listener<S: SockView, T: Record>(sock: &S, record: impl FnOnce(ListenerChange) -> T) {
+    let Some(t) = sock.tuple() else {
         return;
     };
     let header = current_header::<T>();
@@ -273,12 +304,7 @@ pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
 /// every connect of the host) only when the call fails, in [`sys_exit_connect`].
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let probe = Probe::SysEnterConnect;
-    let (Some(fd), Some(uaddr), Some(addrlen)) = (
-        required::<u64>(&ctx, config!(syscalls.connect_fd), probe),
-        required::<u64>(&ctx, config!(syscalls.connect_uservaddr), probe),
-        required::<u64>(&ctx, config!(syscalls.connect_addrlen), probe),
-    ) else {
+    let Some([fd, uaddr, addrlen]) = connect_args(&ctx) else {
         return 0;
     };
     if uaddr == 0 {
@@ -292,8 +318,33 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         reported: 0,
         _pad: 0,
     };
-    let _ = CALLS.insert(bpf_get_current_pid_tgid(), call, 0);
+    insert_or_count(
+        &CALLS,
+        Table::ConnectCalls,
+        &bpf_get_current_pid_tgid(),
+        &call,
+    );
     0
+}
+
+/// `connect(2)`'s `fd`, `uservaddr` and `addrlen`: one read where the record keeps them
+/// side by side (every syscall record does, one 8-byte slot per argument), three
+/// otherwise.
+#[inline(always)]
+fn connect_args(ctx: &TracePointContext) -> Option<[u64; 3]> {
+    let probe = Probe::SysEnterConnect;
+    let s = config!(syscalls);
+    if s.connect_fd != agent_common::NO_OFFSET
+        && s.connect_uservaddr == s.connect_fd + 8
+        && s.connect_addrlen == s.connect_fd + 16
+    {
+        return required::<[u64; 3]>(ctx, s.connect_fd, probe);
+    }
+    Some([
+        required::<u64>(ctx, s.connect_fd, probe)?,
+        required::<u64>(ctx, s.connect_uservaddr, probe)?,
+        required::<u64>(ctx, s.connect_addrlen, probe)?,
+    ])
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]

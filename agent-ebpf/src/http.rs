@@ -1,18 +1,24 @@
 //! HTTP status codes of the responses proxies write, counted per (process, code).
 //! Non-proxies return after one map lookup.
+//!
+//! Where the kernel has it (Linux 6.10+ with BTF), `tcp_sendmsg_locked` (`tp_btf`) sees
+//! every TCP send with its `struct msghdr`, so the write syscalls need no probe at all:
+//! no per-write record copy, and (with the connect and listen probes the only `syscalls:`
+//! ones left) no more syscall probes than unix sockets need. Elsewhere the four
+//! write-family syscall probes read the same first bytes from the syscall's arguments.
 
 use core::mem::MaybeUninit;
 
 use agent_common::http::{status_code, ResponseKey, STATUS_LINE_LEN};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 
 use crate::{
     maps::{config, PROXIES, RESPONSES},
-    read::field,
+    read::{field, kernel_field},
 };
 
 /// One `struct iovec` as user space lays it out.
@@ -138,6 +144,46 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
             if let Ok(iov) = unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) } {
                 count_iovec(tgid, iov);
             }
+        }
+    }
+    0
+}
+
+/// `tcp_sendmsg_locked(const struct sock *sk, const struct msghdr *msg, const struct sk_buff
+/// *skb, int size_goal)`, in the sending task, once per round of the send loop (one
+/// round per socket buffer filled). Only the first round of a send starts at the data's
+/// first byte: later ones have `iov_offset` past it, or (at an iovec boundary) start a
+/// later iovec, whose bytes a status line does not begin.
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> u32 {
+    let Some(tgid) = current_proxy() else {
+        return 0;
+    };
+    let m = config!(msg);
+    if m.iter == agent_common::NO_OFFSET {
+        return 0;
+    }
+    let msg: u64 = ctx.arg(1);
+    let iter = msg + m.iter as u64;
+    if kernel_field::<u64>(iter, m.iov_offset) != Some(0) {
+        return 0;
+    }
+    let (Some(kind), Some(slot)) = (
+        kernel_field::<u8>(iter, m.iter_type),
+        kernel_field::<u64>(iter, m.ubuf),
+    ) else {
+        return 0;
+    };
+    let kind = kind as u16;
+    if kind == m.kind_ubuf {
+        // write(2), send(2): one user buffer, `count` bytes left.
+        if let Some(len) = kernel_field::<u64>(iter, m.count) {
+            count(tgid, slot, len);
+        }
+    } else if kind == m.kind_iovec {
+        // writev(2), sendmsg(2): the kernel's copy of the iovec array (import_iovec).
+        if let Some(first) = kernel_field::<IoVec>(slot, 0) {
+            count(tgid, first.base, first.len);
         }
     }
     0

@@ -1,20 +1,25 @@
 //! `listen(2)`: unix-socket listeners have no tracepoint of their own, so a successful
 //! `listen(2)` is reported with its fd and the agent looks the socket up in procfs.
 
-use agent_common::{config::Probe, listener::ListenCall};
+use agent_common::{config::Probe, event::counter::Table, listener::ListenCall};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 
 use crate::{
-    maps::{config, LISTEN_CALLS, WATCHED},
+    maps::{config, insert_or_count, LISTEN_CALLS, WATCHED},
     read::{current_header, required, reserve},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
     if let Some(fd) = required::<u64>(&ctx, config!(syscalls.listen_fd), Probe::SysEnterListen) {
-        let _ = LISTEN_CALLS.insert(bpf_get_current_pid_tgid(), fd as i32, 0);
+        insert_or_count(
+            &LISTEN_CALLS,
+            Table::ListenCalls,
+            &bpf_get_current_pid_tgid(),
+            &(fd as i32),
+        );
     }
     0
 }

@@ -13,6 +13,7 @@ mod listen;
 mod maps;
 mod process;
 mod read;
+mod sock;
 mod tcp;
 mod upstream;
 

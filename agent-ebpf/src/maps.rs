@@ -1,16 +1,23 @@
 //! The maps shared by the programs. Sizes are defaults; the agent overrides them at load
-//! time from its configuration. Maps keyed by traffic are LRU so that they stay bounded.
+//! time from its configuration.
+//!
+//! Tables whose every entry is deleted by a later program (a socket's CLOSE, a syscall's
+//! exit) are plain hashes: an LRU hash pays its list upkeep on every insert and delete,
+//! the cost that dominated the per-connect programs, and could evict an entry still in
+//! use. When one is full the insert fails and is counted (`counter::TABLE_FULL_BASE`).
+//! Aggregates keyed by traffic (destinations, status codes) stay LRU: nothing deletes
+//! them, so eviction is what bounds them.
 
 use agent_common::{
     config::KernelConfig,
     connect::{ConnectCall, ConnectKey, ConnectStats, TrackedConnect},
-    event::counter,
+    event::counter::{self, Table},
     http::ResponseKey,
     net::SockTuple,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 
 /// Field offsets and options, written by the agent before load (see `agent_common::config`).
@@ -36,16 +43,19 @@ pub fn load<T: Copy>(value: &T) -> T {
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// TCP sockets from CLOSE→SYN_SENT until CLOSE, by kernel address: who connected, when.
+/// Every TCP socket passes through CLOSE before it is freed (`inet_csk_destroy_sock`
+/// warns otherwise), and that transition deletes the entry.
 #[map]
-pub static TRACKED: LruHashMap<u64, TrackedConnect> = LruHashMap::with_max_entries(65536, 0);
+pub static TRACKED: HashMap<u64, TrackedConnect> = HashMap::with_max_entries(65536, 0);
 
-/// `connect(2)` calls in flight, by pid_tgid.
+/// `connect(2)` calls in flight, by pid_tgid; deleted at the syscall's exit, which every
+/// entered syscall reaches (a fatal signal is acted on after it).
 #[map]
-pub static CALLS: LruHashMap<u64, ConnectCall> = LruHashMap::with_max_entries(8192, 0);
+pub static CALLS: HashMap<u64, ConnectCall> = HashMap::with_max_entries(8192, 0);
 
 /// `listen(2)` calls in flight, by pid_tgid: the fd.
 #[map]
-pub static LISTEN_CALLS: LruHashMap<u64, i32> = LruHashMap::with_max_entries(1024, 0);
+pub static LISTEN_CALLS: HashMap<u64, i32> = HashMap::with_max_entries(1024, 0);
 
 /// errno from `inet_sk_error_report`, by connection, for kernels where `sk_err` cannot be
 /// read (no BTF).
@@ -76,6 +86,15 @@ pub static RESPONSES: LruPerCpuHashMap<ResponseKey, u64> =
 /// Drop and error counters, see `agent_common::event::counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
+
+/// Inserts `value` at `key` in a plain hash `table`, counting a refusal (the table is
+/// full) against it.
+#[inline(always)]
+pub fn insert_or_count<K, V>(map: &HashMap<K, V>, table: Table, key: &K, value: &V) {
+    if map.insert(key, value, 0).is_err() {
+        count(counter::TABLE_FULL_BASE + table as u32);
+    }
+}
 
 #[inline(always)]
 pub fn count(slot: u32) {

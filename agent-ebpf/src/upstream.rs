@@ -6,18 +6,19 @@
 //! first read `tcp_sock`'s byte counters, two kernel reads and no map operation, and only a
 //! connection that carried no response is looked up in `TRACKED`. At CLOSE, a socket that
 //! was never tracked (an accepted connection, most of them) costs one lookup and no delete:
-//! an LRU hash delete takes the bucket lock even for a key that is not there.
+//! a hash delete takes the bucket lock even for a key that is not there.
 
 use agent_common::{
     connect::{end_how, ConnectKey, TrackedConnect, Traffic, UpstreamEnd},
     tcp::state,
     NO_OFFSET,
 };
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
     maps::{config, TRACKED},
-    read::{kernel_field, owner_header_at, reserve, tuple},
+    read::{kernel_field, owner_header_at, reserve},
+    sock::SockView,
 };
 
 /// Whether a connect by `tgid` is followed: it is a proxy, and this kernel's BTF gave the
@@ -52,7 +53,7 @@ fn unreported(skaddr: u64) -> Option<&'static mut TrackedConnect> {
 /// ESTABLISHED→CLOSE_WAIT: the upstream's FIN is in (softirq context). Without a response
 /// byte before it, the upstream closed before answering.
 #[inline(always)]
-pub fn fin_received(ctx: &TracePointContext, skaddr: u64) {
+pub fn fin_received<S: SockView>(sock: &S, skaddr: u64) {
     let Some(received) = bytes_received(skaddr) else {
         return;
     };
@@ -69,14 +70,14 @@ pub fn fin_received(ctx: &TracePointContext, skaddr: u64) {
         bytes_sent: bytes_acked(skaddr).unwrap_or(0).saturating_sub(1),
         bytes_received: received.saturating_sub(1),
     };
-    report(ctx, tracked, now, traffic, end_how::CLOSED_BY_UPSTREAM);
+    report(sock, tracked, now, traffic, end_how::CLOSED_BY_UPSTREAM);
 }
 
 /// ESTABLISHED→FIN_WAIT1: the proxy closes first (its own `close(2)` or `shutdown(2)`).
 /// With its request acknowledged, no response byte and at least the configured response
 /// timeout since the handshake, it gave up waiting.
 #[inline(always)]
-pub fn fin_sent(ctx: &TracePointContext, skaddr: u64) {
+pub fn fin_sent<S: SockView>(sock: &S, skaddr: u64) {
     if bytes_received(skaddr) != Some(0) {
         return;
     }
@@ -100,12 +101,12 @@ pub fn fin_sent(ctx: &TracePointContext, skaddr: u64) {
         bytes_sent: acked - 1,
         bytes_received: 0,
     };
-    report(ctx, tracked, now, traffic, end_how::PROXY_GAVE_UP);
+    report(sock, tracked, now, traffic, end_how::PROXY_GAVE_UP);
 }
 
 #[inline(always)]
-fn report(
-    ctx: &TracePointContext,
+fn report<S: SockView>(
+    sock: &S,
     tracked: &mut TrackedConnect,
     now: u64,
     traffic: Traffic,
@@ -113,7 +114,7 @@ fn report(
 ) {
     // Even when the ring is full (the drop is counted): this end is not a normal one.
     tracked.end_reported = 1;
-    let Some(t) = tuple(ctx, &config!(set_state.tuple)) else {
+    let Some(t) = sock.tuple() else {
         return;
     };
     let Some(mut entry) = reserve::<UpstreamEnd>() else {
@@ -134,7 +135,7 @@ fn report(
 /// Any state→CLOSE but SYN_SENT's and LISTEN's: the socket's end. A followed connection
 /// whose end was not reported, and that carries no socket error, ended normally.
 #[inline(always)]
-pub fn closed(ctx: &TracePointContext, skaddr: u64) {
+pub fn closed<S: SockView>(sock: &S, skaddr: u64) {
     let Some(tracked) = TRACKED.get_ptr(skaddr) else {
         return;
     };
@@ -147,18 +148,18 @@ pub fn closed(ctx: &TracePointContext, skaddr: u64) {
         )
     };
     if follow == 1 && established == 1 && reported == 0 {
-        count_closed_ok(ctx, skaddr, tgid);
+        count_closed_ok(sock, skaddr, tgid);
     }
     let _ = TRACKED.remove(skaddr);
 }
 
 #[inline(always)]
-fn count_closed_ok(ctx: &TracePointContext, skaddr: u64, tgid: u32) {
+fn count_closed_ok<S: SockView>(sock: &S, skaddr: u64, tgid: u32) {
     // ETIMEDOUT after retransmissions or keepalive probes, for example: not a normal end.
     if kernel_field::<i32>(skaddr, config!(kernel.sock_sk_err)).is_some_and(|err| err != 0) {
         return;
     }
-    let Some(t) = tuple(ctx, &config!(set_state.tuple)) else {
+    let Some(t) = sock.tuple() else {
         return;
     };
     let key = ConnectKey {

@@ -26,7 +26,7 @@ use crate::{
         enrich::{interfaces, listeners, Enricher, ProcessCache},
         host::sampling::{self, Sample},
         kernel_maps::{self, responses::running_proxies, KernelReading, PolledMaps},
-        probes::{maps::KernelCounters, ProbeError, ProbeSet, ProbeStatus},
+        probes::{maps::KernelCounters, Attachment, ProbeError, ProbeSet, ProbeStatus},
         ring::{self, PipelineStats},
     },
 };
@@ -76,11 +76,22 @@ impl Agent {
     ) -> Result<Self, AgentError> {
         let started_at = SystemTime::now();
         let mut probes = ProbeSet::load(config)?;
-        let attached: Vec<_> = probes.attached().map(|p| p.name()).collect();
+        let attached: Vec<_> = probes
+            .attached_with_attachment()
+            .map(|(p, how)| match how {
+                Attachment::TpBtf => format!("{} (tp_btf)", p.name()),
+                Attachment::Tracepoint => p.name().to_string(),
+            })
+            .collect();
+        let not_needed = probes
+            .status
+            .values()
+            .filter(|s| matches!(s, ProbeStatus::Superseded(_)))
+            .count();
         log::info!(
-            "{} of {} probes attached: {}",
+            "{} of {} probes attached ({not_needed} not needed here): {}",
             attached.len(),
-            agent_common::config::Probe::ALL.len(),
+            agent_common::config::Probe::ALL.len() - not_needed,
             attached.join(", ")
         );
         if probes.mounted_tracefs {
@@ -248,6 +259,13 @@ impl Agent {
             Ok(Err(err)) => err,
             Err(err) => std::io::Error::other(format!("the event pipeline panicked: {err}")),
         }
+    }
+
+    /// How each probe ended up at start-up.
+    pub fn probe_status(
+        &self,
+    ) -> &std::collections::BTreeMap<agent_common::config::Probe, ProbeStatus> {
+        &self._probes.status
     }
 
     pub fn store_dropped_writes(&self) -> u64 {

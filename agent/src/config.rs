@@ -170,7 +170,12 @@ pub struct ProbeConfig {
     pub disable: Vec<String>,
     /// Size of the kernel→agent ring buffer in bytes.
     pub ring_buffer_bytes: u32,
-    /// Connections tracked from SYN_SENT to CLOSE (LRU).
+    /// Attach the hot-path probes as BTF-enabled tracepoints (`tp_btf`) where the kernel
+    /// allows; `false` attaches the classic tracepoints only (and counts HTTP responses
+    /// from the write syscalls), as on a kernel without BTF.
+    pub btf_tracepoints: bool,
+    /// Connections tracked from SYN_SENT to CLOSE (a bounded table: a connect beyond it
+    /// is not tracked, and counted).
     pub connect_table_entries: u32,
     /// Success aggregates per (process, destination), per CPU (LRU).
     pub connect_stats_entries: u32,
@@ -189,6 +194,7 @@ impl Default for ProbeConfig {
         Self {
             disable: Vec::new(),
             ring_buffer_bytes: 4 << 20,
+            btf_tracepoints: true,
             connect_table_entries: 65536,
             connect_stats_entries: 4096,
             signals: [

@@ -71,6 +71,7 @@ fn status_report() -> StatusReport {
             api::ProbeStatusReport {
                 status: "unavailable".into(),
                 reason: Some("no such tracepoint".into()),
+                attachment: None,
             },
         )]
         .into(),

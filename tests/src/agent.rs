@@ -57,10 +57,11 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "[store]\npath = \"{}\"\n[api]\nsocket = \"{}\"\n[metrics]\nlisten = \"{}\"\nsample_interval_ms = 500\n",
+                "[store]\npath = \"{}\"\n[api]\nsocket = \"{}\"\n[metrics]\nlisten = \"{}\"\nsample_interval_ms = 500\n[probes]\nbtf_tracepoints = {}\n",
                 dir.path().join("why502.db").display(),
                 dir.path().join("why502.sock").display(),
                 metrics_addr(&dir),
+                !crate::classic_tracepoints_only(),
             ),
         )
         .expect("write the agent's config");
@@ -97,11 +98,10 @@ impl Agent {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if agent
-                .log()
-                .iter()
-                .any(|l| l.contains("why502 agent running"))
-            {
+            let log = agent.log();
+            if log.iter().any(|l| l.contains("why502 agent running")) {
+                let attached = log.iter().find(|l| l.contains("probes attached"));
+                crate::assert_tracepoint_mode(attached.map_or("", |l| l.as_str()));
                 return agent;
             }
             if let Ok(Some(status)) = agent.child.try_wait() {

@@ -13,6 +13,33 @@ pub mod prometheus;
 
 use std::path::PathBuf;
 
+/// Set to `classic`, the agents the tests start attach only classic tracepoints
+/// (`probes.btf_tracepoints = false`): `cargo xtask test` runs the kernel and end-to-end
+/// tests that decide detections once more that way, so that the fallback for kernels
+/// without BTF stays tested. The agent must then be seen to use it.
+pub const TRACEPOINTS_ENV: &str = "WHY502_TEST_TRACEPOINTS";
+
+/// Whether [`TRACEPOINTS_ENV`] asks for classic tracepoints only (any other value is an
+/// error, not a silent default).
+pub fn classic_tracepoints_only() -> bool {
+    match std::env::var(TRACEPOINTS_ENV).as_deref() {
+        Ok("classic") => true,
+        Ok("") | Err(_) => false,
+        Ok(other) => panic!("{TRACEPOINTS_ENV}={other}: only \"classic\" is known"),
+    }
+}
+
+/// Checks that the agent's "N of M probes attached…" log line matches the mode the test
+/// run asked for: classic only (no `tp_btf` program, the write-syscall probes on).
+pub fn assert_tracepoint_mode(attached_line: &str) {
+    if classic_tracepoints_only() {
+        assert!(
+            !attached_line.contains("tp_btf") && attached_line.contains("sys_enter_writev"),
+            "{TRACEPOINTS_ENV}=classic, but the agent attached: {attached_line}"
+        );
+    }
+}
+
 /// Where [`sibling_binary`] looks instead of next to the running executable (`cargo xtask
 /// lab` sets it to `target/debug`).
 pub const BIN_DIR_ENV: &str = "WHY502_BIN_DIR";

@@ -33,7 +33,7 @@ fn steps(root: &Path, args: &[String]) -> Result<()> {
     bootstrap::run(Level::Test)?;
 
     cmd::run(
-        "step 1/3: checking formatting (cargo fmt)",
+        "step 1/4: checking formatting (cargo fmt)",
         cmd::cargo(root).args(["fmt", "--all", "--check"]),
     )?;
 
@@ -43,7 +43,7 @@ fn steps(root: &Path, args: &[String]) -> Result<()> {
         clippy.args(["-p", package]);
     }
     clippy.args(["--all-targets", "--", "-D", "warnings"]);
-    cmd::run("step 2/3: linting (cargo clippy)", &mut clippy)?;
+    cmd::run("step 2/4: linting (cargo clippy)", &mut clippy)?;
 
     if !crate::is_root() {
         println!("warning: not running as root: kernel integration and end-to-end tests will skip");
@@ -55,8 +55,38 @@ fn steps(root: &Path, args: &[String]) -> Result<()> {
     }
     if !args.is_empty() {
         test.arg("--").args(args);
+        return cmd::run("step 3/4: testing (cargo test)", &mut test);
     }
-    cmd::run("step 3/3: testing (cargo test)", &mut test)
+    cmd::run("step 3/4: testing (cargo test)", &mut test)?;
+    classic_tracepoints(root)
+}
+
+/// The kernel and end-to-end tests that decide detections, once more with the agent on
+/// classic tracepoints only: the fallback for kernels without BTF (or without
+/// `tcp_sendmsg_locked`) stays tested although this machine would use `tp_btf`.
+fn classic_tracepoints(root: &Path) -> Result<()> {
+    let suites: [(&str, &[&str]); 2] = [
+        ("why502", &["connect", "tcp", "upstream_end", "process"]),
+        ("why502-e2e", &["incidents", "backend_killed"]),
+    ];
+    for (i, (package, tests)) in suites.iter().enumerate() {
+        let mut test = cmd::cargo(root);
+        test.env("WHY502_TEST_TRACEPOINTS", "classic")
+            .args(["test", "-p", package]);
+        for name in *tests {
+            test.args(["--test", name]);
+        }
+        cmd::run(
+            &format!(
+                "step 4/4 ({}/{}): {package} tests {} again on classic tracepoints only",
+                i + 1,
+                suites.len(),
+                tests.join(", ")
+            ),
+            &mut test,
+        )?;
+    }
+    Ok(())
 }
 
 fn minutes_seconds(elapsed: Duration) -> String {

@@ -11,6 +11,41 @@ use std::{
 use tokio::{runtime::Runtime, sync::broadcast};
 use why502::{agent::Agent, config::Config, error_chain, model::event::Event};
 
+/// Under `WHY502_TEST_TRACEPOINTS=classic`, the agent must have attached no `tp_btf`
+/// program and counts responses from the write syscalls: the fallback is what is tested.
+fn assert_tracepoint_mode(agent: &Agent) {
+    use agent_common::config::Probe;
+    use why502::sources::probes::{Attachment, ProbeStatus};
+    let status = agent.probe_status();
+    if !why502_e2e::classic_tracepoints_only() {
+        // Where the kernel has BTF, the default is the tp_btf path: that is what the
+        // default run tests.
+        if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            assert_eq!(
+                status[&Probe::InetSockSetState],
+                ProbeStatus::Attached(Attachment::TpBtf)
+            );
+        }
+        return;
+    }
+    for (probe, s) in status {
+        assert_ne!(
+            *s,
+            ProbeStatus::Attached(Attachment::TpBtf),
+            "{} attached as tp_btf in a classic-only run",
+            probe.name()
+        );
+    }
+    assert_eq!(
+        status[&Probe::InetSockSetState],
+        ProbeStatus::Attached(Attachment::Tracepoint)
+    );
+    assert_eq!(
+        status[&Probe::SysEnterWritev],
+        ProbeStatus::Attached(Attachment::Tracepoint)
+    );
+}
+
 pub struct Harness {
     pub runtime: Runtime,
     pub agent: Agent,
@@ -53,16 +88,20 @@ pub fn harness_with(configure: fn(&mut Config)) -> Option<&'static Harness> {
         config.api.socket = dir.path().join("why502.sock");
         config.metrics.listen = "127.0.0.1:0".parse().unwrap();
         config.metrics.sample_interval_ms = 200;
+        config.probes.btf_tracepoints = !why502_e2e::classic_tracepoints_only();
         configure(&mut config);
         let agent = {
             let _guard = runtime.enter();
             Agent::start(&config, |_| {})
         };
         match agent {
-            Ok(agent) => Ok(Harness {
-                runtime,
-                agent,
-                _dir: dir,
+            Ok(agent) => Ok({
+                assert_tracepoint_mode(&agent);
+                Harness {
+                    runtime,
+                    agent,
+                    _dir: dir,
+                }
             }),
             Err(err) => {
                 let chain = error_chain(&err);

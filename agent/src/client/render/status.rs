@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{text, Style};
-use crate::sinks::api::StatusReport;
+use crate::sinks::api::{ProbeStatusReport, StatusReport};
 use crate::timefmt::duration;
 
 pub fn status(report: &StatusReport, style: &Style) -> String {
@@ -19,18 +19,52 @@ pub fn status(report: &StatusReport, style: &Style) -> String {
         .probes
         .iter()
         .filter(|(_, p)| p.status == "attached")
-        .map(|(name, _)| name.clone())
+        .map(|(name, p)| match p.attachment.as_deref() {
+            Some("tp_btf") => format!("{name} (tp_btf)"),
+            _ => name.clone(),
+        })
         .collect();
-    out.push(format!(
+    // Not needed here: another probe does their work (grouped by what it is).
+    let mut superseded: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (name, p) in report
+        .probes
+        .iter()
+        .filter(|(_, p)| p.status == "superseded")
+    {
+        superseded
+            .entry(p.reason.as_deref().unwrap_or("another probe does its work"))
+            .or_default()
+            .push(name.clone());
+    }
+    let not_needed: usize = superseded.values().map(Vec::len).sum();
+    let mut head = format!(
         "Probes: {} of {} attached",
         attached.len(),
-        report.probes.len()
-    ));
+        report.probes.len() - not_needed
+    );
+    if not_needed > 0 {
+        head.push_str(&format!(", {not_needed} not needed here"));
+    }
+    out.push(head);
     if !attached.is_empty() {
         let items = separated(&attached, ",");
         out.push(text::hanging("  on:  ", "  on:  ", &items, style.width));
     }
-    for (name, probe) in report.probes.iter().filter(|(_, p)| p.status != "attached") {
+    for (reason, names) in &superseded {
+        let mut items = separated(names, ",");
+        if let Some(last) = items.last_mut() {
+            last.push(':');
+        }
+        items.extend(reason.split_whitespace().map(String::from));
+        out.push(text::hanging(
+            "  not needed: ",
+            "  not needed: ",
+            &items,
+            style.width,
+        ));
+    }
+    let off = |p: &&ProbeStatusReport| p.status != "attached" && p.status != "superseded";
+    for (name, probe) in report.probes.iter().filter(|(_, p)| off(p)) {
         let label = format!("  off: {name}: ");
         let what = match &probe.reason {
             Some(reason) => format!("{} ({reason})", probe.status),
@@ -60,6 +94,11 @@ pub fn status(report: &StatusReport, style: &Style) -> String {
     out.push(counts_line(
         "Failed kernel reads: ",
         &report.kernel.probe_errors,
+        style,
+    ));
+    out.push(counts_line(
+        "Kernel tables full (not tracked): ",
+        &report.kernel.tables_full,
         style,
     ));
     out.push(format!("Open incidents: {}", report.incidents_open));
@@ -126,19 +165,27 @@ mod tests {
         let probe = |status: &str, reason: Option<&str>| ProbeStatusReport {
             status: status.into(),
             reason: reason.map(String::from),
+            attachment: (status == "attached").then(|| "tracepoint".into()),
         };
+        let btf = ProbeStatusReport {
+            attachment: Some("tp_btf".into()),
+            ..probe("attached", None)
+        };
+        let superseded = probe("superseded", Some("counted by tcp_sendmsg_locked"));
         let report = StatusReport {
             version: "0.1.0".into(),
             started_at: testing::base_time(),
             uptime_seconds: 3 * 3600 + 120,
             probes: BTreeMap::from([
-                ("inet_sock_set_state".into(), probe("attached", None)),
+                ("inet_sock_set_state".into(), btf),
                 (
                     "mark_victim".into(),
                     probe("unavailable", Some("no such tracepoint")),
                 ),
                 ("signal_generate".into(), probe("disabled", None)),
                 ("sys_enter_connect".into(), probe("attached", None)),
+                ("sys_enter_write".into(), superseded.clone()),
+                ("sys_enter_writev".into(), superseded),
             ]),
             events: EventCounts {
                 records: 1234,
@@ -151,6 +198,7 @@ mod tests {
                     ("oom_kill".into(), 0),
                 ]),
                 probe_errors: BTreeMap::new(),
+                tables_full: BTreeMap::from([("tracked_connects".into(), 0)]),
             },
             incidents_open: 1,
             correlation_lagged_events: 0,
@@ -162,13 +210,15 @@ mod tests {
             text,
             "\
 why502 0.1.0 · up 3 h 2 min (since 14:02:03)
-Probes: 2 of 4 attached
-  on:  inet_sock_set_state, sys_enter_connect
+Probes: 2 of 4 attached, 2 not needed here
+  on:  inet_sock_set_state (tp_btf), sys_enter_connect
+  not needed: sys_enter_write, sys_enter_writev: counted by tcp_sendmsg_locked
   off: mark_victim: unavailable (no such tracepoint)
   off: signal_generate: disabled
 Events: 1234 read, 0 undecodable, 12 filtered out
 Lost to a full ring buffer: tcp_connect_failure 12
 Failed kernel reads: none
+Kernel tables full (not tracked): none
 Open incidents: 1
 Incident saves dropped: 0"
         );

@@ -38,10 +38,13 @@ pub struct StatusReport {
 /// A probe's [`ProbeStatus`], flattened so that it reads back without the agent's types.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeStatusReport {
-    /// `attached`, `disabled`, `unavailable` or `failed`.
+    /// `attached`, `disabled`, `superseded` (not needed here), `unavailable` or `failed`.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How an attached probe is attached: `tp_btf` or `tracepoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<String>,
 }
 
 /// The pipeline's counters ([`PipelineStats`]).
@@ -59,6 +62,9 @@ pub struct KernelReport {
     pub dropped: BTreeMap<String, u64>,
     /// Failed reads of kernel or user memory, by probe.
     pub probe_errors: BTreeMap<String, u64>,
+    /// Inserts refused by a full kernel table (what went untracked), by table.
+    #[serde(default)]
+    pub tables_full: BTreeMap<String, u64>,
 }
 
 impl StatusReport {
@@ -72,16 +78,22 @@ impl StatusReport {
 }
 
 impl From<&ProbeStatus> for ProbeStatusReport {
-    fn from(status: &ProbeStatus) -> Self {
-        let (status, reason) = match status {
-            ProbeStatus::Attached => ("attached", None),
+    fn from(probe: &ProbeStatus) -> Self {
+        let attachment = match probe {
+            ProbeStatus::Attached(how) => Some(how.name().to_string()),
+            _ => None,
+        };
+        let (status, reason) = match probe {
+            ProbeStatus::Attached(_) => ("attached", None),
             ProbeStatus::Disabled => ("disabled", None),
+            ProbeStatus::Superseded(reason) => ("superseded", Some(reason.clone())),
             ProbeStatus::Unavailable(reason) => ("unavailable", Some(reason.clone())),
             ProbeStatus::Failed(reason) => ("failed", Some(reason.clone())),
         };
         Self {
             status: status.into(),
             reason,
+            attachment,
         }
     }
 }
@@ -104,6 +116,7 @@ impl From<&KernelCounters> for KernelReport {
         Self {
             dropped: owned(&counters.dropped),
             probe_errors: owned(&counters.probe_errors),
+            tables_full: owned(&counters.tables_full),
         }
     }
 }

@@ -40,7 +40,9 @@ fn report() -> StatusReport {
         probes: BTreeMap::from([
             (
                 "inet_sock_set_state".into(),
-                ProbeStatusReport::from(&crate::sources::probes::ProbeStatus::Attached),
+                ProbeStatusReport::from(&crate::sources::probes::ProbeStatus::Attached(
+                    crate::sources::probes::Attachment::TpBtf,
+                )),
             ),
             (
                 "mark_victim".into(),

@@ -23,6 +23,7 @@ pub struct KernelMetrics {
     http_responses: IntCounterVec,
     ringbuf_dropped: IntCounterVec,
     probe_errors: IntCounterVec,
+    tables_full: IntCounterVec,
 }
 
 impl KernelMetrics {
@@ -41,6 +42,7 @@ impl KernelMetrics {
             )?,
             ringbuf_dropped: counter(r, "why502_ringbuf_dropped_events_total", "Events lost because the ring buffer was full, by kind.", &["kind"])?,
             probe_errors: counter(r, "why502_probe_errors_total", "Failed reads of kernel or user memory in a probe.", &["probe"])?,
+            tables_full: counter(r, "why502_kernel_table_full_total", "Inserts a full kernel table refused (connections or calls that went untracked), by table.", &["table"])?,
         })
     }
 
@@ -68,6 +70,9 @@ impl KernelMetrics {
             }
             for (probe, n) in &reading.counter_growth.probe_errors {
                 self.probe_errors.with_label_values(&[probe]).inc_by(*n);
+            }
+            for (table, n) in &reading.counter_growth.tables_full {
+                self.tables_full.with_label_values(&[table]).inc_by(*n);
             }
         }
     }

@@ -88,13 +88,15 @@ impl Metrics {
         self.labels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Probes turned off in the configuration export no series: only a probe that should
-    /// run and does not is a 0 worth alerting on.
+    /// Probes turned off in the configuration, or not needed on this kernel, export no
+    /// series: only a probe that should run and does not is a 0 worth alerting on.
     pub fn set_probe_status(&self, status: &BTreeMap<agent_common::config::Probe, ProbeStatus>) {
-        for (probe, s) in status.iter().filter(|(_, s)| **s != ProbeStatus::Disabled) {
+        let needed =
+            |s: &ProbeStatus| !matches!(s, ProbeStatus::Disabled | ProbeStatus::Superseded(_));
+        for (probe, s) in status.iter().filter(|(_, s)| needed(s)) {
             self.probe_attached
                 .with_label_values(&[probe.name()])
-                .set(i64::from(*s == ProbeStatus::Attached));
+                .set(i64::from(matches!(s, ProbeStatus::Attached(_))));
         }
     }
 

@@ -129,6 +129,12 @@ impl Poller {
                 totals.dropped.get(kind).copied().unwrap_or(0)
             );
         }
+        for (table, n) in growth.tables_full.iter().filter(|(_, n)| **n > 0) {
+            log::warn!(
+                "kernel table {table} full: {n} entries refused; raise its size \
+                 (probes.connect_table_entries for tracked_connects)"
+            );
+        }
         for (probe, n) in growth.probe_errors.iter().filter(|(_, n)| **n > 0) {
             log::debug!("probe {probe}: {n} failed reads");
         }

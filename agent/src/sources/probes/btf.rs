@@ -55,6 +55,8 @@ struct Type {
     /// Referenced type for modifiers and typedefs.
     target: u32,
     members: Vec<Member>,
+    /// An enum's constants: (name, value).
+    values: Vec<(u32, i64)>,
 }
 
 /// Parsed BTF: types (only what offset lookups need) and the string section.
@@ -62,6 +64,7 @@ pub struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
     structs_by_name: HashMap<String, u32>,
+    enums_by_name: HashMap<String, u32>,
 }
 
 impl Btf {
@@ -96,6 +99,7 @@ impl Btf {
             name: 0,
             target: 0,
             members: Vec::new(),
+            values: Vec::new(),
         }];
         let mut pos = hdr_len + type_off;
         let end = pos + type_len;
@@ -110,6 +114,7 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
+            let mut values = Vec::new();
             let extra = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
@@ -134,8 +139,36 @@ impl Btf {
                     }
                     vlen * 12
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+                KIND_ENUM => {
+                    for i in 0..vlen {
+                        let e = pos + i * 8;
+                        let (Some(name), Some(value)) = (u32_at(e), u32_at(e + 4)) else {
+                            return Err(BtfError::Type { id, kind });
+                        };
+                        // Signed unless kind_flag says unsigned (Linux 6.0+ BTF).
+                        let value = if kind_flag {
+                            i64::from(value)
+                        } else {
+                            i64::from(value as i32)
+                        };
+                        values.push((name, value));
+                    }
+                    vlen * 8
+                }
+                KIND_ENUM64 => {
+                    for i in 0..vlen {
+                        let e = pos + i * 12;
+                        let (Some(name), Some(lo), Some(hi)) =
+                            (u32_at(e), u32_at(e + 4), u32_at(e + 8))
+                        else {
+                            return Err(BtfError::Type { id, kind });
+                        };
+                        values.push((name, ((u64::from(hi) << 32) | u64::from(lo)) as i64));
+                    }
+                    vlen * 12
+                }
+                KIND_FUNC_PROTO => vlen * 8,
+                KIND_DATASEC => vlen * 12,
                 2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12 | 16
                 | KIND_TYPE_TAG => 0,
                 _ => return Err(BtfError::Type { id, kind }),
@@ -146,21 +179,40 @@ impl Btf {
                 name,
                 target: size_or_type,
                 members,
+                values,
             });
         }
         let mut btf = Self {
             types,
             strings,
             structs_by_name: HashMap::new(),
+            enums_by_name: HashMap::new(),
         };
+        let mut structs = HashMap::new();
+        let mut enums = HashMap::new();
         for (id, ty) in btf.types.iter().enumerate() {
             // Forward declarations have no members; the full definition is the one to use.
-            if ty.kind == KIND_STRUCT && !ty.members.is_empty() {
-                let name = btf.string(ty.name).to_string();
-                btf.structs_by_name.entry(name).or_insert(id as u32);
-            }
+            let index = match ty.kind {
+                KIND_STRUCT if !ty.members.is_empty() => &mut structs,
+                KIND_ENUM | KIND_ENUM64 if !ty.values.is_empty() && ty.name != 0 => &mut enums,
+                _ => continue,
+            };
+            index
+                .entry(btf.string(ty.name).to_string())
+                .or_insert(id as u32);
         }
+        btf.structs_by_name = structs;
+        btf.enums_by_name = enums;
         Ok(btf)
+    }
+
+    /// The value of the constant `constant` of `enum name`.
+    pub fn enum_value(&self, name: &str, constant: &str) -> Option<i64> {
+        let ty = &self.types[*self.enums_by_name.get(name)? as usize];
+        ty.values
+            .iter()
+            .find(|(n, _)| self.string(*n) == constant)
+            .map(|(_, v)| *v)
     }
 
     fn string(&self, offset: u32) -> &str {

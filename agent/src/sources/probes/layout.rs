@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use agent_common::{
-    config::{KernelConfig, Probe, TcpSockFields, TupleFields},
+    config::{KernelConfig, MsgOffsets, Probe, SockOffsets, TcpSockFields, TupleFields},
     NO_OFFSET,
 };
 
@@ -19,6 +19,9 @@ pub struct Layout {
     pub unavailable: BTreeMap<Probe, String>,
     /// Kernel struct fields that could not be resolved (features degrade, probes stay on).
     pub missing_kernel_fields: Vec<MissingField>,
+    /// Why a probe's `tp_btf` program cannot run here (BTF lacks what it reads); the
+    /// probe falls back to its classic tracepoint, or stays off without one.
+    pub btf_unavailable: BTreeMap<Probe, String>,
 }
 
 /// A kernel struct field BTF did not give, and what goes without it.
@@ -182,6 +185,9 @@ pub fn build(
             Probe::SchedProcessExit => {
                 config.process.exit_group_dead = f.optional("group_dead");
             }
+            // A `tp_btf` program: its arguments come from BTF (below); the format only
+            // says that the tracepoint exists.
+            Probe::TcpSendmsgLocked => {}
             Probe::SignalGenerate => {
                 let s = &mut config.signal;
                 s.sig = f.required("sig");
@@ -269,11 +275,129 @@ pub fn build(
     );
     k.tcp_bytes_acked = resolved("tcp_sock.bytes_acked", FOLLOWING, counter("bytes_acked"));
 
+    let mut btf_unavailable = BTreeMap::new();
+    match btf.map(sock_offsets).transpose() {
+        Ok(Some(sock)) => config.sock = sock,
+        Ok(None) => {}
+        Err(missing) => {
+            btf_unavailable.insert(Probe::InetSockSetState, missing);
+        }
+    }
+    match btf.map(msg_offsets).transpose() {
+        Ok(Some(msg)) => config.msg = msg,
+        Ok(None) => {}
+        Err(missing) => {
+            btf_unavailable.insert(Probe::TcpSendmsgLocked, missing);
+        }
+    }
+    if btf.is_none() {
+        for probe in Probe::ALL.into_iter().filter(|p| p.btf_program().is_some()) {
+            btf_unavailable.insert(probe, "the kernel has no BTF".to_string());
+        }
+    }
+
     Layout {
         config,
         unavailable,
         missing_kernel_fields,
+        btf_unavailable,
     }
+}
+
+/// Collects the offsets a `tp_btf` program needs, or names the first one BTF lacks.
+struct Needed<'a> {
+    btf: &'a Btf,
+    missing: Vec<String>,
+}
+
+impl Needed<'_> {
+    /// An integer field of `size` bytes (a bitfield or another type does not qualify).
+    fn int(&mut self, strct: &str, path: &[&str], size: u32) -> u16 {
+        let found = self.btf.int_field_offset(strct, path, size);
+        self.offset(strct, path, found)
+    }
+
+    fn any(&mut self, strct: &str, path: &[&str]) -> u16 {
+        let found = self.btf.field_offset(strct, path);
+        self.offset(strct, path, found)
+    }
+
+    fn offset(&mut self, strct: &str, path: &[&str], found: Option<u32>) -> u16 {
+        match found {
+            Some(o) if o < NO_OFFSET as u32 => o as u16,
+            _ => {
+                self.missing.push(format!("{strct}.{}", path.join(".")));
+                NO_OFFSET
+            }
+        }
+    }
+
+    fn constant(&mut self, name: &str, constant: &str) -> u16 {
+        match self.btf.enum_value(name, constant) {
+            Some(v) if (0..i64::from(NO_OFFSET)).contains(&v) => v as u16,
+            _ => {
+                self.missing.push(format!("enum {name} {constant}"));
+                NO_OFFSET
+            }
+        }
+    }
+
+    fn done<T>(self, value: T) -> Result<T, String> {
+        if self.missing.is_empty() {
+            Ok(value)
+        } else {
+            Err(format!("kernel BTF lacks {}", self.missing.join(", ")))
+        }
+    }
+}
+
+/// What `inet_sock_set_state_btf` reads from the `struct sock` it is given: the fields
+/// of the classic record. `sk_protocol` has been a `u16` since Linux 5.6 (a bitfield
+/// before, which the program cannot read).
+fn sock_offsets(btf: &Btf) -> Result<SockOffsets, String> {
+    let mut n = Needed {
+        btf,
+        missing: Vec::new(),
+    };
+    let c = |field| ["__sk_common", field];
+    let sock = SockOffsets {
+        protocol: n.int("sock", &["sk_protocol"], 2),
+        family: n.int("sock", &c("skc_family"), 2),
+        daddr: n.int("sock", &c("skc_daddr"), 4),
+        rcv_saddr: n.int("sock", &c("skc_rcv_saddr"), 4),
+        dport: n.int("sock", &c("skc_dport"), 2),
+        sport: n.int("inet_sock", &["inet_sport"], 2),
+        v6_daddr: n.any("sock", &c("skc_v6_daddr")),
+        v6_rcv_saddr: n.any("sock", &c("skc_v6_rcv_saddr")),
+    };
+    n.done(sock)
+}
+
+/// What `tcp_sendmsg_locked` reads from its `struct msghdr`: the iterator over the bytes
+/// being sent, in the layout of Linux 6.4+ (`ITER_UBUF` since 6.0, and `ubuf` sharing
+/// its slot with `__iov` since 6.4).
+fn msg_offsets(btf: &Btf) -> Result<MsgOffsets, String> {
+    let mut n = Needed {
+        btf,
+        missing: Vec::new(),
+    };
+    let ubuf = n.any("iov_iter", &["ubuf"]);
+    let iov = n.any("iov_iter", &["__iov"]);
+    let msg = MsgOffsets {
+        iter: n.any("msghdr", &["msg_iter"]),
+        iter_type: n.int("iov_iter", &["iter_type"], 1),
+        iov_offset: n.int("iov_iter", &["iov_offset"], 8),
+        ubuf,
+        count: n.int("iov_iter", &["count"], 8),
+        kind_ubuf: n.constant("iter_type", "ITER_UBUF"),
+        kind_iovec: n.constant("iter_type", "ITER_IOVEC"),
+        _pad: 0,
+    };
+    if n.missing.is_empty() && ubuf != iov {
+        n.missing
+            .push("iov_iter.ubuf and iov_iter.__iov in one slot (Linux 6.4+)".into());
+    }
+    n.done(msg)
 }
 
 #[cfg(test)]
@@ -351,6 +475,22 @@ mod tests {
             "{:?}",
             layout.missing_kernel_fields
         );
+        assert!(
+            layout.btf_unavailable.is_empty(),
+            "{:?}",
+            layout.btf_unavailable
+        );
+        let sock = layout.config.sock;
+        // struct sock_common: skc_daddr, skc_rcv_saddr, hash, skc_dport, skc_num, skc_family.
+        assert_eq!(
+            (sock.daddr, sock.rcv_saddr, sock.dport, sock.family),
+            (0, 4, 12, 16)
+        );
+        // inet_sock starts with its struct sock.
+        assert!(sock.sport > sock.protocol, "{sock:?}");
+        let msg = layout.config.msg;
+        assert_ne!(msg.kind_ubuf, msg.kind_iovec);
+        assert!(msg.iter > 0 && msg.count > msg.ubuf, "{msg:?}");
         let k = layout.config.kernel;
         assert_ne!(k.tcp_bytes_received, k.tcp_bytes_acked);
         assert_eq!(k.tcp_bytes_received % 8, 0);

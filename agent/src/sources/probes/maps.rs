@@ -66,6 +66,8 @@ pub struct KernelCounters {
     pub dropped: BTreeMap<&'static str, u64>,
     /// Failed reads of kernel or user memory, by probe.
     pub probe_errors: BTreeMap<&'static str, u64>,
+    /// Inserts refused by a full kernel table, by table (`counter::Table`).
+    pub tables_full: BTreeMap<&'static str, u64>,
 }
 
 impl KernelCounters {
@@ -83,6 +85,7 @@ impl KernelCounters {
         KernelCounters {
             dropped: grown(&self.dropped, &before.dropped),
             probe_errors: grown(&self.probe_errors, &before.probe_errors),
+            tables_full: grown(&self.tables_full, &before.tables_full),
         }
     }
 }
@@ -111,6 +114,11 @@ impl CounterMap {
                 probe.name(),
                 slot(counter::PROBE_ERROR_BASE + probe as u32)?,
             );
+        }
+        for table in counter::Table::ALL {
+            counters
+                .tables_full
+                .insert(table.name(), slot(counter::TABLE_FULL_BASE + table as u32)?);
         }
         Ok(counters)
     }

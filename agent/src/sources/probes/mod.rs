@@ -2,7 +2,10 @@
 //! userspace ([`maps`]).
 //!
 //! Each probe degrades on its own: a tracepoint the kernel lacks, or a program the verifier
-//! rejects, leaves that probe off with a warning naming it while the others run.
+//! rejects, leaves that probe off with a warning naming it while the others run. A probe
+//! with a `tp_btf` program (`Probe::btf_program`) attaches that where the kernel has BTF
+//! and what it reads, and its classic tracepoint otherwise (or when `probes.btf_tracepoints`
+//! is off).
 
 pub mod btf;
 pub mod layout;
@@ -12,7 +15,10 @@ pub mod tracefs;
 use std::collections::BTreeMap;
 
 use agent_common::config::Probe;
-use aya::{programs::TracePoint, Ebpf, EbpfLoader};
+use aya::{
+    programs::{BtfTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -46,13 +52,34 @@ pub enum ProbeError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", content = "reason", rename_all = "snake_case")]
 pub enum ProbeStatus {
-    Attached,
+    Attached(Attachment),
     /// Turned off in the configuration.
     Disabled,
+    /// Not needed: another probe does its work here (the reason says which).
+    Superseded(String),
     /// The kernel lacks the tracepoint or one of its fields.
     Unavailable(String),
     /// Loading (verifier) or attaching failed.
     Failed(String),
+}
+
+/// How an attached probe is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attachment {
+    /// A classic tracepoint (`perf_event_open` on a tracefs event).
+    Tracepoint,
+    /// A BTF-enabled raw tracepoint (`tp_btf`).
+    TpBtf,
+}
+
+impl Attachment {
+    pub fn name(self) -> &'static str {
+        match self {
+            Attachment::Tracepoint => "tracepoint",
+            Attachment::TpBtf => "tp_btf",
+        }
+    }
 }
 
 /// The loaded programs and their maps.
@@ -109,28 +136,50 @@ impl ProbeSet {
             .load(OBJECT)
             .map_err(|source| ProbeError::Load { source })?;
 
+        let kernel_btf = if config.probes.btf_tracepoints && btf.is_some() {
+            aya::Btf::from_sys_fs()
+                .map_err(|e| log::warn!("tp_btf programs are off: {}", crate::error_chain(&e)))
+                .ok()
+        } else {
+            None
+        };
         let mut status = BTreeMap::new();
-        for probe in Probe::ALL {
+        // tcp_sendmsg_locked first: where it attaches, the write-syscall probes are not needed.
+        let mut order = Probe::ALL.to_vec();
+        order.sort_by_key(|p| *p != Probe::TcpSendmsgLocked);
+        for probe in order {
             let outcome = if !enabled.contains(&probe) {
                 ProbeStatus::Disabled
             } else if let Some(reason) = layout.unavailable.get(&probe) {
                 ProbeStatus::Unavailable(reason.clone())
+            } else if Probe::WRITE_SYSCALLS.contains(&probe)
+                && matches!(
+                    status.get(&Probe::TcpSendmsgLocked),
+                    Some(ProbeStatus::Attached(_))
+                )
+            {
+                ProbeStatus::Superseded(
+                    "HTTP responses are counted by tcp_sendmsg_locked".to_string(),
+                )
             } else {
-                match attach(&mut ebpf, probe) {
-                    Ok(()) => ProbeStatus::Attached,
-                    Err(reason) => ProbeStatus::Failed(reason),
-                }
+                attach_either(&mut ebpf, probe, kernel_btf.as_ref(), &layout)
             };
             match &outcome {
-                ProbeStatus::Attached => log::debug!("probe {} attached", probe.name()),
+                ProbeStatus::Attached(how) => {
+                    log::debug!("probe {} attached ({})", probe.name(), how.name())
+                }
                 ProbeStatus::Disabled => log::info!("probe {} disabled by config", probe.name()),
+                ProbeStatus::Superseded(r) => log::debug!("probe {} not needed: {r}", probe.name()),
                 ProbeStatus::Unavailable(r) | ProbeStatus::Failed(r) => {
                     log::warn!("probe {} is off: {r}", probe.name())
                 }
             }
             status.insert(probe, outcome);
         }
-        if !status.values().any(|s| *s == ProbeStatus::Attached) {
+        if !status
+            .values()
+            .any(|s| matches!(s, ProbeStatus::Attached(_)))
+        {
             let reasons: Vec<String> = status
                 .iter()
                 .filter_map(|(p, s)| match s {
@@ -160,8 +209,16 @@ impl ProbeSet {
     pub fn attached(&self) -> impl Iterator<Item = Probe> + '_ {
         self.status
             .iter()
-            .filter(|(_, s)| **s == ProbeStatus::Attached)
+            .filter(|(_, s)| matches!(s, ProbeStatus::Attached(_)))
             .map(|(p, _)| *p)
+    }
+
+    /// The attached probes with how each is attached.
+    pub fn attached_with_attachment(&self) -> impl Iterator<Item = (Probe, Attachment)> + '_ {
+        self.status.iter().filter_map(|(p, s)| match s {
+            ProbeStatus::Attached(how) => Some((*p, *how)),
+            _ => None,
+        })
     }
 
     /// Hands out the kernel maps, each to own by the one task that reads or writes it
@@ -169,6 +226,54 @@ impl ProbeSet {
     pub fn take_maps(&mut self) -> Result<maps::KernelMaps, ProbeError> {
         maps::KernelMaps::take(&mut self.ebpf)
     }
+}
+
+/// Attaches `probe` as `tp_btf` where `btf` (the kernel's, unless turned off) and the
+/// layout allow, falling back to its classic tracepoint.
+fn attach_either(
+    ebpf: &mut Ebpf,
+    probe: Probe,
+    btf: Option<&aya::Btf>,
+    layout: &layout::Layout,
+) -> ProbeStatus {
+    if let Some(program) = probe.btf_program() {
+        let why_not = match (btf, layout.btf_unavailable.get(&probe)) {
+            (_, Some(reason)) => reason.clone(),
+            (None, None) => "tp_btf programs are off (probes.btf_tracepoints = false, or no \
+                             kernel BTF)"
+                .to_string(),
+            (Some(btf), None) => match attach_btf(ebpf, probe, program, btf) {
+                Ok(()) => return ProbeStatus::Attached(Attachment::TpBtf),
+                Err(reason) => reason,
+            },
+        };
+        if probe.btf_only() {
+            return ProbeStatus::Unavailable(why_not);
+        }
+        log::info!(
+            "probe {} attaches as a classic tracepoint: {why_not}",
+            probe.name()
+        );
+    }
+    match attach(ebpf, probe) {
+        Ok(()) => ProbeStatus::Attached(Attachment::Tracepoint),
+        Err(reason) => ProbeStatus::Failed(reason),
+    }
+}
+
+fn attach_btf(ebpf: &mut Ebpf, probe: Probe, name: &str, btf: &aya::Btf) -> Result<(), String> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object file"))?
+        .try_into()
+        .map_err(|e| format!("{name} is not a tp_btf program: {e}"))?;
+    program
+        .load(probe.name(), btf)
+        .map_err(|e| format!("the kernel refused {name}: {}", crate::error_chain(&e)))?;
+    program
+        .attach()
+        .map_err(|e| format!("attaching {name} failed: {}", crate::error_chain(&e)))?;
+    Ok(())
 }
 
 fn attach(ebpf: &mut Ebpf, probe: Probe) -> Result<(), String> {
