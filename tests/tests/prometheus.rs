@@ -35,6 +35,7 @@ const EXPORTED: &[&str] = &[
     "why502_events_total",
     "why502_ringbuf_dropped_events_total",
     "why502_probe_errors_total",
+    "why502_kernel_table_full_total",
     "why502_listener_queue_depth",
     "why502_listener_queue_backlog",
     "why502_service_memory_usage_bytes",
@@ -539,6 +540,12 @@ fn sample_exposition() -> String {
         "counter",
         "Probe errors.",
         &["why502_probe_errors_total{probe=\"mark_victim\"} 0"],
+    );
+    family(
+        "why502_kernel_table_full_total",
+        "counter",
+        "Inserts a full kernel table refused.",
+        &["why502_kernel_table_full_total{table=\"tracked_connects\"} 0"],
     );
     family(
         "why502_listener_queue_depth",
