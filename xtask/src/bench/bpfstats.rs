@@ -1,6 +1,10 @@
 //! The kernel programs' own cost: `kernel.bpf_stats_enabled=1` makes the kernel account
 //! each program's run count and run time, which `/proc/<pid>/fdinfo` shows per program fd;
 //! bpftool names them.
+//!
+//! Every program the process holds counts, whatever its type: classic tracepoints
+//! (`tracepoint`) and BTF raw tracepoints (`tp_btf`, which bpftool shows as `tracing`)
+//! alike. Link fds name a program too but carry no counters, so each program counts once.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -42,6 +46,13 @@ impl Drop for StatsEnabled {
 /// Per program id: (run_time_ns, run_cnt).
 pub type Snapshot = BTreeMap<u32, (u64, u64)>;
 
+/// What bpftool says about a program.
+struct Info {
+    name: String,
+    /// `tracepoint`, `tracing` (`tp_btf`, fentry…), `raw_tracepoint`, …
+    kind: String,
+}
+
 /// The programs `pid` holds, with their counters.
 pub fn snapshot(pid: u32) -> Result<Snapshot> {
     let mut progs = Snapshot::new();
@@ -64,8 +75,9 @@ pub fn snapshot(pid: u32) -> Result<Snapshot> {
     Ok(progs)
 }
 
-/// Program names by id, from `bpftool prog show --json` (empty without bpftool).
-fn names() -> BTreeMap<u32, String> {
+/// Program names and types by id, from `bpftool prog show --json` (empty without
+/// bpftool). bpftool gives the full name from BTF where the kernel's is cut at 15 bytes.
+fn names() -> BTreeMap<u32, Info> {
     let Some(text) = cmd::stdout(Command::new("bpftool").args(["prog", "show", "--json"])) else {
         return BTreeMap::new();
     };
@@ -74,13 +86,21 @@ fn names() -> BTreeMap<u32, String> {
     };
     progs
         .iter()
-        .filter_map(|p| Some((p["id"].as_u64()? as u32, p["name"].as_str()?.to_string())))
+        .filter_map(|p| {
+            let info = Info {
+                name: p["name"].as_str()?.to_string(),
+                kind: p["type"].as_str().unwrap_or("?").to_string(),
+            };
+            Some((p["id"].as_u64()? as u32, info))
+        })
         .collect()
 }
 
 /// One program's cost between two snapshots.
 pub struct ProgCost {
     pub name: String,
+    /// The program type, as bpftool names it.
+    pub kind: String,
     pub runs: u64,
     pub time_ns: u64,
 }
@@ -92,11 +112,10 @@ pub fn delta(before: &Snapshot, after: &Snapshot) -> Vec<ProgCost> {
         .iter()
         .map(|(id, (time, runs))| {
             let (t0, r0) = before.get(id).copied().unwrap_or((0, 0));
+            let info = names.get(id);
             ProgCost {
-                name: names
-                    .get(id)
-                    .cloned()
-                    .unwrap_or_else(|| format!("prog {id}")),
+                name: info.map_or_else(|| format!("prog {id}"), |i| i.name.clone()),
+                kind: info.map_or_else(|| "?".into(), |i| i.kind.clone()),
                 runs: runs - r0,
                 time_ns: time - t0,
             }
@@ -110,15 +129,31 @@ pub fn total_ns(costs: &[ProgCost]) -> u64 {
     costs.iter().map(|c| c.time_ns).sum()
 }
 
-pub fn to_json(costs: &[ProgCost]) -> Value {
+impl ProgCost {
+    pub fn ns_per_run(&self) -> f64 {
+        if self.runs > 0 {
+            self.time_ns as f64 / self.runs as f64
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Per program, with its runs and time per `unit` (`request`, `connect`) of which there
+/// were `count`.
+pub fn to_json(costs: &[ProgCost], unit: &str, count: u64) -> Value {
+    let count = count.max(1) as f64;
     costs
         .iter()
         .map(|c| {
             json!({
                 "program": c.name,
+                "type": c.kind,
                 "run_cnt": c.runs,
                 "run_time_ns": c.time_ns,
-                "ns_per_run": if c.runs > 0 { c.time_ns as f64 / c.runs as f64 } else { 0.0 },
+                "ns_per_run": c.ns_per_run(),
+                format!("runs_per_{unit}"): c.runs as f64 / count,
+                format!("ns_per_{unit}"): c.time_ns as f64 / count,
             })
         })
         .collect()

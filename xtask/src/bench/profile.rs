@@ -52,6 +52,9 @@ pub fn run(ctx: &Ctx, nginx: &Nginx, rows: &mut Vec<Row>) -> Result<Value> {
             let total = bpfstats::total_ns(&costs);
             let ns_per_request = total as f64 / result.requests.max(1) as f64;
             per_request.push(ns_per_request);
+            if tracer == "why502" {
+                print_programs(&costs, result.requests);
+            }
             entry.insert(
                 tracer.into(),
                 json!({
@@ -62,7 +65,7 @@ pub fn run(ctx: &Ctx, nginx: &Nginx, rows: &mut Vec<Row>) -> Result<Value> {
                     "kernel_pct_of_core": total as f64 / wall / 1e9 * 100.0,
                     "user_cpu_s": user_cpu,
                     "user_cpu_pct_of_core": user_cpu / wall * 100.0,
-                    "programs": bpfstats::to_json(&costs),
+                    "programs": bpfstats::to_json(&costs, "request", result.requests),
                 }),
             );
         }
@@ -105,8 +108,24 @@ pub fn run(ctx: &Ctx, nginx: &Nginx, rows: &mut Vec<Row>) -> Result<Value> {
             "agent_records": s1.records - s0.records,
             "kernel_ns_total": total,
             "kernel_ns_per_connect": per_connect,
-            "programs": bpfstats::to_json(&costs),
+            "programs": bpfstats::to_json(&costs, "connect", generated.refused),
         }),
     );
     Ok(Value::Object(out))
+}
+
+/// The programs that ran, most expensive first: runs and ns per proxied request, with
+/// their type, so that classic and `tp_btf` programs are told apart.
+fn print_programs(costs: &[bpfstats::ProgCost], requests: u64) {
+    let n = requests.max(1) as f64;
+    for c in costs.iter().filter(|c| c.runs > 0) {
+        println!(
+            "    {:<26} {:<11} {:>6.2} runs/request × {:>5.0} ns = {:>6.0} ns/request",
+            c.name,
+            c.kind,
+            c.runs as f64 / n,
+            c.ns_per_run(),
+            c.time_ns as f64 / n
+        );
+    }
 }
