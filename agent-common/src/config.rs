@@ -281,9 +281,10 @@ pub struct SockOffsets {
     /// `u16 sk_protocol` (a bitfield before Linux 5.6: then unresolved).
     pub protocol: u16,
     pub family: u16,
-    /// `skc_daddr`, `skc_rcv_saddr` (IPv4, network order).
+    /// `skc_daddr` and `inet_sock.inet_saddr` (IPv4, network order): what the classic
+    /// records store, so that a tuple from either matches the other's.
     pub daddr: u16,
-    pub rcv_saddr: u16,
+    pub saddr: u16,
     /// `skc_dport`, and the local port `inet_sock.inet_sport` (both network order). Not
     /// `skc_num`: a closing socket has already released its port (`__inet_put_port`
     /// zeroes `inet_num`) when its move to CLOSE is traced.
@@ -434,7 +435,7 @@ impl KernelConfig {
             protocol: NO,
             family: NO,
             daddr: NO,
-            rcv_saddr: NO,
+            saddr: NO,
             dport: NO,
             sport: NO,
             v6_daddr: NO,

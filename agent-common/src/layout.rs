@@ -160,7 +160,7 @@ assert_no_padding! {
         sock_sk_err, sock_state, task_real_parent, task_tgid, task_exit_code,
         tcp_bytes_received, tcp_bytes_acked
     }
-    SockOffsets { protocol, family, daddr, rcv_saddr, dport, sport, v6_daddr, v6_rcv_saddr }
+    SockOffsets { protocol, family, daddr, saddr, dport, sport, v6_daddr, v6_rcv_saddr }
     MsgOffsets {
         iter, iter_type, iov_offset, ubuf, count, kind_ubuf, kind_iovec, _pad
     }

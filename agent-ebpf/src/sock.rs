@@ -31,8 +31,9 @@ impl SockView for SetStateRecord<'_> {
 pub struct KernelSock(pub u64);
 
 impl SockView for KernelSock {
-    /// What the classic record holds: `sk_family`, the ports `inet_sport` and
-    /// `skc_dport`, and the IPv4 or IPv6 addresses by family.
+    /// What the classic records hold (`TP_STORE_ADDRS`): `sk_family`, the ports
+    /// `inet_sport` and `skc_dport`, and by family `inet_saddr`/`skc_daddr` or
+    /// `skc_v6_rcv_saddr`/`skc_v6_daddr`.
     #[inline(always)]
     fn tuple(&self) -> Option<SockTuple> {
         let sk = self.0;
@@ -43,7 +44,7 @@ impl SockView for KernelSock {
         t.dport = u16::from_be(kernel_field(sk, o.dport)?);
         if t.family == AF_INET {
             let d: [u8; 4] = kernel_field(sk, o.daddr)?;
-            let s: [u8; 4] = kernel_field(sk, o.rcv_saddr)?;
+            let s: [u8; 4] = kernel_field(sk, o.saddr)?;
             t.daddr[..4].copy_from_slice(&d);
             t.saddr[..4].copy_from_slice(&s);
         } else if t.family == AF_INET6 {

@@ -364,7 +364,7 @@ fn sock_offsets(btf: &Btf) -> Result<SockOffsets, String> {
         protocol: n.int("sock", &["sk_protocol"], 2),
         family: n.int("sock", &c("skc_family"), 2),
         daddr: n.int("sock", &c("skc_daddr"), 4),
-        rcv_saddr: n.int("sock", &c("skc_rcv_saddr"), 4),
+        saddr: n.int("inet_sock", &["inet_saddr"], 4),
         dport: n.int("sock", &c("skc_dport"), 2),
         sport: n.int("inet_sock", &["inet_sport"], 2),
         v6_daddr: n.any("sock", &c("skc_v6_daddr")),
@@ -482,12 +482,12 @@ mod tests {
         );
         let sock = layout.config.sock;
         // struct sock_common: skc_daddr, skc_rcv_saddr, hash, skc_dport, skc_num, skc_family.
-        assert_eq!(
-            (sock.daddr, sock.rcv_saddr, sock.dport, sock.family),
-            (0, 4, 12, 16)
-        );
+        assert_eq!((sock.daddr, sock.dport, sock.family), (0, 12, 16));
         // inet_sock starts with its struct sock.
-        assert!(sock.sport > sock.protocol, "{sock:?}");
+        assert!(
+            sock.sport > sock.protocol && sock.saddr > sock.protocol,
+            "{sock:?}"
+        );
         let msg = layout.config.msg;
         assert_ne!(msg.kind_ubuf, msg.kind_iovec);
         assert!(msg.iter > 0 && msg.count > msg.ubuf, "{msg:?}");
