@@ -57,7 +57,7 @@ enum Task {
     /// Measure the agent's overhead, throughput, latency, memory and start-up (as root);
     /// writes target/bench/results.json.
     Bench {
-        /// A ~3-minute smoke run instead of the full ~10-minute one.
+        /// A ~3-minute smoke run instead of the full ~10-minute one (8 repetitions).
         #[arg(long)]
         quick: bool,
         /// Run only these sections (comma-separated).

@@ -56,6 +56,18 @@ pub struct Summary {
     pub tracer_cpu_s: f64,
 }
 
+impl Summary {
+    /// [`spread`] of the requests/s.
+    pub fn rps_spread(&self) -> f64 {
+        (self.rps_max - self.rps_min) / self.rps
+    }
+
+    /// [`spread`] of the p99s.
+    pub fn p99_spread(&self) -> f64 {
+        (self.p99_max - self.p99_min) / self.p99_ms
+    }
+}
+
 pub fn measure(ctx: &Ctx, nginx: &Nginx) -> Result<Vec<Run>> {
     let load = Load {
         threads: 2,
@@ -192,23 +204,29 @@ pub fn ratios(runs: &[Run], variant: Variant, mode: Mode) -> (f64, f64) {
 /// The same, as medians of the per-repetition ratios against the `off` run just before:
 /// less sensitive to drift in the machine's load than the ratio of medians.
 pub fn paired_ratios(runs: &[Run], variant: Variant, mode: Mode) -> (f64, f64) {
+    let (mut loss, mut p99) = paired(runs, variant, mode);
+    (median(&mut loss), median(&mut p99))
+}
+
+/// Each repetition's throughput loss and p99 increase against the `off` run just before.
+fn paired(runs: &[Run], variant: Variant, mode: Mode) -> (Vec<f64>, Vec<f64>) {
     let of = |m: Mode| -> Vec<&Run> {
         runs.iter()
             .filter(|r| r.variant == variant && r.mode == m)
             .collect()
     };
     let (off, on) = (of(Mode::Off), of(mode));
-    let mut loss: Vec<f64> = off
+    let loss: Vec<f64> = off
         .iter()
         .zip(&on)
         .map(|(a, b)| 1.0 - b.wrk.requests_per_s / a.wrk.requests_per_s)
         .collect();
-    let mut p99: Vec<f64> = off
+    let p99: Vec<f64> = off
         .iter()
         .zip(&on)
         .map(|(a, b)| b.wrk.p99_ms / a.wrk.p99_ms - 1.0)
         .collect();
-    (median(&mut loss), median(&mut p99))
+    (loss, p99)
 }
 
 pub fn to_json(runs: &[Run]) -> Value {
@@ -233,6 +251,7 @@ pub fn to_json(runs: &[Run]) -> Value {
     let mut summaries = serde_json::Map::new();
     for variant in Variant::ALL {
         let mut modes = serde_json::Map::new();
+        let off = summary(runs, variant, Mode::Off);
         for mode in Mode::ALL {
             let s = summary(runs, variant, mode);
             let mut entry = json!({
@@ -248,9 +267,17 @@ pub fn to_json(runs: &[Run]) -> Value {
                 let (loss, p99) = ratios(runs, variant, mode);
                 entry["throughput_loss"] = json!(loss);
                 entry["p99_increase"] = json!(p99);
-                let (loss, p99) = paired_ratios(runs, variant, mode);
-                entry["throughput_loss_paired"] = json!(loss);
-                entry["p99_increase_paired"] = json!(p99);
+                let (loss, p99) = paired(runs, variant, mode);
+                entry["throughput_loss_paired"] = json!(median(&mut loss.clone()));
+                entry["p99_increase_paired"] = json!(median(&mut p99.clone()));
+                entry["throughput_loss_paired_each"] = json!(loss);
+                entry["p99_increase_paired_each"] = json!(p99);
+                // Next to the ratios, so that each can be read against the noise.
+                entry["off_requests_per_s_spread"] = json!(off.rps_spread());
+                entry["off_p99_ms_spread"] = json!(off.p99_spread());
+            } else {
+                entry["requests_per_s_spread"] = json!(s.rps_spread());
+                entry["p99_ms_spread"] = json!(s.p99_spread());
             }
             modes.insert(mode.name().into(), entry);
         }
