@@ -3,12 +3,15 @@
 //! - `refuse`: refused TCP connects to closed loopback ports, as fast as the machine allows
 //!   (or at a set rate), from several threads with non-blocking sockets.
 //! - `fork`: short-lived processes that `_exit(1)`, so that every exit is reported.
+//! - `syscalls`: a tight `getppid` loop on one thread, timed per call: what the syscall
+//!   tracing slow path adds to every syscall.
 //!
 //! Each subcommand is bounded in count and in time, and prints one JSON line with what it
 //! did. Only loopback (127.0.0.0/8) is ever a target.
 
 mod fork;
 mod refuse;
+mod syscalls;
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
@@ -33,12 +36,15 @@ enum Command {
     Refuse(refuse::Args),
     /// Processes that fork and `_exit(1)` at once.
     Fork(fork::Args),
+    /// A tight loop of `getppid` calls, timed: ns per syscall.
+    Syscalls(syscalls::Args),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Refuse(args) => refuse::run(&args),
         Command::Fork(args) => fork::run(&args),
+        Command::Syscalls(args) => syscalls::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

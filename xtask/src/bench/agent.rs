@@ -21,12 +21,14 @@ const RUNNING: &str = "why502 agent running";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where one agent lives: its config, store, socket and metrics port.
+#[derive(Debug, Clone)]
 pub struct Setup {
     pub binary: PathBuf,
     pub config: PathBuf,
     pub socket: PathBuf,
     pub metrics: SocketAddr,
     pub log_dir: PathBuf,
+    store: PathBuf,
 }
 
 impl Setup {
@@ -34,29 +36,46 @@ impl Setup {
     pub fn new(binary: &Path, dir: &Path, metrics_port: u16, log_dir: &Path) -> Result<Self> {
         let store = dir.join("store");
         std::fs::create_dir_all(&store)?;
-        let socket = dir.join("run").join("why502.sock");
-        let metrics = SocketAddr::from(([127, 0, 0, 1], metrics_port));
-        let config = dir.join("why502.toml");
+        std::fs::create_dir_all(log_dir)?;
+        let setup = Self {
+            binary: binary.to_path_buf(),
+            config: dir.join("why502.toml"),
+            socket: dir.join("run").join("why502.sock"),
+            metrics: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
+            log_dir: log_dir.to_path_buf(),
+            store: store.join("why502.db"),
+        };
+        setup.write_config(&[])?;
+        Ok(setup)
+    }
+
+    /// The same agent (store, socket, port) with `probes` disabled, its config written next
+    /// to this one's as `why502-{label}.toml`. Only one of them may run at a time.
+    pub fn with_disabled(&self, label: &str, probes: &[&str]) -> Result<Self> {
+        let mut setup = self.clone();
+        setup.config = self.config.with_file_name(format!("why502-{label}.toml"));
+        setup.write_config(probes)?;
+        Ok(setup)
+    }
+
+    fn write_config(&self, disable: &[&str]) -> Result<()> {
+        let disable: Vec<String> = disable.iter().map(|p| format!("{p:?}")).collect();
         std::fs::write(
-            &config,
+            &self.config,
             format!(
                 "# written by cargo xtask bench\n\
                  [agent]\nlog_level = \"info\"\n\n\
+                 [probes]\ndisable = [{}]\n\n\
                  [store]\npath = \"{}\"\n\n\
                  [api]\nsocket = \"{}\"\n\n\
-                 [metrics]\nlisten = \"{metrics}\"\nsample_interval_ms = 5000\n",
-                store.join("why502.db").display(),
-                socket.display(),
+                 [metrics]\nlisten = \"{}\"\nsample_interval_ms = 5000\n",
+                disable.join(", "),
+                self.store.display(),
+                self.socket.display(),
+                self.metrics,
             ),
-        )?;
-        std::fs::create_dir_all(log_dir)?;
-        Ok(Self {
-            binary: binary.to_path_buf(),
-            config,
-            socket,
-            metrics,
-            log_dir: log_dir.to_path_buf(),
-        })
+        )
+        .with_context(|| format!("cannot write {}", self.config.display()))
     }
 }
 

@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: measures what the agent costs and how it holds up, and reports it.
 //!
-//! Sections, each side by side in one run: start-up; overhead on proxied traffic (nginx,
-//! wrk) with the agent off, on, and a bpftrace reference; a storm of refused connects;
-//! memory through a churn of endpoints and processes. Results go to
+//! Sections, each side by side in one run: start-up; the cost of a syscall with the agent's
+//! syscall tracepoints attached and without; overhead on proxied traffic (nginx, wrk) with
+//! the agent off, on, and a bpftrace reference; a storm of refused connects; memory through
+//! a churn of endpoints and processes. Results go to
 //! `target/bench/results.json` (and a timestamped copy). Missed targets are reported, not
 //! failed: this is a measurement, not a test.
 
@@ -17,6 +18,7 @@ mod process;
 mod profile;
 mod report;
 mod storm;
+mod syscalls;
 mod wrk;
 
 use std::net::TcpListener;
@@ -38,6 +40,7 @@ use report::Row;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
     Startup,
+    Syscalls,
     Overhead,
     Profile,
     Storm,
@@ -54,6 +57,9 @@ pub struct Plan {
     /// Interleaved repetitions of each overhead mode (off, why502, bpftrace) per variant.
     pub reps: usize,
     pub wrk_seconds: u32,
+    /// Interleaved repetitions of each syscall-cost mode, and each getppid loop's length.
+    pub syscall_reps: usize,
+    pub syscall_seconds: f64,
     pub storm_seconds: f64,
     /// Distinct endpoints: this many addresses × [`memory::ENDPOINT_PORTS`] ports.
     pub endpoint_hosts: u32,
@@ -69,6 +75,8 @@ impl Plan {
                 name: "quick",
                 reps: 2,
                 wrk_seconds: 5,
+                syscall_reps: 5,
+                syscall_seconds: 0.5,
                 storm_seconds: 7.0,
                 endpoint_hosts: 200,
                 forks: 20_000,
@@ -86,6 +94,8 @@ impl Plan {
                 name: "full",
                 reps: 8,
                 wrk_seconds: 6,
+                syscall_reps: 7,
+                syscall_seconds: 1.5,
                 storm_seconds: 10.0,
                 endpoint_hosts: 1000,
                 forks: 100_000,
@@ -176,6 +186,8 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             "name": ctx.plan.name,
             "repetitions": ctx.plan.reps,
             "wrk": format!("wrk -t2 -c64 -d{}s --latency", ctx.plan.wrk_seconds),
+            "syscall_repetitions": ctx.plan.syscall_reps,
+            "syscall_loop_seconds": ctx.plan.syscall_seconds,
             "storm_seconds": ctx.plan.storm_seconds,
             "distinct_endpoints": u64::from(ctx.plan.endpoint_hosts) * u64::from(memory::ENDPOINT_PORTS),
             "processes": ctx.plan.forks,
@@ -196,6 +208,10 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
 
     if wanted(Section::Startup) {
         section("startup", &mut |rows| startup(&ctx, rows))?;
+    }
+    if wanted(Section::Syscalls) {
+        // Before nginx starts: the loop's CPU should be as idle as the machine allows.
+        section("syscalls", &mut |rows| syscalls::run(&ctx, rows))?;
     }
     if wanted(Section::Overhead) || wanted(Section::Profile) {
         let nginx = Nginx::start(&ctx.dir.join("nginx"), [backend, keepalive, no_keepalive]);

@@ -171,6 +171,14 @@ pub fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// (max − min) / median: how far apart repetitions of the same thing land, as a fraction.
+/// A ratio against the `off` runs smaller than their spread is not told from noise.
+pub fn spread(values: &[f64]) -> f64 {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (max - min) / median(&mut values.to_vec())
+}
+
 pub fn summary(runs: &[Run], variant: Variant, mode: Mode) -> Summary {
     let of = |f: &dyn Fn(&Run) -> f64| -> Vec<f64> {
         runs.iter()
