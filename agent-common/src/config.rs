@@ -296,7 +296,8 @@ pub struct SockOffsets {
 }
 
 /// Where `tcp_sendmsg_locked`'s `struct msghdr` keeps the bytes being sent: its
-/// `struct iov_iter` (Linux 6.4+ layout: `ubuf` and `__iov` share a slot).
+/// `struct iov_iter`, in Linux 6.4+'s layout, which the program reads in one go
+/// ([`MsgOffsets::HEAD`]: the agent checks it against BTF).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct MsgOffsets {
@@ -313,6 +314,12 @@ pub struct MsgOffsets {
     pub kind_ubuf: u16,
     pub kind_iovec: u16,
     pub _pad: u16,
+}
+
+impl MsgOffsets {
+    /// `iter_type`, `iov_offset`, `ubuf`, `count`: where the program's one read of the
+    /// iterator's head expects them.
+    pub const HEAD: [u16; 4] = [0, 8, 16, 24];
 }
 
 /// Everything in the `CONFIG` global.

@@ -205,12 +205,12 @@ fn failed<S: SockView>(sock: &S, skaddr: u64) {
             source = errno_source::SK_ERR;
         }
     }
-    if let Some(err) = unsafe { SOCK_ERRORS.get(t) } {
-        if errno == 0 {
+    if config!(kernel.sock_sk_err) == agent_common::NO_OFFSET {
+        if let Some(err) = unsafe { SOCK_ERRORS.get(t) } {
             errno = *err;
             source = errno_source::ERROR_REPORT;
+            let _ = SOCK_ERRORS.remove(t);
         }
-        let _ = SOCK_ERRORS.remove(t);
     }
     let tracked = TRACKED.get_ptr(skaddr);
     if let Some(tracked) = tracked {
@@ -287,6 +287,11 @@ fn listener<S: SockView, T: Record>(sock: &S, record: impl FnOnce(ListenerChange
 
 #[tracepoint(category = "sock", name = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
+    // Where BTF gave `sk_err`, `failed` reads the errno from the socket itself: nothing
+    // to keep (an LRU insert on every refused connect).
+    if config!(kernel.sock_sk_err) != agent_common::NO_OFFSET {
+        return 0;
+    }
     let probe = Probe::InetSkErrorReport;
     if field::<u16>(&ctx, config!(error_report.protocol)) != Some(IPPROTO_TCP) {
         return 0;

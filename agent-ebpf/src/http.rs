@@ -164,29 +164,37 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let msg: u64 = ctx.arg(1);
-    let iter = msg + m.iter as u64;
-    if kernel_field::<u64>(iter, m.iov_offset) != Some(0) {
-        return 0;
-    }
-    let (Some(kind), Some(slot)) = (
-        kernel_field::<u8>(iter, m.iter_type),
-        kernel_field::<u64>(iter, m.ubuf),
-    ) else {
+    // One read for the iterator's head (the agent checked its layout against BTF).
+    let Some(iter) = kernel_field::<IovIterHead>(msg, m.iter) else {
         return 0;
     };
-    let kind = kind as u16;
+    if iter.iov_offset != 0 {
+        return 0;
+    }
+    let kind = iter.iter_type as u16;
     if kind == m.kind_ubuf {
         // write(2), send(2): one user buffer, `count` bytes left.
-        if let Some(len) = kernel_field::<u64>(iter, m.count) {
-            count(tgid, slot, len);
-        }
+        count(tgid, iter.ubuf, iter.count);
     } else if kind == m.kind_iovec {
         // writev(2), sendmsg(2): the kernel's copy of the iovec array (import_iovec).
-        if let Some(first) = kernel_field::<IoVec>(slot, 0) {
+        if let Some(first) = kernel_field::<IoVec>(iter.ubuf, 0) {
             count(tgid, first.base, first.len);
         }
     }
     0
+}
+
+/// The head of `struct iov_iter` as Linux 6.4+ lays it out (`agent_common::config::
+/// MsgOffsets`, checked by the agent): `u8 iter_type` (then `nofault`, `data_source`),
+/// `size_t iov_offset`, `ubuf`/`__iov`, `size_t count`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IovIterHead {
+    iter_type: u8,
+    _flags: [u8; 7],
+    iov_offset: u64,
+    ubuf: u64,
+    count: u64,
 }
 
 /// A proxy's forked workers are proxies too (nginx, Apache prefork, HAProxy master-worker).

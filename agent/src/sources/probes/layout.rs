@@ -397,6 +397,15 @@ fn msg_offsets(btf: &Btf) -> Result<MsgOffsets, String> {
         n.missing
             .push("iov_iter.ubuf and iov_iter.__iov in one slot (Linux 6.4+)".into());
     }
+    if n.missing.is_empty()
+        && [msg.iter_type, msg.iov_offset, msg.ubuf, msg.count] != MsgOffsets::HEAD
+    {
+        n.missing.push(format!(
+            "iov_iter laid out as Linux 6.4+ does ({:?} rather than {:?})",
+            [msg.iter_type, msg.iov_offset, msg.ubuf, msg.count],
+            MsgOffsets::HEAD
+        ));
+    }
     n.done(msg)
 }
 
