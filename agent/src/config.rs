@@ -174,6 +174,9 @@ pub struct ProbeConfig {
     /// allows; `false` attaches the classic tracepoints only (and counts HTTP responses
     /// from the write syscalls), as on a kernel without BTF.
     pub btf_tracepoints: bool,
+    /// Use the kernel's BTF (`/sys/kernel/btf/vmlinux`) for struct offsets and `tp_btf`;
+    /// `false` runs the agent as on a kernel without BTF (to check what degrades).
+    pub kernel_btf: bool,
     /// Connections tracked from SYN_SENT to CLOSE (a bounded table: a connect beyond it
     /// is not tracked, and counted).
     pub connect_table_entries: u32,
@@ -195,6 +198,7 @@ impl Default for ProbeConfig {
             disable: Vec::new(),
             ring_buffer_bytes: 4 << 20,
             btf_tracepoints: true,
+            kernel_btf: true,
             connect_table_entries: 65536,
             connect_stats_entries: 4096,
             signals: [

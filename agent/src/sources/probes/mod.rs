@@ -110,15 +110,21 @@ impl ProbeSet {
                 formats.insert(probe, format);
             }
         }
-        let btf = match btf::Btf::from_file(btf::VMLINUX) {
-            Ok(btf) => Some(btf),
-            Err(err) => {
-                log::warn!(
-                    "kernel BTF unavailable ({}): errno, ppid and exit codes degrade, and \
-                     proxies' upstream connections are not followed to their end",
-                    crate::error_chain(&err)
-                );
-                None
+        const WITHOUT_BTF: &str = "errno, ppid and exit codes degrade, proxies' upstream \
+            connections are not followed to their end, and every probe is a classic tracepoint";
+        let btf = if !config.probes.kernel_btf {
+            log::warn!("kernel BTF ignored (probes.kernel_btf = false): {WITHOUT_BTF}");
+            None
+        } else {
+            match btf::Btf::from_file(btf::VMLINUX) {
+                Ok(btf) => Some(btf),
+                Err(err) => {
+                    log::warn!(
+                        "kernel BTF unavailable ({}): {WITHOUT_BTF}",
+                        crate::error_chain(&err)
+                    );
+                    None
+                }
             }
         };
         let options = layout::Options {
