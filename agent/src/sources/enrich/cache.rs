@@ -99,13 +99,70 @@ impl ProcessCache {
 mod tests {
     use super::*;
 
+    /// A child of the test's own, waiting on its stdin, killed (and reaped) on drop.
+    struct Child(std::process::Child);
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     #[test]
-    fn looks_up_itself_with_a_redacted_cmdline() {
+    fn looks_up_a_process_with_a_redacted_cmdline() {
+        let cache = ProcessCache::new(4, &["password".to_string(), "token".to_string()]);
+        let child = Child(
+            std::process::Command::new("/bin/sh")
+                .args([
+                    "-c",
+                    "read line",
+                    "sh",
+                    "--password",
+                    "hunter2",
+                    "--db-token=abc123",
+                    "https://app:s3cret@db.example/x?token=t0k&user=app",
+                    "--verbose",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn /bin/sh"),
+        );
+        // `spawn` returns once the exec has begun, but the kernel releases the parent
+        // before it has set up the new program's arguments: until then the command line
+        // reads empty (and the cache would keep that).
+        let pid = child.0.id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty()) {
+            assert!(Instant::now() < deadline, "no command line for pid {pid}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let info = cache.lookup(pid).expect("the child is visible");
+        assert_eq!(
+            info.cmdline.as_deref(),
+            Some(
+                "/bin/sh -c read line sh --password *** --db-token=*** \
+                 https://app:***@db.example/x?token=***&user=app --verbose"
+            )
+        );
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        assert_eq!(info.exe.as_deref(), sh.to_str());
+        assert_eq!(info.ppid, Some(std::process::id()));
+        assert_eq!(info.name.as_deref(), Some("sh"));
+    }
+
+    #[test]
+    fn looks_up_itself_and_caches() {
         let cache = ProcessCache::new(4, &["password".to_string()]);
         let me = std::process::id();
         let info = cache.lookup(me).expect("own process is visible");
-        assert!(info.exe.as_deref().is_some_and(|e| !e.is_empty()));
-        assert!(info.cmdline.is_some());
+        assert_eq!(
+            info.exe.as_deref(),
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.to_str().map(String::from))
+                .as_deref()
+        );
         assert!(info.cgroup.is_some());
         // Cached: the same Arc comes back, also through a clone of the cache.
         assert!(Arc::ptr_eq(&info, &cache.clone().lookup(me).unwrap()));
