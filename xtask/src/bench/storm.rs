@@ -241,6 +241,10 @@ fn paced(ctx: &Ctx, agent: &Agent) -> Result<(Generated, u64)> {
 fn probe_loop(agent: &Agent, seconds: f64) -> Result<(Vec<f64>, usize)> {
     let mut latencies = Vec::new();
     let mut missed = 0;
+    // The agent opens incidents for proxies only: a known proxy, or a process that owns a
+    // listener (an upstream's failures matter to whoever serves clients). Listening makes
+    // this process one, as a proxy of a kind the agent does not know by name.
+    let _listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     // Let the storm reach full speed first.
     process::sleep(Duration::from_millis(500))?;
     let end = Instant::now() + Duration::from_secs_f64(seconds - 0.5);
