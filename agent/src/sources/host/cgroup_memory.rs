@@ -450,15 +450,123 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn live_own_process() {
-        let m = read_for_pid(std::process::id()).unwrap();
-        if Path::new(V1_ROOT).join("memory.usage_in_bytes").is_file() {
-            let m = m.expect("v1 memory hierarchy mounted, so a memory cgroup");
-            assert!(m.usage_bytes > 0);
-            eprintln!("own memory cgroup: {m:?}");
-        } else if m.is_none() {
-            eprintln!("skipped: no memory cgroup readable for this process");
+    /// A memory cgroup of the test's own holding a sleeping child; on drop the child is
+    /// killed and reaped and the cgroup removed.
+    struct OwnCgroup {
+        dir: PathBuf,
+        child: std::process::Child,
+    }
+
+    impl OwnCgroup {
+        /// `dir` is created, `limits` written into it and a child moved in.
+        fn new(dir: PathBuf, limits: &[(&str, &str)]) -> Self {
+            fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            let child = std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .expect("spawn sleep");
+            let cgroup = Self { dir, child };
+            for (file, value) in limits {
+                fs::write(cgroup.dir.join(file), value).unwrap();
+            }
+            fs::write(
+                cgroup.dir.join("cgroup.procs"),
+                cgroup.child.id().to_string(),
+            )
+            .unwrap();
+            cgroup
         }
+
+        fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        fn read(&self, file: &str) -> u64 {
+            required_u64(&self.dir.join(file)).unwrap()
+        }
+    }
+
+    impl Drop for OwnCgroup {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if let Err(e) = fs::remove_dir(&self.dir) {
+                eprintln!("cannot remove {}: {e}", self.dir.display());
+            }
+        }
+    }
+
+    /// The usage a reading reports, where the cgroup's own file read the same before and
+    /// after it (the sleeping child allocates nothing, but the kernel may still settle a
+    /// charge in between).
+    fn settled_usage(cgroup: &OwnCgroup, file: &str) -> CgroupMemory {
+        for _ in 0..100 {
+            let before = cgroup.read(file);
+            let m = read_for_pid(cgroup.pid())
+                .unwrap()
+                .expect("a memory cgroup");
+            if before == cgroup.read(file) {
+                assert_eq!(m.usage_bytes, before, "{file}");
+                return m;
+            }
+        }
+        panic!("{file} of {} never settled", cgroup.dir.display());
+    }
+
+    const TEST_LIMIT: u64 = 48 << 20;
+
+    /// A real cgroup of the test's own, read through the process in it: on a host whose
+    /// v2 root delegates the memory controller, a v2 cgroup beside the root; else, in the
+    /// v1 memory hierarchy, a child of the test's own cgroup.
+    #[test]
+    fn live_own_cgroup() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: making a cgroup needs root");
+            return;
+        }
+        let name = format!("why502-test-{}", std::process::id());
+        let v2_root = V2_ROOTS.iter().map(Path::new).find(|root| {
+            fs::read_to_string(root.join("cgroup.subtree_control"))
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+        });
+        if let Some(root) = v2_root {
+            let cgroup =
+                OwnCgroup::new(root.join(&name), &[("memory.max", &TEST_LIMIT.to_string())]);
+            let m = settled_usage(&cgroup, "memory.current");
+            assert_eq!(m.path, format!("/{name}"));
+            assert_eq!(m.version, 2);
+            assert_eq!(m.limit_bytes, Some(TEST_LIMIT));
+            assert_eq!(m.oom_events, Some(0));
+            assert_eq!(m.oom_kill_events, Some(0));
+            assert!(m.pressure.is_some(), "no memory.pressure: {m:?}");
+            return;
+        }
+        if !Path::new(V1_ROOT).join("memory.usage_in_bytes").is_file() {
+            eprintln!("skipped: no memory controller on v2 or v1");
+            return;
+        }
+        // Below the test's own memory cgroup, which may be a child of someone else's.
+        let own = process_cgroups(std::process::id()).unwrap();
+        let Some(Located::V1 { dir: parent, path }) =
+            locate(&own, &[], Path::new(V1_ROOT)).unwrap()
+        else {
+            panic!("the v1 memory hierarchy is mounted but this process has no cgroup in it");
+        };
+        let cgroup = OwnCgroup::new(
+            parent.join(&name),
+            &[("memory.limit_in_bytes", &TEST_LIMIT.to_string())],
+        );
+        let m = settled_usage(&cgroup, "memory.usage_in_bytes");
+        assert_eq!(
+            m.path,
+            format!("{}/{name}", path.trim_end_matches('/')),
+            "{m:?}"
+        );
+        assert_eq!(m.version, 1);
+        assert_eq!(m.limit_bytes, Some(TEST_LIMIT));
+        assert_eq!(m.oom_events, None);
+        assert_eq!(m.oom_kill_events, Some(0));
+        assert_eq!(m.pressure, None);
     }
 }

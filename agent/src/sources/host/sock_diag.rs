@@ -250,10 +250,46 @@ mod tests {
         assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
     }
 
+    /// A listener of the test's own, with a backlog and a queue it chose: its entry in the
+    /// dump must be exact.
     #[test]
-    fn live_listing_works() {
-        // Unprivileged processes may dump their own namespace's sockets too.
-        let queues = listen_queues().unwrap();
-        assert!(queues.len() <= MAX_ENTRIES);
+    fn live_listing_shows_a_known_queue() {
+        use std::os::{fd::AsRawFd, unix::fs::MetadataExt};
+
+        const BACKLOG: u32 = 7;
+        const QUEUED: u32 = 3;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // A second listen() on a listening socket sets its backlog anew.
+        // SAFETY: the fd is a valid socket, owned by `listener` for this whole test.
+        let listened = unsafe { libc::listen(listener.as_raw_fd(), BACKLOG as i32) };
+        assert_eq!(listened, 0);
+        let local = listener.local_addr().unwrap();
+        // Socket inodes are what fstat reports for the fd (`socket:[inode]`).
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+            .unwrap()
+            .ino();
+        // Handshakes complete without accept(); the connections wait in the queue.
+        let _clients: Vec<_> = (0..QUEUED)
+            .map(|_| std::net::TcpStream::connect(local).unwrap())
+            .collect();
+        let expected = ListenQueue {
+            local,
+            inode,
+            queued: QUEUED,
+            backlog: BACKLOG,
+        };
+        // The last ACK may still be on its way to the listener when connect() returns.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            // Unprivileged processes may dump their own namespace's sockets too.
+            let queues = listen_queues().unwrap();
+            assert!(queues.len() <= MAX_ENTRIES);
+            let ours: Vec<_> = queues.iter().filter(|q| q.local == local).collect();
+            if ours == [&expected] || std::time::Instant::now() > deadline {
+                assert_eq!(ours, [&expected]);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
