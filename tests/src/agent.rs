@@ -1,35 +1,77 @@
 //! The `why502` agent as a child process with `--print-events`; its JSON lines collected.
 //! Its store and API socket live in a directory of the test's own, which outlives a
 //! restart so that persistence can be checked.
+//!
+//! Faults of the harness fail the test rather than hide: a stdout line that is not JSON is
+//! kept and makes [`Agent::events`] (and the agent's stop) panic with it, and the agent is
+//! stopped within [`STOP_LIMIT`] (SIGTERM, then SIGKILL and a loud failure).
 
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
+/// How long the agent gets to detach its probes and exit after SIGTERM.
+pub const STOP_LIMIT: Duration = Duration::from_secs(10);
+
 pub struct Agent {
     child: Child,
     dir: Arc<tempfile::TempDir>,
+    extra: Vec<(String, String)>,
     events: Arc<Mutex<Vec<Value>>>,
+    /// Lines of stdout that were not JSON events: a broken `--print-events`.
+    not_json: Arc<Mutex<Vec<String>>>,
+    /// Set once the stdout reader reached the end of the pipe.
+    stdout_done: Arc<AtomicBool>,
     stderr: Arc<Mutex<Vec<String>>>,
+    stopped: bool,
 }
 
 impl Agent {
     /// Starts the agent and waits until its probes are attached.
     pub fn start() -> Self {
-        Self::start_in(Arc::new(tempfile::tempdir().expect("temporary directory")))
+        Self::start_with(&[])
     }
 
-    /// Stops this agent and starts a new one on the same store and socket.
+    /// Starts the agent with extra configuration: `(section, "key = value")` pairs, added
+    /// to the sections the harness writes itself (`store`, `api`, `metrics`, `probes`) or
+    /// to sections of their own. They are kept for [`Agent::restart`].
+    pub fn start_with(extra: &[(&str, &str)]) -> Self {
+        let extra = extra
+            .iter()
+            .map(|(section, line)| (section.to_string(), line.to_string()))
+            .collect();
+        Self::start_in(
+            Arc::new(tempfile::tempdir().expect("temporary directory")),
+            extra,
+        )
+    }
+
+    /// Stops this agent (see [`Agent::stop`]) and starts a new one on the same store,
+    /// socket and configuration.
     pub fn restart(self) -> Self {
         let dir = self.dir.clone();
-        drop(self);
-        Self::start_in(dir)
+        let extra = self.extra.clone();
+        self.stop();
+        Self::start_in(dir, extra)
+    }
+
+    /// Stops the agent: SIGTERM, at most [`STOP_LIMIT`] for it to exit, then SIGKILL and a
+    /// panic. Panics too if it exited with an error or printed a line that is not JSON.
+    pub fn stop(mut self) {
+        let result = self.shut_down();
+        self.stopped = true;
+        if let Err(problem) = result {
+            panic!("{problem}");
+        }
     }
 
     /// Where this agent serves `GET /metrics`.
@@ -39,6 +81,11 @@ impl Agent {
 
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("why502.sock")
+    }
+
+    /// The agent's SQLite store.
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("why502.db")
     }
 
     /// Runs `why502 ARGS --socket <this agent's socket>`.
@@ -52,19 +99,41 @@ impl Agent {
             .expect("run the why502 CLI")
     }
 
-    fn start_in(dir: Arc<tempfile::TempDir>) -> Self {
+    /// Runs `why502 ARGS --json` and parses its output; panics unless it succeeded with
+    /// JSON (a dead agent is a failure, not an empty answer).
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let out = self.cli(&[args, &["--json"]].concat());
+        assert!(
+            out.status.success(),
+            "why502 {args:?} --json: {}\n{}\nagent log: {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "why502 {args:?} --json is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// `GET path` on the agent's API socket: the status and the body.
+    pub fn api_get(&self, path: &str) -> (u16, String) {
+        crate::http::unix_get(&self.socket(), path)
+            .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.socket().display()))
+    }
+
+    /// `GET path` on the API socket; panics unless it answers 200 with JSON.
+    pub fn api_json(&self, path: &str) -> Value {
+        let (status, body) = self.api_get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+    }
+
+    fn start_in(dir: Arc<tempfile::TempDir>, extra: Vec<(String, String)>) -> Self {
         let config = dir.path().join("why502.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[store]\npath = \"{}\"\n[api]\nsocket = \"{}\"\n[metrics]\nlisten = \"{}\"\nsample_interval_ms = 500\n[probes]\nbtf_tracepoints = {}\n",
-                dir.path().join("why502.db").display(),
-                dir.path().join("why502.sock").display(),
-                metrics_addr(&dir),
-                !crate::classic_tracepoints_only(),
-            ),
-        )
-        .expect("write the agent's config");
+        std::fs::write(&config, config_text(&dir, &extra)).expect("write the agent's config");
         let mut child = Command::new(crate::sibling_binary("why502"))
             .args(["agent", "--print-events", "--config"])
             .arg(&config)
@@ -73,15 +142,21 @@ impl Agent {
             .spawn()
             .expect("start why502");
         let events = Arc::new(Mutex::new(Vec::new()));
+        let not_json = Arc::new(Mutex::new(Vec::new()));
+        let stdout_done = Arc::new(AtomicBool::new(false));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().unwrap();
-        let sink = events.clone();
+        let (sink, rejects, done) = (events.clone(), not_json.clone(), stdout_done.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let event = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-                sink.lock().unwrap().push(event);
+                // A panic here would end this thread only, and the test would go on: the
+                // line is kept for the test's own thread to fail on.
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(event) => sink.lock().unwrap().push(event),
+                    Err(e) => rejects.lock().unwrap().push(format!("{e}: {line}")),
+                }
             }
+            done.store(true, Ordering::SeqCst);
         });
         let err = child.stderr.take().unwrap();
         let log = stderr.clone();
@@ -93,8 +168,12 @@ impl Agent {
         let mut agent = Self {
             child,
             dir,
+            extra,
             events,
+            not_json,
+            stdout_done,
             stderr,
+            stopped: false,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -105,6 +184,7 @@ impl Agent {
                 return agent;
             }
             if let Ok(Some(status)) = agent.child.try_wait() {
+                agent.stopped = true;
                 panic!("why502 exited ({status}): {:?}", agent.log());
             }
             assert!(
@@ -120,8 +200,19 @@ impl Agent {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// The events printed so far that satisfy `matches`.
+    /// Panics with the stdout lines that were not JSON, if any.
+    fn assert_stdout_is_json(&self) {
+        let not_json = self.not_json.lock().unwrap().clone();
+        assert!(
+            not_json.is_empty(),
+            "the agent printed lines that are not JSON events: {not_json:#?}"
+        );
+    }
+
+    /// The events printed so far that satisfy `matches`; panics if a line printed was not
+    /// a JSON event.
     pub fn events(&self, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.assert_stdout_is_json();
         self.events
             .lock()
             .unwrap()
@@ -147,14 +238,102 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// SIGTERM, bounded wait, SIGKILL past it; then what went wrong, if anything.
+    fn shut_down(&mut self) -> Result<(), String> {
+        if crate::signal_and_wait(&mut self.child, libc::SIGTERM, STOP_LIMIT) {
+            let status = self.child.wait().expect("reap the agent");
+            // Every line printed before the exit, read, before judging them.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !self.stdout_done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let not_json = self.not_json.lock().unwrap().clone();
+            if !not_json.is_empty() {
+                return Err(format!(
+                    "the agent printed lines that are not JSON events: {not_json:#?}"
+                ));
+            }
+            return exited_cleanly(status).map_err(|s| format!("{s}; log: {:?}", self.log()));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Err(format!(
+            "why502 did not exit within {STOP_LIMIT:?} of SIGTERM (killed); log: {:?}",
+            self.log()
+        ))
+    }
+}
+
+/// Ok for the agent's normal end after SIGTERM: exit code 0.
+fn exited_cleanly(status: ExitStatus) -> Result<(), String> {
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("why502 ended with {status} after SIGTERM"))
+    }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        if self.stopped {
+            return;
+        }
+        let result = self.shut_down();
+        // A second panic while unwinding would abort the whole test binary: the first
+        // failure is the one to see.
+        if let Err(problem) = result {
+            if std::thread::panicking() {
+                eprintln!("{problem}");
+            } else {
+                panic!("{problem}");
+            }
+        }
     }
+}
+
+/// The agent's configuration: the harness's own keys, then `extra`, by section.
+fn config_text(dir: &tempfile::TempDir, extra: &[(String, String)]) -> String {
+    let mut sections: Vec<(String, Vec<String>)> = vec![
+        (
+            "store".into(),
+            vec![format!(
+                "path = \"{}\"",
+                dir.path().join("why502.db").display()
+            )],
+        ),
+        (
+            "api".into(),
+            vec![format!(
+                "socket = \"{}\"",
+                dir.path().join("why502.sock").display()
+            )],
+        ),
+        (
+            "metrics".into(),
+            vec![
+                format!("listen = \"{}\"", metrics_addr(dir)),
+                "sample_interval_ms = 500".into(),
+            ],
+        ),
+        (
+            "probes".into(),
+            vec![format!(
+                "btf_tracepoints = {}",
+                !crate::classic_tracepoints_only()
+            )],
+        ),
+    ];
+    for (section, line) in extra {
+        match sections.iter_mut().find(|(name, _)| name == section) {
+            Some((_, lines)) => lines.push(line.clone()),
+            None => sections.push((section.clone(), vec![line.clone()])),
+        }
+    }
+    sections
+        .iter()
+        .map(|(name, lines)| format!("[{name}]\n{}\n", lines.join("\n")))
+        .collect()
 }
 
 /// The metrics address of the agent using `dir`: chosen once, kept across restarts.
@@ -169,4 +348,27 @@ fn metrics_addr(dir: &tempfile::TempDir) -> std::net::SocketAddr {
         }
     };
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_configuration_joins_its_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config_text(
+            &dir,
+            &[
+                ("metrics".into(), "max_proxies = 2".into()),
+                ("incidents".into(), "quiet_seconds = 1".into()),
+            ],
+        );
+        let metrics = text.split("[metrics]\n").nth(1).unwrap();
+        let metrics = metrics.split("\n[").next().unwrap();
+        assert!(metrics.contains("max_proxies = 2"), "{text}");
+        assert!(metrics.contains("sample_interval_ms = 500"), "{text}");
+        assert_eq!(text.matches("[metrics]").count(), 1, "{text}");
+        assert!(text.contains("[incidents]\nquiet_seconds = 1\n"), "{text}");
+    }
 }

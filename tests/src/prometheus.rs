@@ -299,7 +299,8 @@ fn bad(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message)
 }
 
-fn parse_response(response: &[u8]) -> std::io::Result<(u16, String)> {
+/// An HTTP/1.1 response: its status and its body (by Content-Length, chunks, or to the end).
+pub(crate) fn parse_response(response: &[u8]) -> std::io::Result<(u16, String)> {
     let head_end = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
