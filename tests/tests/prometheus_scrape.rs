@@ -56,14 +56,22 @@ fn prometheus_sees_connect_errors_rise_after_a_backend_is_killed() {
         prometheus.query_vector(&by_proxy),
         agent.log()
     );
-    // Attempts include the failures.
-    let connects = prometheus.query_value(&format!(
-        r#"sum(why502_upstream_connects_total{{proxy="nginx",upstream="{upstream}"}})"#
+    // Attempts include the failures: the one connect that got the 200, read from the
+    // kernel's aggregates (every second), and the refused ones. Waited for until at least
+    // that many, then exact: a success counted twice, or a failure counted as an attempt
+    // twice, is wrong too.
+    let attempts = (REQUESTS + 1) as f64;
+    let connects_query =
+        format!(r#"sum(why502_upstream_connects_total{{proxy="nginx",upstream="{upstream}"}})"#);
+    let connects = prometheus.wait_for_value(&connects_query, Duration::from_secs(10), |v| {
+        v.is_some_and(|v| v >= attempts)
+    });
+    assert_eq!(connects, Some(attempts), "connect attempts of nginx");
+    // The successful one went through the latency histogram, once.
+    let handshakes = prometheus.query_value(&format!(
+        r#"sum(why502_upstream_connect_duration_seconds_count{{proxy="nginx",upstream="{upstream}"}})"#
     ));
-    assert!(
-        connects.is_some_and(|c| c >= REQUESTS as f64),
-        "connects {connects:?} < {REQUESTS} failures"
-    );
+    assert_eq!(handshakes, Some(1.0), "successful handshakes of nginx");
 
     // The incident those failures opened (it stays open for the quiet period).
     prometheus.wait_for_value(
