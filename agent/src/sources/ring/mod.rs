@@ -37,8 +37,10 @@ pub async fn run(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
     loop {
         let mut guard = ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(record) = ring.next() {
+        let inner = guard.get_inner_mut();
+        let mut batch = 0usize;
+        while let Some(record) = inner.next() {
+            batch += 1;
             stats.records.fetch_add(1, Ordering::Relaxed);
             match decode::decode(&record) {
                 Ok(decoded) => match enricher.enrich(decoded) {
@@ -57,5 +59,19 @@ pub async fn run(
             }
         }
         guard.clear_ready();
+        drop(guard);
+        // In a flood (a storm of refused connects), waking up for every few records
+        // costs more than the records: each wake-up also wakes every bus subscriber. A
+        // short pause after a large batch lets the next wake-up collect a large one too;
+        // the rare events of normal operation are read as soon as they come.
+        if batch >= FLOOD_BATCH {
+            tokio::time::sleep(FLOOD_PAUSE).await;
+        }
     }
 }
+
+/// A batch this large means a flood: see [`FLOOD_PAUSE`].
+const FLOOD_BATCH: usize = 256;
+/// How long the reader lets a flood accumulate before reading on (bounded by the ring's
+/// size: at 100,000 records/s of ~100 bytes, 2 ms is 20 KiB of a 4 MiB ring).
+const FLOOD_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
