@@ -119,6 +119,10 @@ pub struct AgentArgs {
     /// Print every event as one JSON line on standard output.
     #[arg(long)]
     pub print_events: bool,
+    /// Print every metric family the agent registers (name and type, one a line) and
+    /// exit: for the tests that hold the dashboard and alert rules to them.
+    #[arg(long, hide = true)]
+    pub list_metrics: bool,
     /// Override agent.log_level (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: Option<String>,

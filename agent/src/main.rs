@@ -24,6 +24,12 @@ fn main() {
 }
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    if args.list_metrics {
+        for (name, kind) in why502::sinks::metrics::Metrics::families()? {
+            println!("{name} {kind}");
+        }
+        return Ok(());
+    }
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(level) = args.log_level {
         config.agent.log_level = level;

@@ -5,10 +5,12 @@
 //! None of this needs the agent or root; `prometheus_scrape.rs` scrapes the real agent.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::{SocketAddr, TcpListener},
     path::Path,
+    process::Command,
+    sync::OnceLock,
     time::Duration,
 };
 
@@ -17,34 +19,42 @@ use why502_e2e::prometheus::{
     deploy_dir, output_text, promtool, promtool_check_metrics, PrometheusServer,
 };
 
-/// The counters and gauges the agent exports (series names), and its histograms (whose
-/// series are `<name>_bucket`, `_sum` and `_count`).
-const EXPORTED: &[&str] = &[
-    "why502_upstream_connects_total",
-    "why502_upstream_connect_errors_total",
-    "why502_tcp_resets_received_total",
-    "why502_tcp_resets_sent_total",
-    "why502_tcp_syn_retransmits_total",
-    "why502_process_exits_total",
-    "why502_oom_kills_total",
-    "why502_listen_overflows_total",
-    "why502_listen_drops_total",
-    "why502_memory_pressure_stall_seconds_total",
-    "why502_service_memory_pressure_stall_seconds_total",
-    "why502_incidents_total",
-    "why502_events_total",
-    "why502_ringbuf_dropped_events_total",
-    "why502_probe_errors_total",
-    "why502_kernel_table_full_total",
-    "why502_listener_queue_depth",
-    "why502_listener_queue_backlog",
-    "why502_service_memory_usage_bytes",
-    "why502_service_memory_limit_bytes",
-    "why502_incident_open",
-    "why502_probe_attached",
-    "why502_build_info",
-];
-const HISTOGRAMS: &[&str] = &["why502_upstream_connect_duration_seconds"];
+/// The metric families the agent registers, by name, with their type: asked of the agent
+/// itself (`why502 agent --list-metrics`, which needs neither root nor a kernel), so that
+/// a metric added there is held to the dashboard and the rules here without a list to
+/// keep. (This crate cannot depend on the agent's: the agent's tests depend on it.)
+fn exported() -> &'static BTreeMap<String, String> {
+    static FAMILIES: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    FAMILIES.get_or_init(|| {
+        let out = Command::new(why502_e2e::sibling_binary("why502"))
+            .args(["agent", "--list-metrics"])
+            .output()
+            .expect("run why502 agent --list-metrics");
+        assert!(out.status.success(), "{}", output_text(&out));
+        let families: BTreeMap<String, String> = String::from_utf8(out.stdout)
+            .expect("UTF-8")
+            .lines()
+            .map(|line| {
+                let (name, kind) = line
+                    .split_once(' ')
+                    .unwrap_or_else(|| panic!("not `name type`: {line:?}"));
+                (name.to_owned(), kind.to_owned())
+            })
+            .collect();
+        // A broken listing must not make every check below vacuous.
+        assert!(
+            families.len() >= 20 && families.values().any(|k| k == "histogram"),
+            "{families:?}"
+        );
+        families
+    })
+}
+
+/// Whether the family `name` is a histogram (whose series are `<name>_bucket`, `_sum` and
+/// `_count`).
+fn is_histogram(name: &str) -> bool {
+    exported().get(name).is_some_and(|kind| kind == "histogram")
+}
 
 const ALERTS: &[&str] = &[
     "Why502UpstreamConnectErrors",
@@ -91,14 +101,23 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// Whether `name` is a series the agent exports: one of [`EXPORTED`], or a histogram's
-/// `_bucket`, `_sum` or `_count` (a histogram's bare name has no series).
+/// Whether `name` is a series the agent exports: a family of [`exported`], or a
+/// histogram's `_bucket`, `_sum` or `_count` (a histogram's bare name has no series).
 fn exported_series(name: &str) -> bool {
-    EXPORTED.contains(&name)
-        || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
-            name.strip_suffix(suffix)
-                .is_some_and(|base| HISTOGRAMS.contains(&base))
-        })
+    family_of(name).is_some()
+}
+
+/// The exported family a series name belongs to: itself, or the histogram whose
+/// `_bucket`, `_sum` or `_count` it is.
+fn family_of(name: &str) -> Option<&'static str> {
+    let families = exported();
+    if let Some((family, _)) = families.get_key_value(name).filter(|_| !is_histogram(name)) {
+        return Some(family);
+    }
+    ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+        let base = name.strip_suffix(suffix)?;
+        is_histogram(base).then(|| families.get_key_value(base).unwrap().0.as_str())
+    })
 }
 
 #[test]
@@ -299,20 +318,13 @@ fn grafana_dashboard_uses_only_exported_metrics() {
                 exported_series(&name),
                 "{title}: {name} is not a series the agent exports (in {expr:?})"
             );
-            used.insert(
-                ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| name.strip_suffix(s).filter(|b| HISTOGRAMS.contains(b)))
-                    .unwrap_or(&name)
-                    .to_owned(),
-            );
+            used.insert(family_of(&name).unwrap());
         }
     }
     // Every exported metric is on the dashboard somewhere.
-    let unused: Vec<_> = EXPORTED
-        .iter()
-        .chain(HISTOGRAMS)
-        .filter(|m| !used.contains(**m))
+    let unused: Vec<_> = exported()
+        .keys()
+        .filter(|m| !used.contains(m.as_str()))
         .collect();
     assert!(unused.is_empty(), "metrics on no panel: {unused:?}");
 
@@ -583,6 +595,35 @@ fn sample_exposition() -> String {
         ],
     );
     family(
+        "why502_upstream_request_errors_total",
+        "counter",
+        "Requests whose upstream connection ended without an answer.",
+        &[&format!(
+            "why502_upstream_request_errors_total{{{pair},kind=\"response_timeout\"}} 2"
+        )],
+    );
+    family(
+        "why502_http_responses_total",
+        "counter",
+        "Responses the proxy wrote to its clients, by status code.",
+        &[
+            "why502_http_responses_total{proxy=\"nginx\",code=\"200\"} 100",
+            "why502_http_responses_total{proxy=\"nginx\",code=\"502\"} 20",
+        ],
+    );
+    family(
+        "why502_service_memory_events_total",
+        "counter",
+        "Memory events of a listening service's cgroup.",
+        &["why502_service_memory_events_total{service=\"api.service\",event=\"oom_kill\"} 1"],
+    );
+    family(
+        "why502_metric_label_values_folded_total",
+        "counter",
+        "Label values folded into other because of the configured caps.",
+        &["why502_metric_label_values_folded_total{label=\"upstream\"} 0"],
+    );
+    family(
         "why502_build_info",
         "gauge",
         "The agent's version.",
@@ -595,10 +636,26 @@ fn sample_exposition() -> String {
 fn promtool_check_metrics_lints_an_exposition() {
     let text = sample_exposition();
     promtool_check_metrics(&text).unwrap();
-    let names = metric_names(&text);
-    for name in EXPORTED {
-        assert!(names.contains(*name), "the sample lacks {name}");
+    // Every family, each with the type the agent gives it.
+    for (name, kind) in exported() {
+        assert!(
+            text.contains(&format!("\n# TYPE {name} {kind}\n")),
+            "the sample lacks {name} ({kind})"
+        );
     }
+    let names: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let unknown: Vec<_> = names
+        .iter()
+        .filter(|n| !exported().contains_key(**n))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the sample has families the agent does not: {unknown:?}"
+    );
     // A counter without `_total` and a family without help: lint errors.
     let err =
         promtool_check_metrics("# TYPE why502_events counter\nwhy502_events 1\n").unwrap_err();

@@ -9,7 +9,7 @@ use prometheus::{IntCounterVec, Registry};
 use super::{
     labels::Labels,
     latency::LatencyHistograms,
-    registry::{counter, ArcCollector},
+    registry::{counter, registered, ArcCollector},
     MetricsError,
 };
 use crate::{
@@ -30,7 +30,7 @@ impl KernelMetrics {
     /// `connects` is shared with the failures counted from events.
     pub fn new(r: &Registry, connects: IntCounterVec) -> Result<Self, MetricsError> {
         let latency = Arc::new(LatencyHistograms::new());
-        r.register(Box::new(ArcCollector(latency.clone())))?;
+        registered(r, ArcCollector(latency.clone()))?;
         Ok(Self {
             connects,
             latency,

@@ -100,9 +100,8 @@ impl Collector for LatencyHistograms {
             metric.set_histogram(h);
             family.mut_metric().push(metric);
         }
-        if family.get_metric().is_empty() {
-            return Vec::new();
-        }
+        // Even without series: its type is how the catalog of metrics knows it is a
+        // histogram (`Registry::gather` leaves empty families out of the exposition).
         vec![family]
     }
 }

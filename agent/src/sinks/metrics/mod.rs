@@ -120,6 +120,26 @@ impl Metrics {
         self.host.sample(sample, &mut self.labels());
     }
 
+    /// Every metric family the agent registers, by name, with its type (`counter`,
+    /// `gauge`, `histogram`), series or not: what dashboards and alert rules may use.
+    pub fn families() -> Result<BTreeMap<String, &'static str>, MetricsError> {
+        // Creating the metrics registers every family.
+        Self::new(&MetricsConfig::default())?;
+        Ok(registry::catalog()
+            .into_iter()
+            .map(|(name, kind)| {
+                let kind = match kind {
+                    prometheus::proto::MetricType::COUNTER => "counter",
+                    prometheus::proto::MetricType::GAUGE => "gauge",
+                    prometheus::proto::MetricType::HISTOGRAM => "histogram",
+                    prometheus::proto::MetricType::SUMMARY => "summary",
+                    prometheus::proto::MetricType::UNTYPED => "untyped",
+                };
+                (name, kind)
+            })
+            .collect())
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> Result<String, MetricsError> {
         let mut out = Vec::new();
@@ -127,5 +147,42 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .map_err(|e| MetricsError::Encode(e.to_string()))?;
         String::from_utf8(out).map_err(|e| MetricsError::Encode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_list_every_registered_metric_with_or_without_series() {
+        let families = Metrics::families().unwrap();
+        // One of each way in: a Vec helper, a single counter, the histogram's own
+        // collector, and the families only `Metrics::new` registers.
+        assert_eq!(
+            families.get("why502_metric_label_values_folded_total"),
+            Some(&"counter")
+        );
+        assert_eq!(families.get("why502_listen_drops_total"), Some(&"counter"));
+        assert_eq!(
+            families.get("why502_upstream_connect_duration_seconds"),
+            Some(&"histogram")
+        );
+        assert_eq!(families.get("why502_probe_attached"), Some(&"gauge"));
+        assert_eq!(families.get("why502_build_info"), Some(&"gauge"));
+        // And only the agent's.
+        assert!(
+            families.keys().all(|n| n.starts_with("why502_")),
+            "{families:?}"
+        );
+        // Families without series still stay out of the exposition.
+        let text = Metrics::new(&MetricsConfig::default())
+            .unwrap()
+            .render()
+            .unwrap();
+        assert!(
+            !text.contains("why502_upstream_connect_duration_seconds"),
+            "{text}"
+        );
     }
 }

@@ -1,19 +1,37 @@
 //! Registering metrics: one helper per metric type, so that each part declares its series
 //! in a line each.
 
-use std::sync::Arc;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 
-use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{proto::MetricType, CounterVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::MetricsError;
 
-/// Registers `metric` and hands it back.
+/// Registers `metric` and hands it back; notes its families in [`catalog`].
 pub fn registered<C: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     metric: C,
 ) -> Result<C, MetricsError> {
     registry.register(Box::new(metric.clone()))?;
+    let mut catalog = CATALOG.lock().unwrap_or_else(|p| p.into_inner());
+    for family in metric.collect() {
+        catalog.insert(family.name().to_owned(), family.get_field_type());
+    }
     Ok(metric)
+}
+
+/// Every metric family ever registered through [`registered`], by name, with its type.
+/// Process-wide because `prometheus::Registry` cannot list its collectors (and `gather`
+/// leaves out the families without series yet); names and types are the code's own
+/// constants, so every `Metrics` adds the same.
+static CATALOG: Mutex<BTreeMap<String, MetricType>> = Mutex::new(BTreeMap::new());
+
+/// The families noted by [`registered`] so far: every one, once a `Metrics` exists.
+pub fn catalog() -> BTreeMap<String, MetricType> {
+    CATALOG.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 pub fn counter(
@@ -45,6 +63,12 @@ pub fn seconds(
 
 /// Registers a shared collector.
 pub struct ArcCollector<C>(pub Arc<C>);
+
+impl<C> Clone for ArcCollector<C> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
 
 impl<C: prometheus::core::Collector> prometheus::core::Collector for ArcCollector<C> {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
