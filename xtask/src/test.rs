@@ -16,11 +16,18 @@ const CLIPPY_PACKAGES: &[&str] = &[
     "why502-e2e",
     "why502-bench",
 ];
-const TEST_PACKAGES: &[&str] = &["why502", "agent-common", "why502-e2e", "why502-bench"];
+const TEST_PACKAGES: &[&str] = &[
+    "why502",
+    "agent-common",
+    "why502-e2e",
+    "why502-bench",
+    "xtask",
+];
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let start = Instant::now();
     let result = steps(root, args);
+    // Each step's wall time was printed as it ended (see `step`); the total last.
     let elapsed = minutes_seconds(start.elapsed());
     match result {
         Ok(()) => println!("==> all checks passed in {elapsed}"),
@@ -30,12 +37,16 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 }
 
 fn steps(root: &Path, args: &[String]) -> Result<()> {
-    bootstrap::run(Level::Test)?;
+    step("installing what the tests need (bootstrap)", || {
+        bootstrap::run(Level::Test)
+    })?;
 
-    cmd::run(
-        "step 1/4: checking formatting (cargo fmt)",
-        cmd::cargo(root).args(["fmt", "--all", "--check"]),
-    )?;
+    step("step 1/4: checking formatting (cargo fmt)", || {
+        cmd::run(
+            "step 1/4: checking formatting (cargo fmt)",
+            cmd::cargo(root).args(["fmt", "--all", "--check"]),
+        )
+    })?;
 
     let mut clippy = cmd::cargo(root);
     clippy.arg("clippy");
@@ -43,7 +54,9 @@ fn steps(root: &Path, args: &[String]) -> Result<()> {
         clippy.args(["-p", package]);
     }
     clippy.args(["--all-targets", "--", "-D", "warnings"]);
-    cmd::run("step 2/4: linting (cargo clippy)", &mut clippy)?;
+    step("step 2/4: linting (cargo clippy)", || {
+        cmd::run("step 2/4: linting (cargo clippy)", &mut clippy)
+    })?;
 
     if !crate::is_root() {
         println!("warning: not running as root: kernel integration and end-to-end tests will skip");
@@ -55,10 +68,27 @@ fn steps(root: &Path, args: &[String]) -> Result<()> {
     }
     if !args.is_empty() {
         test.arg("--").args(args);
-        return cmd::run("step 3/4: testing (cargo test)", &mut test);
     }
-    cmd::run("step 3/4: testing (cargo test)", &mut test)?;
-    classic_tracepoints(root)
+    step("step 3/4: testing (cargo test)", || {
+        cmd::run("step 3/4: testing (cargo test)", &mut test)
+    })?;
+    if args.is_empty() {
+        classic_tracepoints(root)?;
+    }
+    Ok(())
+}
+
+/// Runs one step and prints its wall time, whether it passed or not: where the suite's
+/// time goes shows in every CI log.
+fn step(what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let start = Instant::now();
+    let result = f();
+    let outcome = if result.is_ok() { "done" } else { "failed" };
+    println!(
+        "==> {what}: {outcome} in {}",
+        minutes_seconds(start.elapsed())
+    );
+    result
 }
 
 /// The kernel and end-to-end tests that decide detections, once more with the agent on
@@ -76,15 +106,13 @@ fn classic_tracepoints(root: &Path) -> Result<()> {
         for name in *tests {
             test.args(["--test", name]);
         }
-        cmd::run(
-            &format!(
-                "step 4/4 ({}/{}): {package} tests {} again on classic tracepoints only",
-                i + 1,
-                suites.len(),
-                tests.join(", ")
-            ),
-            &mut test,
-        )?;
+        let what = format!(
+            "step 4/4 ({}/{}): {package} tests {} again on classic tracepoints only",
+            i + 1,
+            suites.len(),
+            tests.join(", ")
+        );
+        step(&what, || cmd::run(&what, &mut test))?;
     }
     Ok(())
 }
