@@ -131,5 +131,142 @@ mod tests {
         assert_eq!(cap.admit("c"), OTHER);
         assert_eq!(cap.admit("a"), "a");
         assert_eq!(cap.folded(), 1);
+        assert_eq!(cap.admit("c"), OTHER);
+        assert_eq!(cap.folded(), 2, "every use of a folded value counts");
+        // A cap of 0 keeps no name at all.
+        assert_eq!(LabelCap::new(0).admit("a"), OTHER);
+    }
+
+    mod through_the_metrics {
+        use std::{collections::BTreeSet, sync::Arc, time::Duration, time::UNIX_EPOCH};
+
+        use crate::{
+            config::MetricsConfig,
+            model::event::{
+                ConnectFailure, Errno, Event, EventDetail, Exit, ProcessInfo, ProcessRef,
+            },
+            sinks::metrics::{labels::OTHER, Metrics},
+        };
+
+        const UPSTREAMS: usize = 10;
+        const PROXIES: usize = 5;
+        const SERVICES: usize = 6;
+        /// Caps below the numbers of distinct values the test makes, and distinct from
+        /// each other, so that a cap read from the wrong key shows.
+        fn caps() -> MetricsConfig {
+            MetricsConfig {
+                max_upstreams: 3,
+                max_proxies: 2,
+                max_services: 4,
+                ..MetricsConfig::default()
+            }
+        }
+
+        fn process(comm: String, unit: Option<String>) -> Option<ProcessRef> {
+            Some(ProcessRef {
+                pid: 1000,
+                tid: 1000,
+                comm,
+                thread: None,
+                cgroup_id: 1,
+                info: Some(Arc::new(ProcessInfo {
+                    unit,
+                    ..Default::default()
+                })),
+            })
+        }
+
+        fn event(process: Option<ProcessRef>, detail: EventDetail) -> Event {
+            Event {
+                time: UNIX_EPOCH,
+                mono_ns: 1,
+                process,
+                detail,
+            }
+        }
+
+        /// The distinct values of `label` among the samples of `metric`, and the sum of
+        /// the samples whose `label` is `other`.
+        fn values(text: &str, metric: &str, label: &str) -> (BTreeSet<String>, f64) {
+            let key = format!("{label}=\"");
+            let mut seen = BTreeSet::new();
+            let mut other = 0.0;
+            for line in text
+                .lines()
+                .filter(|l| l.starts_with(&format!("{metric}{{")))
+            {
+                let start = line.find(&key).expect("the label") + key.len();
+                let value = &line[start..start + line[start..].find('"').unwrap()];
+                if value == OTHER {
+                    other += line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+                }
+                seen.insert(value.to_string());
+            }
+            (seen, other)
+        }
+
+        fn folded(text: &str, label: &str) -> Option<f64> {
+            let prefix = format!("why502_metric_label_values_folded_total{{label=\"{label}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .map(|v| v.parse().unwrap())
+        }
+
+        /// Each cap keeps exactly its number of names, first come first kept; every later
+        /// use is counted under `other` and as a fold of its label.
+        #[test]
+        fn every_cap_keeps_exactly_its_number_of_names() {
+            let caps = caps();
+            let metrics = Metrics::new(&caps).unwrap();
+            for k in 0..UPSTREAMS {
+                metrics.event(&event(
+                    process(format!("proxy{}", k % PROXIES), None),
+                    EventDetail::TcpConnectFailure(ConnectFailure {
+                        src: "127.0.0.1:40000".parse().unwrap(),
+                        dst: format!("127.0.0.1:{}", 9000 + k).parse().unwrap(),
+                        errno: Errno(libc::ECONNREFUSED),
+                        errno_source: "sk_err",
+                        duration: Duration::from_micros(50),
+                        syn_retransmits: 0,
+                    }),
+                ));
+            }
+            for k in 0..SERVICES {
+                metrics.event(&event(
+                    process("worker".into(), Some(format!("svc{k}.service"))),
+                    EventDetail::ProcessExit(Exit::from_wait_status(libc::SIGKILL)),
+                ));
+            }
+            let text = metrics.render().unwrap();
+            let errors = "why502_upstream_connect_errors_total";
+
+            let (upstreams, other) = values(&text, errors, "upstream");
+            let named: BTreeSet<String> = (0..caps.max_upstreams)
+                .map(|k| format!("127.0.0.1:{}", 9000 + k))
+                .collect();
+            assert_eq!(upstreams, &named | &BTreeSet::from([OTHER.to_string()]));
+            let folded_upstreams = (UPSTREAMS - caps.max_upstreams) as f64;
+            assert_eq!(other, folded_upstreams, "{text}");
+            assert_eq!(folded(&text, "upstream"), Some(folded_upstreams), "{text}");
+
+            let (proxies, other) = values(&text, errors, "proxy");
+            assert_eq!(
+                proxies,
+                BTreeSet::from(["proxy0", "proxy1", OTHER].map(String::from))
+            );
+            // proxy2..proxy4 failed twice each.
+            let folded_proxies = (UPSTREAMS / PROXIES * (PROXIES - caps.max_proxies)) as f64;
+            assert_eq!(other, folded_proxies, "{text}");
+            assert_eq!(folded(&text, "proxy"), Some(folded_proxies), "{text}");
+
+            let (services, other) = values(&text, "why502_process_exits_total", "service");
+            let named: BTreeSet<String> = (0..caps.max_services)
+                .map(|k| format!("svc{k}.service"))
+                .collect();
+            assert_eq!(services, &named | &BTreeSet::from([OTHER.to_string()]));
+            let folded_services = (SERVICES - caps.max_services) as f64;
+            assert_eq!(other, folded_services, "{text}");
+            assert_eq!(folded(&text, "service"), Some(folded_services), "{text}");
+        }
     }
 }
