@@ -486,6 +486,8 @@ fn line_col(text: &str, offset: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, String> {
@@ -558,28 +560,47 @@ mod tests {
         assert!(config.enabled_probes().contains(&Probe::MarkVictim));
     }
 
+    /// `section.key` for every field of every section, read from the pretty `Debug` form
+    /// (sections at the first indent, their keys at the second): no list kept by hand.
+    fn keys_of(config: &Config) -> BTreeSet<String> {
+        let text = format!("{config:#?}");
+        let mut section = "";
+        let mut keys = BTreeSet::new();
+        for line in text.lines() {
+            let Some((name, _)) = line.trim_start().split_once(": ") else {
+                continue;
+            };
+            match line.len() - line.trim_start().len() {
+                4 => section = name,
+                8 => {
+                    keys.insert(format!("{section}.{name}"));
+                }
+                _ => {}
+            }
+        }
+        keys
+    }
+
     #[test]
     fn the_example_config_is_valid_and_says_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/why502.toml");
         let config = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
         let defaults = Config::default();
-        assert_eq!(
-            config.probes.ring_buffer_bytes,
-            defaults.probes.ring_buffer_bytes
-        );
-        assert_eq!(config.probes.signals, defaults.probes.signals);
-        assert_eq!(
-            config.probes.response_timeout_ms,
-            defaults.probes.response_timeout_ms
-        );
-        assert_eq!(config.enrich.redact_keys, defaults.enrich.redact_keys);
-        assert_eq!(
-            config.incidents.open_threshold,
-            defaults.incidents.open_threshold
-        );
-        assert_eq!(config.store.path, defaults.store.path);
-        assert_eq!(config.api.socket, defaults.api.socket);
-        assert_eq!(config.metrics.listen, defaults.metrics.listen);
+        // Every value, of every key there is: the Debug forms are the whole structs.
+        assert_eq!(format!("{config:#?}"), format!("{defaults:#?}"));
+        // And the example writes every key out, none left to its default unsaid.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        let written: BTreeSet<String> = table
+            .iter()
+            .flat_map(|(section, keys)| {
+                let keys = keys.as_table().expect("sections only at the top");
+                keys.keys().map(move |key| format!("{section}.{key}"))
+            })
+            .collect();
+        let known = keys_of(&defaults);
+        assert!(known.len() >= 25, "{known:?}");
+        assert_eq!(written, known);
         assert_eq!(config.enabled_probes().len(), Probe::ALL.len());
     }
 
