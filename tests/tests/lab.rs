@@ -5,8 +5,11 @@
 //! a. exactly one incident for the scenario's upstream (none when healthy), queryable
 //!    within a second of the response that made the 3rd failure;
 //! b. its top cause is the injected one and names the right process;
-//! c. its failure kinds equal the errors nginx logged, and the agent's count of nginx's
-//!    502 and 504 responses rose by what access.log shows.
+//! c. its failure kinds and its 5xx `responses` equal what nginx logged, and the agent's
+//!    count of nginx's 200, 502, 503 and 504 responses rose by what access.log shows;
+//!
+//! and none of it from silence: a CLI call or a scrape that fails, or an agent that reads
+//! no events, fails the scenario.
 
 use why502_e2e::{
     can_load_ebpf,
@@ -127,6 +130,16 @@ fn phpfpm_oom_unix() {
 #[test]
 fn phpfpm_request_timeout() {
     scenario(Scenario::PhpfpmRequestTimeout);
+}
+
+#[test]
+fn no_upstream_connect() {
+    scenario(Scenario::NoUpstreamConnect);
+}
+
+#[test]
+fn proxy_started_first() {
+    scenario(Scenario::ProxyStartedFirst);
 }
 
 #[test]

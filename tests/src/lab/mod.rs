@@ -62,7 +62,19 @@ pub enum Scenario {
     HaproxyRetries,
     PhpfpmOomUnix,
     PhpfpmRequestTimeout,
+    NoUpstreamConnect,
+    ProxyStartedFirst,
 }
+
+/// nginx's error.log message for a request it could not send anywhere: every server of its
+/// upstream block is down (what [`logs::ErrorLog`] files under `other`).
+pub const NO_LIVE_UPSTREAMS: &str = "no live upstreams while connecting to upstream";
+
+/// The upstream the agent gives an incident of 5xx responses with no upstream failure
+/// (`why502::model::incident::NO_UPSTREAM`; the tests crate cannot depend on the agent's,
+/// which depends on it for its tests). A rename in the agent fails the `responses_only`
+/// scenarios: their incident is looked up by it.
+pub const NO_UPSTREAM: &str = "(no upstream failure)";
 
 /// Which process the top cause must name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +91,7 @@ pub enum Culprit {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 21] = [
+    pub const ALL: [Scenario; 23] = [
         Scenario::Crash,
         Scenario::Oom,
         Scenario::Deploy,
@@ -101,6 +113,8 @@ impl Scenario {
         Scenario::HaproxyRetries,
         Scenario::PhpfpmOomUnix,
         Scenario::PhpfpmRequestTimeout,
+        Scenario::NoUpstreamConnect,
+        Scenario::ProxyStartedFirst,
     ];
 
     pub fn name(self) -> &'static str {
@@ -126,6 +140,8 @@ impl Scenario {
             Scenario::HaproxyRetries => "haproxy_retries",
             Scenario::PhpfpmOomUnix => "phpfpm_oom_unix",
             Scenario::PhpfpmRequestTimeout => "phpfpm_request_timeout",
+            Scenario::NoUpstreamConnect => "no_upstream_connect",
+            Scenario::ProxyStartedFirst => "proxy_started_first",
         }
     }
 
@@ -211,6 +227,15 @@ impl Scenario {
                  2s; GET /sleep.php sleeps 5 s: the master kills its worker (SIGTERM) \
                  mid-request (502), 5 times"
             }
+            Scenario::NoUpstreamConnect => {
+                "nginx's only upstream server is marked down: every request gets 502 (\"no live \
+                 upstreams\") without a connect; nginx is started after the agent, marked a \
+                 proxy at exec"
+            }
+            Scenario::ProxyStartedFirst => {
+                "as no_upstream_connect, but nginx is started before the agent: only the \
+                 agent's marking of the proxies running at start-up makes its 502s counted"
+            }
         }
     }
 
@@ -222,8 +247,9 @@ impl Scenario {
             Scenario::Deploy => &["restart"],
             Scenario::WrongPort | Scenario::MissingUnixSocket => &["wrong_port"],
             Scenario::UnixBacklogFull => &["unix_backlog_full"],
-            // `overload` when the agent's queue sampling caught the full accept queue.
-            Scenario::TcpBacklogOverflow => &["overload", "syn_timeout"],
+            // Not `syn_timeout`: the lab waits until the agent has reported the full accept
+            // queue before the load (see `drive::wait_for_full_queue`).
+            Scenario::TcpBacklogOverflow => &["overload"],
             Scenario::FirewallReject => &["firewall_reject"],
             Scenario::FirewallDrop => &["syn_timeout"],
             Scenario::KeepaliveRace => &["connection_resets"],
@@ -235,6 +261,7 @@ impl Scenario {
             Scenario::HaproxyRetries => &["crash"],
             Scenario::PhpfpmOomUnix => &["oom_kill"],
             Scenario::PhpfpmRequestTimeout => &["killed_by_parent"],
+            Scenario::NoUpstreamConnect | Scenario::ProxyStartedFirst => &["no_upstream_connect"],
         }
     }
 
@@ -246,7 +273,10 @@ impl Scenario {
             | Scenario::Healthy
             | Scenario::HealthyLow
             | Scenario::HealthyHigh => Culprit::Nobody,
-            Scenario::PortExhaustion => Culprit::Proxy,
+            // The cause of 5xx with no failure names the proxy that answered them.
+            Scenario::PortExhaustion
+            | Scenario::NoUpstreamConnect
+            | Scenario::ProxyStartedFirst => Culprit::Proxy,
             Scenario::WorkerCrashMidRequest
             | Scenario::PhpfpmOomUnix
             | Scenario::PhpfpmRequestTimeout => Culprit::Worker,
@@ -285,8 +315,27 @@ impl Scenario {
             Scenario::PhpfpmOomUnix | Scenario::PhpfpmRequestTimeout => {
                 &["reset", "closed_before_response"]
             }
+            // Only nginx's own refusal, never a connect (see `Scenario::responses_only`).
+            Scenario::NoUpstreamConnect | Scenario::ProxyStartedFirst => &[NO_LIVE_UPSTREAMS],
             _ => &[],
         }
+    }
+
+    /// Whether the proxy's 5xx come with no upstream failure at all (no connect is
+    /// attempted): the agent's incident is one of responses alone, with no upstream of its
+    /// own ([`NO_UPSTREAM`]), no failure kinds, and opens after the responses' grace.
+    pub fn responses_only(self) -> bool {
+        matches!(
+            self,
+            Scenario::NoUpstreamConnect | Scenario::ProxyStartedFirst
+        )
+    }
+
+    /// Whether nginx (and its backends) run before the agent starts: then no exec of a
+    /// known proxy is seen, and only the agent's marking at start-up makes nginx a proxy
+    /// whose responses the kernel counts.
+    pub fn starts_proxy_first(self) -> bool {
+        self == Scenario::ProxyStartedFirst
     }
 
     /// Whether the incident's `failure_kinds` and `failures` are held to the proxy's log of
@@ -421,17 +470,29 @@ impl Lab {
     pub fn start(scenario: Scenario) -> Result<Self, Interrupted> {
         let narrator = Narrator::new();
         narrator.say(format!("scenario {scenario}: {}", scenario.description()));
-        narrator.say("starting the why502 agent (its own store, socket and metrics port)");
-        let agent = Agent::start();
-        narrator.say(format!(
-            "agent running: socket {}, metrics http://{}/metrics",
-            agent.socket().display(),
-            agent.metrics_addr()
-        ));
-        if stop_requested() {
-            return Err(Interrupted);
-        }
-        let topology = Topology::build(scenario, &narrator)?;
+        let start_agent = || {
+            narrator.say("starting the why502 agent (its own store, socket and metrics port)");
+            let agent = Agent::start();
+            narrator.say(format!(
+                "agent running: socket {}, metrics http://{}/metrics",
+                agent.socket().display(),
+                agent.metrics_addr()
+            ));
+            agent
+        };
+        let (agent, topology) = if scenario.starts_proxy_first() {
+            let topology = Topology::build(scenario, &narrator)?;
+            if stop_requested() {
+                return Err(Interrupted);
+            }
+            (start_agent(), topology)
+        } else {
+            let agent = start_agent();
+            if stop_requested() {
+                return Err(Interrupted);
+            }
+            (agent, Topology::build(scenario, &narrator)?)
+        };
         Ok(Self {
             scenario,
             topology,

@@ -16,6 +16,9 @@ use crate::netns::Netns;
 pub struct NginxSpec {
     /// `127.0.0.1:9000` or `unix:/path/to.sock`.
     pub upstream: String,
+    /// The upstream server is marked `down`: nginx answers 502 without connecting ("no live
+    /// upstreams").
+    pub down: bool,
     pub port: u16,
     /// Listen on every address (inside a namespace of the lab's own), not just 127.0.0.1.
     pub any_address: bool,
@@ -199,7 +202,7 @@ fn config(spec: &NginxSpec, prefix: &Path) -> String {
         prefix,
         &format!(
             "    upstream lab_backend {{
-        server {upstream} max_fails=0;{keepalive}
+        server {upstream} {server_state};{keepalive}
     }}
     server {{
         listen {listen};
@@ -212,6 +215,7 @@ fn config(spec: &NginxSpec, prefix: &Path) -> String {
     }}
 ",
             upstream = spec.upstream,
+            server_state = if spec.down { "down" } else { "max_fails=0" },
             read_timeout = spec.read_timeout_s,
         ),
     )

@@ -184,6 +184,11 @@ impl Topology {
                 )
             }
             Scenario::WrongPort => (tcp_upstream.clone(), None),
+            // nginx never connects: no backend, and the agent files the incident under no
+            // upstream (nginx's config still names the down server, `nginx_upstream`).
+            Scenario::NoUpstreamConnect | Scenario::ProxyStartedFirst => {
+                (super::NO_UPSTREAM.to_string(), None)
+            }
             // php-fpm, not a test backend.
             Scenario::PhpfpmOomUnix | Scenario::PhpfpmRequestTimeout => {
                 (unix_socket("php-fpm/php.sock"), None)
@@ -270,6 +275,10 @@ impl Topology {
                     .unwrap_or_default(),
             ));
             phpfpm = Some(fpm);
+        } else if scenario.responses_only() {
+            say.say(format!(
+                "no backend: nginx's upstream server {tcp_upstream} is marked down"
+            ));
         } else {
             say.say(format!("no backend: nothing ever listens on {upstream}"));
         }
@@ -304,7 +313,12 @@ impl Topology {
             Front::Fastcgi(nginx)
         } else {
             let spec = NginxSpec {
-                upstream: upstream.clone(),
+                upstream: if scenario.responses_only() {
+                    tcp_upstream.clone()
+                } else {
+                    upstream.clone()
+                },
+                down: scenario.responses_only(),
                 port: nginx_port,
                 any_address: netns.is_some(),
                 keepalive: (scenario == Scenario::KeepaliveRace).then_some(KEEPALIVE),
@@ -316,8 +330,13 @@ impl Topology {
             };
             let nginx = LabNginx::start(spec, &prefix, netns.as_ref(), &client);
             say.say(format!(
-                "nginx {}:{nginx_port} → {upstream}{}{} ({}; prefix {})",
+                "nginx {}:{nginx_port} → {}{}{} ({}; prefix {})",
                 if netns.is_some() { "*" } else { "127.0.0.1" },
+                if nginx.spec.down {
+                    format!("{} (down)", nginx.spec.upstream)
+                } else {
+                    nginx.spec.upstream.clone()
+                },
                 if scenario == Scenario::KeepaliveRace {
                     format!(" with upstream keepalive {KEEPALIVE}, HTTP/1.1")
                 } else {
@@ -428,9 +447,6 @@ impl Topology {
                     "inject: 2 connections to {} left unaccepted: its accept queue (backlog 1) is full",
                     self.upstream
                 ));
-                // Let the agent's queue sampling (every 500 ms in the harness) see it, as it
-                // would see a backend stuck for a while.
-                pause(Duration::from_millis(1200))?;
             }
             Scenario::FirewallReject | Scenario::FirewallDrop => {
                 let ns = self.netns.as_ref().expect("namespace");
@@ -495,6 +511,9 @@ impl Topology {
                 made = self.inject_php(scenario, say)?;
             }
             Scenario::Healthy => say.say("inject: nothing (healthy)"),
+            Scenario::NoUpstreamConnect | Scenario::ProxyStartedFirst => {
+                say.say("inject: nothing to do, nginx has no live upstream server from the start")
+            }
             Scenario::HealthyLow | Scenario::HealthyHigh => say.say(
                 "inject: nothing (the backend's occasional failure is part of its normal life)",
             ),

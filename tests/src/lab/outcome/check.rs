@@ -3,8 +3,9 @@
 //! process, (c) counts equal to nginx's own logs. Changes when an expectation does.
 
 use super::{
-    super::{topology::status_text, Culprit, Scenario},
-    kinds_of, responses_of, Outcome, DETECTION_LIMIT, OPEN_THRESHOLD, RESPONSES_METRIC,
+    super::{topology::status_text, Culprit, Scenario, NO_LIVE_UPSTREAMS},
+    kinds_of, open_threshold, responses_of, Outcome, BAD_GATEWAY_CODES, DETECTION_LIMIT,
+    RESPONSES_DETECTION_LIMIT, RESPONSES_METRIC, RESPONSE_CODES,
 };
 
 impl Outcome {
@@ -13,11 +14,15 @@ impl Outcome {
         let mut failed = Vec::new();
         let scenario = self.scenario;
         let expected = scenario.expected_causes();
+        let threshold = open_threshold();
+
+        // The agent answered every question (otherwise "nothing" means nothing).
+        failed.extend(self.agent_faults.iter().map(|f| format!("agent: {f}")));
 
         // The fault did what it should to nginx (otherwise the rest means nothing).
         match scenario.failure_status() {
             Some(status) => {
-                if (self.access.count(status) as usize) < OPEN_THRESHOLD {
+                if (self.access.count(status) as usize) < threshold {
                     failed.push(format!(
                         "setup: {} answered {status} only {} times ({} {:?})",
                         self.proxy,
@@ -78,6 +83,23 @@ impl Outcome {
                 _ => "setup: the backend does not serve after its workers died".into(),
             });
         }
+        if scenario.responses_only() {
+            // nginx's own record that it connected nowhere: one "no live upstreams" per 502.
+            let refused = self
+                .errors
+                .other
+                .get(NO_LIVE_UPSTREAMS)
+                .copied()
+                .unwrap_or(0);
+            let answered = self.access.count(502);
+            if refused != answered || !self.errors.kinds.is_empty() {
+                failed.push(format!(
+                    "setup: {} has \"{NO_LIVE_UPSTREAMS}\" ×{refused} and failures {:?}, for \
+                     {answered} 502s",
+                    self.record_names.1, self.errors.kinds
+                ));
+            }
+        }
         if scenario.culprit() == Culprit::Worker && self.killed_workers.is_empty() {
             failed.push("setup: no worker was killed".into());
         }
@@ -107,16 +129,21 @@ impl Outcome {
             ));
         }
         if !expected.is_empty() {
+            let limit = if scenario.responses_only() {
+                RESPONSES_DETECTION_LIMIT
+            } else {
+                DETECTION_LIMIT
+            };
             match self.detection {
-                Some(d) if d < DETECTION_LIMIT => {}
+                Some(d) if d < limit => {}
                 Some(d) => failed.push(format!(
-                    "a: incident queryable {} ms after failed response #{OPEN_THRESHOLD} (limit \
-                     {} ms)",
+                    "a: incident queryable {} ms after failed response #{threshold} (limit {} \
+                     ms)",
                     d.as_millis(),
-                    DETECTION_LIMIT.as_millis()
+                    limit.as_millis()
                 )),
                 None => failed.push(format!(
-                    "a: no detection time: no incident seen, or fewer than {OPEN_THRESHOLD} \
+                    "a: no detection time: no incident seen, or fewer than {threshold} \
                      failures in nginx's error.log"
                 )),
             }
@@ -161,17 +188,15 @@ impl Outcome {
         // c. Counts agree with the proxy's own logs.
         let (access_log, error_log) = self.record_names;
         if let Some(incident) = &self.incident {
-            // A worker dying behind a unix socket: no failure kind per request, but the
-            // incident's 5xx (see `Scenario::compares_failure_kinds`).
-            if let Some(status) = scenario
-                .failure_status()
-                .filter(|_| !scenario.compares_failure_kinds())
-            {
-                let agent = responses_of(incident).get(&status).copied().unwrap_or(0);
-                let logged = self.access.count(status);
+            // Every 5xx of the run is what the incident's failures became (or, for a worker
+            // dying behind a unix socket and for 5xx alone, all the agent sees of them).
+            let responses = responses_of(incident);
+            for code in BAD_GATEWAY_CODES {
+                let agent = responses.get(&code).copied().unwrap_or(0);
+                let logged = self.access.count(code);
                 if agent != logged {
                     failed.push(format!(
-                        "c: the incident's responses[{status}] = {agent}, {access_log} has \
+                        "c: the incident's responses[{code}] = {agent}, {access_log} has \
                          {logged}"
                     ));
                 }
@@ -202,6 +227,14 @@ impl Outcome {
                     self.errors.total()
                 ));
             }
+        }
+        // The controls and the 5xx scenarios alike: something must have been counted, or
+        // an agent that counts nothing would pass wherever the log has nothing.
+        if RESPONSE_CODES.iter().all(|c| self.access.count(*c) == 0) {
+            failed.push(format!(
+                "setup: {access_log} has none of {RESPONSE_CODES:?}: nothing to hold the \
+                 agent's counts to"
+            ));
         }
         for (code, delta) in &self.responses_delta {
             let logged = self.access.count(*code);

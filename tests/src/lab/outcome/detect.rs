@@ -1,5 +1,5 @@
 //! How soon the agent's incident became queryable: a poller of the CLI running alongside
-//! the scenario, and the time from the response of nginx's `OPEN_THRESHOLD`-th logged
+//! the scenario, and the time from the response of nginx's `open_threshold()`-th logged
 //! failure to the poller's first sight of an incident. Changes with how detection latency is measured.
 
 use std::{
@@ -16,8 +16,8 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    super::{client::Exchange, logs::ErrorLog},
-    OPEN_THRESHOLD,
+    super::{client::Exchange, logs::ErrorLog, Scenario},
+    open_threshold,
 };
 
 /// Polls `why502 incidents --json --upstream U` every 50 ms until one shows up: when the
@@ -72,20 +72,27 @@ impl Detector {
     }
 }
 
-/// From the response that made nginx's `OPEN_THRESHOLD`-th counted failure to the
-/// incident's appearance
-/// (`seen`); `None` without either.
+/// From the response that made nginx's `open_threshold()`-th counted failure (for a
+/// scenario of 5xx alone, its `open_threshold()`-th 5xx: there is no failure) to the
+/// incident's appearance (`seen`); `None` without either.
 pub(super) fn detection_time(
+    scenario: Scenario,
     seen: Option<Instant>,
     exchanges: &[Exchange],
     errors: &ErrorLog,
 ) -> Option<Duration> {
     let mut failed: Vec<&Exchange> = exchanges
         .iter()
-        .filter(|e| errors.requests.contains_key(&e.seq))
+        .filter(|e| {
+            if scenario.responses_only() {
+                scenario.failure_status().is_some_and(|s| e.status == Ok(s))
+            } else {
+                errors.requests.contains_key(&e.seq)
+            }
+        })
         .collect();
     failed.sort_by_key(|e| e.done);
-    match (seen, failed.get(OPEN_THRESHOLD - 1)) {
+    match (seen, failed.get(open_threshold() - 1)) {
         (Some(seen), Some(nth)) => Some(seen.saturating_duration_since(nth.done)),
         _ => None,
     }

@@ -2,7 +2,7 @@
 //! fault, then each scenario's schedule of load, fault and bursts. Changes when a scenario
 //! is added or its traffic pattern changes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::super::{
     client::Exchange,
@@ -24,7 +24,7 @@ pub(super) fn warm_up(lab: &Lab) -> Option<Exchange> {
             | Scenario::MissingUnixSocket
             | Scenario::UnixBacklogFull
             | Scenario::TcpBacklogOverflow
-    );
+    ) && !scenario.responses_only();
     if !serves_first || scenario == Scenario::KeepaliveRace {
         return None;
     }
@@ -81,8 +81,13 @@ pub(super) fn run_fault(lab: &mut Lab) -> Result<Vec<Exchange>, Interrupted> {
         Scenario::WrongPort
         | Scenario::MissingUnixSocket
         | Scenario::UnixBacklogFull
-        | Scenario::TcpBacklogOverflow => {
+        | Scenario::TcpBacklogOverflow
+        | Scenario::NoUpstreamConnect
+        | Scenario::ProxyStartedFirst => {
             exchanges.extend(lab.inject()?);
+            if scenario == Scenario::TcpBacklogOverflow {
+                wait_for_full_queue(lab)?;
+            }
             exchanges.extend(lab.load(Duration::from_millis(1500)).finish());
         }
         Scenario::KeepaliveRace => {
@@ -176,4 +181,36 @@ pub(super) fn run_fault(lab: &mut Lab) -> Result<Vec<Exchange>, Interrupted> {
         }
     }
     Ok(exchanges)
+}
+
+/// Waits (bounded) until the agent has reported the backend's full accept queue (its
+/// `listen_queue_full`, from sampling every 500 ms in the harness), as it would have for
+/// a backend stuck for a while: what makes the cause `overload` rather than a bare
+/// `syn_timeout`. Past the bound the load goes on, and the cause check says what the
+/// agent made of it.
+fn wait_for_full_queue(lab: &Lab) -> Result<(), Interrupted> {
+    let endpoint = lab.topology.upstream.clone();
+    let start = Instant::now();
+    let seen = loop {
+        let seen = !lab
+            .agent
+            .events(|e| {
+                e["kind"].as_str() == Some("listen_queue_full")
+                    && e["endpoint"].as_str() == Some(endpoint.as_str())
+            })
+            .is_empty();
+        if seen || start.elapsed() > Duration::from_secs(5) {
+            break seen;
+        }
+        pause(Duration::from_millis(20))?;
+    };
+    lab.narrator.say(if seen {
+        format!(
+            "agent: listen_queue_full {endpoint} after {} ms",
+            start.elapsed().as_millis()
+        )
+    } else {
+        format!("agent: no listen_queue_full for {endpoint} within 5 s")
+    });
+    Ok(())
 }

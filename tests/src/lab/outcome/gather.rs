@@ -15,49 +15,67 @@ use super::{
         logs::{AccessLog, ErrorLog},
         metrics, pause, Interrupted, Lab,
     },
-    kinds_of, responses_of, RESPONSES_METRIC, RESPONSE_CODES,
+    kinds_of, responses_of, BAD_GATEWAY_CODES, RESPONSES_METRIC, RESPONSE_CODES,
 };
 
 /// How long the agent gets to count everything nginx logged.
 const SETTLE: Duration = Duration::from_secs(3);
 
+/// How long after the last response an incident the scenario should not cause is looked
+/// for: one of 5xx alone opens up to about a second after them (250 ms until the kernel's
+/// counts are polled, their 500 ms grace, 250 ms to the engine's tick); twice that.
+pub(super) const STRAY_WINDOW: Duration = Duration::from_secs(2);
+
 /// The agent's incidents for `upstream`, oldest first, and the proxy's upstream errors
 /// (nginx's error.log, HAProxy's log): polled until the one incident a scenario expects
-/// counts exactly what the proxy logged (its failure kinds, or where those are not compared
-/// its responses with the failure status, against the access log), or [`SETTLE`] has
-/// passed (always, for a scenario that expects none).
+/// counts exactly what the proxy logged (its failure kinds where those are compared, and
+/// its 5xx responses against the access log), or [`SETTLE`] has passed (always, for a
+/// scenario that expects none). A CLI call that fails is a fault, not "no incident".
 pub(super) fn settled_incidents(
     lab: &Lab,
     upstream: &str,
+    faults: &mut Vec<String>,
 ) -> Result<(Vec<Value>, ErrorLog), Interrupted> {
     let front = &lab.topology.front;
-    let status = lab.scenario.failure_status();
     let mut errors;
     let expects_incident = !lab.scenario.expected_causes().is_empty();
     let deadline = Instant::now() + SETTLE;
     let mut incidents;
+    let mut failed_call;
     loop {
-        incidents = cli_json(lab, &["incidents", "--json", "--upstream", upstream])
-            .and_then(|v| v["incidents"].as_array().cloned())
-            .unwrap_or_default();
+        incidents = match incident_list(lab, &["incidents", "--json", "--upstream", upstream]) {
+            Ok(list) => {
+                failed_call = None;
+                list
+            }
+            Err(e) => {
+                failed_call = Some(e);
+                Vec::new()
+            }
+        };
         errors = front.errors();
+        let access = front.access();
         let counted = incidents.len() == 1
-            && if lab.scenario.compares_failure_kinds() {
-                kinds_of(&incidents[0]) == errors.kinds
-            } else {
-                status.is_some_and(|s| {
-                    responses_of(&incidents[0]).get(&s).copied().unwrap_or(0)
-                        == front.access().count(s)
-                })
-            };
+            && (!lab.scenario.compares_failure_kinds() || kinds_of(&incidents[0]) == errors.kinds)
+            && bad_gateway_counted(&incidents[0], &access);
         if (expects_incident && counted) || Instant::now() > deadline {
             break;
         }
         pause(Duration::from_millis(100))?;
     }
+    // Only the last answer counts: an agent busy at first may answer later.
+    faults.extend(failed_call);
     // Incidents come newest first: the first one opened is the last.
     incidents.reverse();
     Ok((incidents, errors))
+}
+
+/// Whether `incident`'s `responses` has every 5xx access.log has.
+fn bad_gateway_counted(incident: &Value, access: &AccessLog) -> bool {
+    let responses = responses_of(incident);
+    BAD_GATEWAY_CODES
+        .into_iter()
+        .all(|code| responses.get(&code).copied().unwrap_or(0) == access.count(code))
 }
 
 /// The increase of the agent's counts of the proxy's 502, 503 and 504 responses since
@@ -67,6 +85,7 @@ pub(super) fn responses_delta(
     lab: &Lab,
     before: &str,
     access: &AccessLog,
+    faults: &mut Vec<String>,
 ) -> Result<BTreeMap<u16, Option<f64>>, Interrupted> {
     let proxy = lab.topology.front.name();
     let deltas = |text: &str| -> BTreeMap<u16, Option<f64>> {
@@ -87,12 +106,15 @@ pub(super) fn responses_delta(
     };
     let deadline = Instant::now() + SETTLE;
     loop {
-        let after = metrics::scrape(lab.agent.metrics_addr()).unwrap_or_default();
-        let delta = deltas(&after);
+        let after = metrics::scrape(lab.agent.metrics_addr());
+        let delta = deltas(after.as_deref().unwrap_or_default());
         let equal = delta
             .iter()
             .all(|(code, d)| d.unwrap_or(0.0) == access.count(*code) as f64);
-        if equal || Instant::now() > deadline {
+        if (after.is_some() && equal) || Instant::now() > deadline {
+            if after.is_none() {
+                faults.push("GET /metrics failed after the run".into());
+            }
             return Ok(delta);
         }
         pause(Duration::from_millis(100))?;
@@ -100,35 +122,65 @@ pub(super) fn responses_delta(
 }
 
 /// How many incidents the agent has (any proxy, any upstream), and those of this proxy for
-/// other upstreams than `upstream`.
-pub(super) fn host_incidents(lab: &Lab, upstream: &str) -> (usize, Vec<Value>) {
-    let all = cli_json(lab, &["incidents", "--json"])
-        .and_then(|v| v["incidents"].as_array().cloned())
-        .unwrap_or_default();
-    let count = all.len();
+/// other upstreams than `upstream`: watched until [`STRAY_WINDOW`] after the run's last
+/// response (an incident of 5xx alone opens late), or until one shows up.
+pub(super) fn host_incidents(
+    lab: &Lab,
+    upstream: &str,
+    last_response: Option<Instant>,
+    faults: &mut Vec<String>,
+) -> Result<(usize, Vec<Value>), Interrupted> {
     // This proxy's (other nginx processes on the host share its name, not its worker).
-    let worker = lab.topology.front.worker_pid();
-    let stray = all
-        .into_iter()
-        .filter(|i| {
-            i["proxy"]["pid"].as_u64() == worker.map(u64::from) && i["upstream"] != upstream
-        })
-        .collect();
-    (count, stray)
+    let worker = lab.topology.front.worker_pid().map(u64::from);
+    let until = last_response.unwrap_or_else(Instant::now) + STRAY_WINDOW;
+    loop {
+        let all = match incident_list(lab, &["incidents", "--json"]) {
+            Ok(all) => all,
+            Err(e) => {
+                faults.push(e);
+                return Ok((0, Vec::new()));
+            }
+        };
+        let count = all.len();
+        let stray: Vec<Value> = all
+            .into_iter()
+            .filter(|i| i["proxy"]["pid"].as_u64() == worker && i["upstream"] != upstream)
+            .collect();
+        if !stray.is_empty() || Instant::now() >= until {
+            return Ok((count, stray));
+        }
+        pause(Duration::from_millis(100))?;
+    }
 }
 
 /// `why502 explain ID --json` of the first of `incidents`.
-pub(super) fn explained(lab: &Lab, incidents: &[Value]) -> Option<Value> {
-    incidents.first().and_then(|i| {
-        let id = i["id"].as_u64()?.to_string();
-        cli_json(lab, &["explain", &id, "--json"])
-    })
+pub(super) fn explained(lab: &Lab, incidents: &[Value], faults: &mut Vec<String>) -> Option<Value> {
+    let id = incidents.first()?["id"].as_u64()?.to_string();
+    cli_json(lab, &["explain", &id, "--json"])
+        .map_err(|e| faults.push(e))
+        .ok()
+}
+
+/// Checks that the agent still runs and reads events: `why502 status --json` answers,
+/// with events read from the kernel (a run makes hundreds). Without this, an agent that
+/// died or stopped reading would pass every scenario that expects nothing.
+pub(super) fn check_alive(lab: &Lab, faults: &mut Vec<String>) {
+    match cli_json(lab, &["status", "--json"]) {
+        Ok(status) => {
+            if status["events"]["records"].as_u64().unwrap_or(0) == 0 {
+                faults.push(format!("the agent read no events: status {status}"));
+            }
+        }
+        Err(e) => faults.push(e),
+    }
 }
 
 /// `why502 explain --last` as a human reads it, unless something else on the host opened
 /// a later incident than `own`: then this scenario's own, by id.
 pub(super) fn explain_text(lab: &Lab, own: Option<&Value>) -> String {
-    let last_id = cli_json(lab, &["explain", "--last", "--json"]).and_then(|i| i["id"].as_u64());
+    let last_id = cli_json(lab, &["explain", "--last", "--json"])
+        .ok()
+        .and_then(|i| i["id"].as_u64());
     let own_id = own.and_then(|i| i["id"].as_u64());
     let id = own_id.map(|id| id.to_string());
     let args = match (&id, own_id == last_id) {
@@ -200,11 +252,31 @@ pub(super) fn uncorrelated_events(agent_log: &[String]) -> u64 {
         .sum()
 }
 
-/// Runs the CLI against the lab's agent; its JSON answer if it succeeded.
-fn cli_json(lab: &Lab, args: &[&str]) -> Option<Value> {
+/// `why502 ARGS` (an `incidents` command) against the lab's agent: its incidents.
+fn incident_list(lab: &Lab, args: &[&str]) -> Result<Vec<Value>, String> {
+    let answer = cli_json(lab, args)?;
+    answer["incidents"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| format!("why502 {}: no incidents list in {answer}", args.join(" ")))
+}
+
+/// Runs the CLI against the lab's agent: its JSON answer, or what went wrong (exit status,
+/// stderr, or output that is not JSON).
+fn cli_json(lab: &Lab, args: &[&str]) -> Result<Value, String> {
     let out = lab.agent.cli(args);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
+    let command = format!("why502 {}", args.join(" "));
+    if !out.status.success() {
+        return Err(format!(
+            "{command} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "{command}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }

@@ -25,15 +25,53 @@ use super::{
 
 /// The metric of the responses the proxy sent, by status code.
 pub const RESPONSES_METRIC: &str = "why502_http_responses_total";
-/// The proxy's responses whose counts are held to its access log.
-pub const RESPONSE_CODES: [u16; 3] = [502, 503, 504];
+/// The proxy's responses whose counts are held to its access log: its 200s too, which the
+/// agent counts as it counts the rest (and which every scenario with a backend has).
+pub const RESPONSE_CODES: [u16; 4] = [200, 502, 503, 504];
+/// The proxy's answers for an upstream it could not use, counted on the incident
+/// (`responses`).
+pub const BAD_GATEWAY_CODES: [u16; 3] = [502, 503, 504];
 /// An incident must be queryable this soon after the failure that opened it.
 pub const DETECTION_LIMIT: Duration = Duration::from_secs(1);
+/// The same for an incident of 5xx responses alone ([`Scenario::responses_only`]), which
+/// waits for what the kernel counts: up to 250 ms until the responses are polled, their
+/// 500 ms grace (for failures that might still come), 250 ms to the engine's next tick, and
+/// the CLI's 50 ms poll.
+pub const RESPONSES_DETECTION_LIMIT: Duration = Duration::from_millis(1500);
+
+/// The example configuration, which says the agent's defaults (the agent's test
+/// `the_example_config_is_valid_and_says_the_defaults` holds it to `Config::default()`),
+/// and the lab's agent runs with the default `[incidents]`.
+const EXAMPLE_CONFIG: &str = include_str!("../../../../deploy/why502.toml");
+
 /// The agent opens an incident at this many failures of a proxy within its window
-/// (`incidents.open_threshold`, `incidents.window_ms` 30 s): detection is timed from the
-/// response of the failure that made this many (strong evidence, a listener gone or its
-/// owner or a worker dead, opens it sooner).
-const OPEN_THRESHOLD: usize = 3;
+/// (`incidents.open_threshold`): detection is timed from the response of the failure that
+/// made this many (strong evidence, a listener gone or its owner or a worker dead, opens
+/// it sooner). Read from [`EXAMPLE_CONFIG`] rather than from `why502::config`: the tests
+/// crate cannot depend on the agent, whose tests depend on it.
+pub fn open_threshold() -> usize {
+    static THRESHOLD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THRESHOLD.get_or_init(|| {
+        config_value(EXAMPLE_CONFIG, "incidents", "open_threshold")
+            .and_then(|v| v.parse().ok())
+            .expect("deploy/why502.toml: [incidents] open_threshold = N")
+    })
+}
+
+/// The value of `key` in `[section]` of a TOML text (a bare value: a number or a word),
+/// without its comment.
+fn config_value<'a>(toml: &'a str, section: &str, key: &str) -> Option<&'a str> {
+    let header = format!("[{section}]");
+    toml.lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .skip_while(|l| *l != header)
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim())
+        })
+}
 
 /// What one scenario run produced.
 #[derive(Debug, Clone)]
@@ -68,9 +106,14 @@ pub struct Outcome {
     pub incident: Option<Value>,
     /// `why502 explain --last` as a human reads it.
     pub explain_text: String,
-    /// From the response that was nginx's [`OPEN_THRESHOLD`]-th logged failure to the
+    /// From the response that was nginx's [`open_threshold`]-th logged failure (or 5xx, see
+    /// [`Scenario::responses_only`]) to the
     /// incident being queryable through the CLI (polled every 50 ms).
     pub detection: Option<Duration>,
+    /// What the agent did not answer, or answered with something unreadable (a CLI call
+    /// that failed, a scrape of its metrics, its status): each a failed check, since no
+    /// answer must not pass for "no incident" or "nothing counted".
+    pub agent_faults: Vec<String>,
     /// Increase of `why502_http_responses_total{proxy,code}` over the run, for
     /// [`RESPONSE_CODES`]; `None` when the agent does not export the series.
     pub responses_delta: BTreeMap<u16, Option<f64>>,
@@ -94,8 +137,14 @@ pub(super) fn exercise(lab: &mut Lab) -> Result<Outcome, Interrupted> {
     let scenario = lab.scenario;
     let upstream = lab.topology.upstream.clone();
 
+    let mut faults = Vec::new();
+    // Before the first request: every response of the run is in the increase, as every
+    // one is in access.log.
+    let before = metrics::scrape(lab.agent.metrics_addr()).unwrap_or_else(|| {
+        faults.push("GET /metrics failed before the run".to_string());
+        String::new()
+    });
     let mut exchanges: Vec<Exchange> = drive::warm_up(lab).into_iter().collect();
-    let before = metrics::scrape(lab.agent.metrics_addr()).unwrap_or_default();
     let detector = detect::Detector::spawn(lab.agent.socket(), upstream.clone());
     exchanges.extend(drive::run_fault(lab)?);
     exchanges.sort_by_key(|e| e.seq);
@@ -104,7 +153,7 @@ pub(super) fn exercise(lab: &mut Lab) -> Result<Outcome, Interrupted> {
         report::client_summary(&exchanges)
     ));
 
-    let (incidents, errors) = gather::settled_incidents(lab, &upstream)?;
+    let (incidents, errors) = gather::settled_incidents(lab, &upstream, &mut faults)?;
     say.say(format!(
         "agent: {} incident(s) for {upstream}{}",
         incidents.len(),
@@ -120,11 +169,14 @@ pub(super) fn exercise(lab: &mut Lab) -> Result<Outcome, Interrupted> {
     ));
     let detection_seen = detector.finish();
     let access = lab.topology.front.access();
-    let responses_delta = gather::responses_delta(lab, &before, &access)?;
-    let (host_incidents, stray_incidents) = gather::host_incidents(lab, &upstream);
-    let incident = gather::explained(lab, &incidents);
+    let responses_delta = gather::responses_delta(lab, &before, &access, &mut faults)?;
+    let last_response = exchanges.iter().map(|e| e.done).max();
+    let (host_incidents, stray_incidents) =
+        gather::host_incidents(lab, &upstream, last_response, &mut faults)?;
+    let incident = gather::explained(lab, &incidents, &mut faults);
     let explain_text = gather::explain_text(lab, incident.as_ref());
-    let detection = detect::detection_time(detection_seen, &exchanges, &errors);
+    gather::check_alive(lab, &mut faults);
+    let detection = detect::detection_time(scenario, detection_seen, &exchanges, &errors);
     let listener_events = gather::listener_events(lab);
 
     let front = &lab.topology.front;
@@ -145,6 +197,7 @@ pub(super) fn exercise(lab: &mut Lab) -> Result<Outcome, Interrupted> {
         incident,
         explain_text,
         detection,
+        agent_faults: faults,
         responses_delta,
         error_log: front.log_text(),
         backend_log: lab
@@ -195,4 +248,25 @@ fn kinds_of(incident: &Value) -> BTreeMap<String, u64> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_key_of_one_section() {
+        let toml =
+            "[a]\nopen_threshold = 9\n[incidents]\n# open_threshold = 7\nwindow_ms = 1 # x\n\
+                    open_threshold = 5   # comment\n[b]\nopen_threshold = 8\n";
+        assert_eq!(config_value(toml, "incidents", "open_threshold"), Some("5"));
+        assert_eq!(config_value(toml, "incidents", "window_ms"), Some("1"));
+        assert_eq!(config_value(toml, "incidents", "missing"), None);
+        assert_eq!(config_value(toml, "none", "open_threshold"), None);
+        assert_eq!(
+            open_threshold(),
+            3,
+            "deploy/why502.toml's [incidents] open_threshold"
+        );
+    }
 }

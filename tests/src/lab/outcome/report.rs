@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     super::{client::Exchange, topology::status_text},
-    kinds_of, Outcome, OPEN_THRESHOLD, RESPONSES_METRIC,
+    kinds_of, open_threshold, Outcome, RESPONSES_METRIC,
 };
 
 /// What the client got: `502 ×40, 200 ×11`.
@@ -73,8 +73,9 @@ impl Outcome {
         }
         if let Some(d) = self.detection {
             out.push_str(&format!(
-                "incident queryable {} ms after the response of failure #{OPEN_THRESHOLD}\n",
-                d.as_millis()
+                "incident queryable {} ms after the response of failure #{}\n",
+                d.as_millis(),
+                open_threshold()
             ));
         }
         let deltas: Vec<String> = self
