@@ -13,14 +13,14 @@ use why502::{agent::Agent, config::Config, error_chain, model::event::Event};
 
 /// Under `WHY502_TEST_TRACEPOINTS=classic`, the agent must have attached no `tp_btf`
 /// program and counts responses from the write syscalls: the fallback is what is tested.
-fn assert_tracepoint_mode(agent: &Agent) {
+fn assert_tracepoint_mode(agent: &Agent, config: &Config) {
     use agent_common::config::Probe;
     use why502::sources::probes::{Attachment, ProbeStatus};
     let status = agent.probe_status();
     if !why502_e2e::classic_tracepoints_only() {
         // Where the kernel has BTF, the default is the tp_btf path: that is what the
-        // default run tests.
-        if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        // default run tests (a binary that turns BTF off checks what it gets instead).
+        if config.probes.kernel_btf && std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             assert_eq!(
                 status[&Probe::InetSockSetState],
                 ProbeStatus::Attached(Attachment::TpBtf)
@@ -96,7 +96,7 @@ pub fn harness_with(configure: fn(&mut Config)) -> Option<&'static Harness> {
         };
         match agent {
             Ok(agent) => Ok({
-                assert_tracepoint_mode(&agent);
+                assert_tracepoint_mode(&agent, &config);
                 Harness {
                     runtime,
                     agent,
@@ -123,6 +123,42 @@ pub fn harness_with(configure: fn(&mut Config)) -> Option<&'static Harness> {
 }
 
 impl Harness {
+    /// The shared agent's API socket, for `why502 … --socket`.
+    pub fn api_socket(&self) -> std::path::PathBuf {
+        self._dir.path().join("why502.sock")
+    }
+
+    /// `why502 status --json` of the shared agent, through the CLI and its API.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_why502"))
+            .args(["status", "--json", "--socket"])
+            .arg(self.api_socket())
+            .output()
+            .expect("run why502 status");
+        assert!(
+            out.status.success(),
+            "why502 status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("why502 status --json is JSON")
+    }
+
+    /// `why502 status` as a person reads it (no colour: not a terminal).
+    pub fn status_text(&self) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_why502"))
+            .args(["status", "--socket"])
+            .arg(self.api_socket())
+            .env("COLUMNS", "200")
+            .output()
+            .expect("run why502 status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.agent.bus.subscribe()
     }
