@@ -144,10 +144,24 @@ pub struct ConnectCall {
     pub uaddr: u64,
     pub addrlen: u32,
     pub fd: i32,
-    /// Set when the TCP state machine already reported this call's failure, so that the
-    /// syscall's own error return is not reported twice.
+    /// What the TCP state machine did with this call's handshake failure
+    /// ([`call_outcome`]), so that it is reported once, by one of the two.
     pub reported: u32,
     pub _pad: u32,
+}
+
+/// Values of [`ConnectCall::reported`].
+pub mod call_outcome {
+    /// Nothing yet: the syscall's error return is reported unless it is a TCP handshake
+    /// failure (refused, timed out), which the state machine reports, also when a
+    /// non-blocking proxy (HAProxy) asks for it with a second `connect(2)`.
+    pub const PENDING: u32 = 0;
+    /// The state machine reported the failure (it knew the errno).
+    pub const REPORTED: u32 = 1;
+    /// The state machine saw the handshake fail without an errno (no BTF for `sk_err`,
+    /// and the error report comes after the move to CLOSE; or no SYN was sent) and left
+    /// the report to the syscall's return, whatever the errno.
+    pub const DEFERRED: u32 = 2;
 }
 
 /// Key of the per-CPU success aggregates: who connected where.

@@ -10,7 +10,7 @@
 use agent_common::{
     config::Probe,
     connect::{
-        errno_source, latency_bucket, ConnectCall, ConnectKey, ConnectSyscallError,
+        call_outcome, errno_source, latency_bucket, ConnectCall, ConnectKey, ConnectSyscallError,
         TcpConnectFailure, TrackedConnect,
     },
     event::{EventKind, Record},
@@ -220,14 +220,15 @@ fn failed<S: SockView>(sock: &S, skaddr: u64) {
         if let Some(call) = CALLS.get_ptr_mut(pid_tgid) {
             let call = unsafe { &mut *call };
             // This socket belongs to the connect(2) still in flight: a blocking connect
-            // returns this same error, or (errno 0) the call failed before sending a SYN
-            // (no local port, for example) and its return value says why.
+            // returns this same error, or (errno 0: the call failed before sending a SYN,
+            // or without BTF the errno is not known yet) its return value says why.
             if call.start_ns <= start_ns {
                 if errno == 0 {
+                    call.reported = call_outcome::DEFERRED;
                     let _ = TRACKED.remove(skaddr);
                     return;
                 }
-                call.reported = 1;
+                call.reported = call_outcome::REPORTED;
             }
         }
     }
@@ -320,7 +321,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         uaddr,
         addrlen: addrlen as u32,
         fd: fd as i32,
-        reported: 0,
+        reported: call_outcome::PENDING,
         _pad: 0,
     };
     insert_or_count(
@@ -360,8 +361,9 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     };
     let ret = required::<i64>(&ctx, config!(syscalls.exit_ret), Probe::SysExitConnect);
     if let Some(ret) = ret {
-        if ret < 0 && ret != -EINPROGRESS && unsafe { (*call).reported } == 0 {
-            report_syscall_error(call, -ret as i32);
+        let outcome = unsafe { (*call).reported };
+        if ret < 0 && ret != -EINPROGRESS && outcome != call_outcome::REPORTED {
+            report_syscall_error(call, -ret as i32, outcome == call_outcome::DEFERRED);
         }
     }
     let _ = CALLS.remove(pid_tgid);
@@ -371,7 +373,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 /// Reports a failed `connect(2)` with the address it was given, read now from the
 /// caller's memory (the kernel has just copied it, so it is paged in).
 #[inline(always)]
-fn report_syscall_error(call: *const ConnectCall, errno: i32) {
+fn report_syscall_error(call: *const ConnectCall, errno: i32, deferred: bool) {
     let (start_ns, uaddr, addrlen, fd) =
         unsafe { ((*call).start_ns, (*call).uaddr, (*call).addrlen, (*call).fd) };
     let Ok(family) = (unsafe { bpf_probe_read_user(uaddr as *const u16) }) else {
@@ -383,7 +385,7 @@ fn report_syscall_error(call: *const ConnectCall, errno: i32) {
     // A TCP connect refused or timed out failed in its handshake, which the state machine
     // reported already (`failed`). Proxies with non-blocking connects (HAProxy) ask for
     // the outcome with a second connect(2) on the socket, which returns that error again.
-    if family != AF_UNIX && (errno == ECONNREFUSED || errno == ETIMEDOUT) {
+    if !deferred && family != AF_UNIX && (errno == ECONNREFUSED || errno == ETIMEDOUT) {
         return;
     }
     let header = current_header::<ConnectSyscallError>();

@@ -306,7 +306,16 @@ impl Exit {
     /// From `task_struct.exit_code` (`wait(2)` status encoding).
     pub fn from_wait_status(status: i32) -> Self {
         let signal = status & 0x7f;
-        if signal == 0 {
+        if status < 0 {
+            // The kernel could not read it (no BTF): neither a code nor a signal is known.
+            Self {
+                code: None,
+                signal: None,
+                signal_number: None,
+                core_dumped: false,
+                ppid: None,
+            }
+        } else if signal == 0 {
             Self {
                 code: Some((status >> 8) & 0xff),
                 signal: None,
