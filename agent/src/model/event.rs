@@ -416,6 +416,10 @@ mod tests {
         assert!(segv.core_dumped);
         assert_eq!(Exit::from_wait_status(9).signal.as_deref(), Some("SIGKILL"));
         assert_eq!(Exit::from_wait_status(0).code, Some(0));
+        // Unknown (-1, no BTF): not SIG127 with a core dump.
+        let unknown = Exit::from_wait_status(-1);
+        assert_eq!((unknown.code, unknown.signal_number), (None, None));
+        assert!(!unknown.core_dumped);
     }
 
     #[test]
