@@ -263,10 +263,8 @@ mod tests {
         assert_eq!(config_value(toml, "incidents", "window_ms"), Some("1"));
         assert_eq!(config_value(toml, "incidents", "missing"), None);
         assert_eq!(config_value(toml, "none", "open_threshold"), None);
-        assert_eq!(
-            open_threshold(),
-            3,
-            "deploy/why502.toml's [incidents] open_threshold"
-        );
+        // The example's value, whatever it is (a copy of it here would be the copied
+        // constant this replaces): it parses, and the agent refuses 0.
+        assert!(open_threshold() > 0);
     }
 }
