@@ -604,6 +604,48 @@ mod tests {
         assert_eq!(config.enabled_probes().len(), Probe::ALL.len());
     }
 
+    /// The retention README.md promises ("30 days and 10,000 incidents by default"),
+    /// read from its text: a change of either the defaults or the README breaks this.
+    #[test]
+    fn the_store_retention_defaults_are_the_readmes() {
+        let readme = include_str!("../../README.md");
+        // Whitespace collapsed: the sentence is wrapped across lines.
+        let text = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+        let sentence = text
+            .find("Incidents are kept in SQLite")
+            .map(|at| &text[at..])
+            .expect("README.md says where incidents are kept");
+        let (kept, _) = sentence
+            .split_once(" by default)")
+            .expect("README.md states the store's default retention");
+        let (_, retention) = kept
+            .rsplit_once("; ")
+            .expect("the retention follows the store's path and mode");
+        let words: Vec<&str> = retention.split(' ').collect();
+        let [days, "days", "and", incidents, "incidents"] = words[..] else {
+            panic!("README.md's retention is not \"N days and M incidents\": {retention:?}");
+        };
+        let defaults = StoreConfig::default();
+        assert_eq!(
+            days.parse::<u32>(),
+            Ok(defaults.max_age_days),
+            "{retention:?}"
+        );
+        assert_eq!(
+            incidents.replace(',', "").parse::<u32>(),
+            Ok(defaults.max_incidents),
+            "{retention:?}"
+        );
+        // The documented default path is the one in the same sentence.
+        assert!(
+            sentence.starts_with(&format!(
+                "Incidents are kept in SQLite (`{}`",
+                defaults.path.display()
+            )),
+            "{sentence:.80}"
+        );
+    }
+
     #[test]
     fn missing_explicit_file_is_an_error() {
         let err = Config::load(Some(Path::new("/nonexistent/why502.toml"))).unwrap_err();
