@@ -241,6 +241,35 @@ pub(super) fn listener_events(lab: &Lab) -> Vec<Value> {
     })
 }
 
+/// Processes named as the lab's proxy (`nginx`, `haproxy`) that are neither its worker nor
+/// that worker's parent (nginx's master).
+pub(super) fn other_proxies(lab: &Lab) -> Vec<u32> {
+    let name = lab.topology.front.name();
+    let worker = lab.topology.front.worker_pid();
+    let master = worker.and_then(|w| {
+        let stat = std::fs::read_to_string(format!("/proc/{w}/stat")).ok()?;
+        // After the parenthesised comm: state, then the parent's pid.
+        stat.rsplit_once(") ")?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u32>()
+            .ok()
+    });
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| Some(*pid) != worker && Some(*pid) != master)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// The events the agent's correlation says it missed, from its log.
 pub(super) fn uncorrelated_events(agent_log: &[String]) -> u64 {
     agent_log

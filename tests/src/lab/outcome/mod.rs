@@ -130,6 +130,10 @@ pub struct Outcome {
     pub uncorrelated_events: u64,
     /// Incidents the agent opened during the run, for any proxy and upstream.
     pub host_incidents: usize,
+    /// Processes of the proxy's name on the host that are not the lab's: the agent's
+    /// `proxy` label and its flows name proxies by name, so their responses and failures
+    /// count with the lab's (host noise, for the report).
+    pub other_proxies: Vec<u32>,
 }
 
 pub(super) fn exercise(lab: &mut Lab) -> Result<Outcome, Interrupted> {
@@ -210,6 +214,7 @@ pub(super) fn exercise(lab: &mut Lab) -> Result<Outcome, Interrupted> {
         listener_events,
         uncorrelated_events: gather::uncorrelated_events(&lab.agent.log()),
         host_incidents,
+        other_proxies: gather::other_proxies(lab),
     };
     for line in outcome.summary().lines() {
         say.say(line);

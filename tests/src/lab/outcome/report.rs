@@ -95,6 +95,12 @@ impl Outcome {
             self.proxy,
             deltas.join(", ")
         ));
+        if !self.other_proxies.is_empty() {
+            out.push_str(&format!(
+                "host noise: other {} processes on the host, counted under the same name: {:?}\n",
+                self.proxy, self.other_proxies
+            ));
+        }
         if self.uncorrelated_events > 0 || self.host_incidents > self.incidents.len() {
             out.push_str(&format!(
                 "host noise: the agent's correlation fell behind by {} events; it opened {} \
