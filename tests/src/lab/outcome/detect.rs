@@ -65,8 +65,15 @@ impl Detector {
         Self { stop, handle }
     }
 
-    /// Stops polling; when the incident was first seen, if it was.
-    pub(super) fn finish(self) -> Option<Instant> {
+    /// Stops polling; when the incident was first seen, if it was. When the caller has
+    /// seen the incident already (`exists`), the poller gets a bounded while to see it too
+    /// rather than being stopped between two polls (a CLI call can take longer than the
+    /// 50 ms between them on a busy host).
+    pub(super) fn finish(self, exists: bool) -> Option<Instant> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while exists && !self.handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.stop.store(true, Ordering::SeqCst);
         self.handle.join().ok().flatten()
     }

@@ -171,7 +171,7 @@ pub(super) fn exercise(lab: &mut Lab) -> Result<Outcome, Interrupted> {
             ))
             .unwrap_or_default()
     ));
-    let detection_seen = detector.finish();
+    let detection_seen = detector.finish(!incidents.is_empty());
     let access = lab.topology.front.access();
     let responses_delta = gather::responses_delta(lab, &before, &access, &mut faults)?;
     let last_response = exchanges.iter().map(|e| e.done).max();
