@@ -261,6 +261,11 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_for_cpus(text, path, possible_cpus())
+    }
+
+    /// [`Config::parse`] for a host with `cpus` possible CPUs (per-CPU maps scale with it).
+    fn parse_for_cpus(text: &str, path: &Path, cpus: usize) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: path.to_path_buf(),
             message: err.message().to_string()
@@ -269,11 +274,11 @@ impl Config {
                     .map(|span| format!(" (at {})", line_col(text, span.start)))
                     .unwrap_or_default(),
         })?;
-        config.validate(path)?;
+        config.validate(path, cpus)?;
         Ok(config)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+    fn validate(&self, path: &Path, cpus: usize) -> Result<(), ConfigError> {
         let invalid = |key, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             key,
@@ -297,23 +302,44 @@ impl Config {
                 ));
             }
         }
+        // Probes that only work as a pair: the enter half records the call, the exit half
+        // reports it; one alone fills its kernel table or reports nothing. Rejected rather
+        // than silently completed, so that the file says what runs.
+        for pair in PROBE_PAIRS {
+            let off = pair.map(|p| probes.disable.iter().any(|d| d == p.name()));
+            if off[0] != off[1] {
+                let (gone, kept) = if off[0] {
+                    (pair[0], pair[1])
+                } else {
+                    (pair[1], pair[0])
+                };
+                return Err(invalid(
+                    "probes.disable",
+                    format!(
+                        "{} without {}: they only work together, disable both or neither",
+                        gone.name(),
+                        kept.name()
+                    ),
+                ));
+            }
+        }
         let ring = probes.ring_buffer_bytes;
-        if !ring.is_power_of_two() || ring < 65536 {
+        if !ring.is_power_of_two() || !(65536..=MAX_RING_BUFFER_BYTES).contains(&ring) {
             return Err(invalid(
                 "probes.ring_buffer_bytes",
-                format!("{ring} is not a power of two of at least 65536"),
+                format!("{ring} is not a power of two between 65536 and {MAX_RING_BUFFER_BYTES}"),
             ));
         }
         for (key, value, max) in [
             (
                 "probes.connect_table_entries",
                 probes.connect_table_entries,
-                1 << 22,
+                MAX_CONNECT_TABLE_ENTRIES,
             ),
             (
                 "probes.connect_stats_entries",
                 probes.connect_stats_entries,
-                1 << 20,
+                max_connect_stats_entries(cpus),
             ),
         ] {
             if value == 0 || value > max {
@@ -329,10 +355,10 @@ impl Config {
             }
         }
         let cache = self.enrich.process_cache_entries;
-        if cache == 0 || cache > 1 << 20 {
+        if cache == 0 || cache > MAX_PROCESS_CACHE_ENTRIES {
             return Err(invalid(
                 "enrich.process_cache_entries",
-                format!("{cache} is not between 1 and {}", 1 << 20),
+                format!("{cache} is not between 1 and {MAX_PROCESS_CACHE_ENTRIES}"),
             ));
         }
         let inc = &self.incidents;
@@ -462,6 +488,50 @@ pub fn log_level(name: &str) -> Option<log::LevelFilter> {
     })
 }
 
+/// Probes that are disabled together or not at all.
+const PROBE_PAIRS: [[Probe; 2]; 2] = [
+    [Probe::SysEnterConnect, Probe::SysExitConnect],
+    [Probe::SysEnterListen, Probe::SysExitListen],
+];
+
+/// The event ring is locked kernel memory: 256 MiB is far beyond any flood's need.
+const MAX_RING_BUFFER_BYTES: u32 = 1 << 28;
+/// Tracked connects: 2 Mi entries of about 80 bytes, some 160 MiB of kernel memory.
+const MAX_CONNECT_TABLE_ENTRIES: u32 = 1 << 21;
+/// Processes cached with their command lines (a few KiB each at worst).
+const MAX_PROCESS_CACHE_ENTRIES: usize = 1 << 18;
+/// Kernel memory the per-CPU success aggregates may take on all CPUs together.
+const CONNECT_STATS_BUDGET_BYTES: usize = 256 << 20;
+
+/// The most `connect_stats_entries` a host with `cpus` possible CPUs may have: the map
+/// holds one value per entry per CPU, so the bound shrinks as CPUs grow (never below the
+/// default, which must load anywhere).
+fn max_connect_stats_entries(cpus: usize) -> u32 {
+    let per_entry = cpus.max(1) * std::mem::size_of::<agent_common::connect::ConnectStats>();
+    let fits = u32::try_from(CONNECT_STATS_BUDGET_BYTES / per_entry).unwrap_or(u32::MAX);
+    fits.clamp(ProbeConfig::default().connect_stats_entries, 1 << 20)
+}
+
+/// The CPUs the kernel sizes per-CPU maps for (`/sys/devices/system/cpu/possible`, e.g.
+/// `0-3`), or the online ones when that cannot be read.
+fn possible_cpus() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|text| cpu_count(text.trim()))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The number of CPUs in a kernel CPU list: `0-3,8-11` has 8.
+fn cpu_count(list: &str) -> Option<usize> {
+    list.split(',').try_fold(0, |count, range| {
+        let (first, last) = match range.split_once('-') {
+            Some((first, last)) => (first.parse::<usize>().ok()?, last.parse::<usize>().ok()?),
+            None => (range.parse().ok()?, range.parse().ok()?),
+        };
+        Some(count + last.checked_sub(first)? + 1)
+    })
+}
+
 fn probe_names() -> String {
     Probe::ALL.map(Probe::name).join(", ")
 }
@@ -551,6 +621,88 @@ mod tests {
         }
         let err = parse("[probes]\nring_buffer_bytes = \"big\"\n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn sizes_have_upper_bounds_named_in_one_line() {
+        for (text, key, bound) in [
+            (
+                "[probes]\nring_buffer_bytes = 536870912\n",
+                "probes.ring_buffer_bytes",
+                "268435456",
+            ),
+            (
+                "[probes]\nconnect_table_entries = 2097153\n",
+                "probes.connect_table_entries",
+                "2097152",
+            ),
+            (
+                "[enrich]\nprocess_cache_entries = 262145\n",
+                "enrich.process_cache_entries",
+                "262144",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key) && err.contains(bound), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+        // The largest values allowed still load.
+        parse("[probes]\nring_buffer_bytes = 268435456\nconnect_table_entries = 2097152\n")
+            .unwrap();
+        parse("[enrich]\nprocess_cache_entries = 262144\n").unwrap();
+    }
+
+    #[test]
+    fn connect_stats_entries_are_bounded_per_cpu() {
+        let stats = |entries: u32, cpus| {
+            let text = format!("[probes]\nconnect_stats_entries = {entries}\n");
+            Config::parse_for_cpus(&text, Path::new("test.toml"), cpus).map_err(|e| e.to_string())
+        };
+        // 256 MiB over 224-byte values: 599186 entries on 2 CPUs, 4681 on 256.
+        assert_eq!(max_connect_stats_entries(2), 599_186);
+        assert_eq!(max_connect_stats_entries(256), 4681);
+        stats(100_000, 2).unwrap();
+        let err = stats(100_000, 256).unwrap_err();
+        assert!(
+            err.contains("probes.connect_stats_entries") && err.contains("4681"),
+            "{err}"
+        );
+        // Never below the default, which must load on any host, and never above 2^20.
+        stats(4096, 4096).unwrap();
+        stats(4097, 4096).unwrap_err();
+        assert_eq!(max_connect_stats_entries(1), 1 << 20);
+    }
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(cpu_count("0"), Some(1));
+        assert_eq!(cpu_count("0-1"), Some(2));
+        assert_eq!(cpu_count("0-3,8-11"), Some(8));
+        assert_eq!(cpu_count("3-1"), None);
+        assert_eq!(cpu_count("x"), None);
+    }
+
+    #[test]
+    fn paired_probes_cannot_be_disabled_apart() {
+        for (alone, other) in [
+            ("sys_enter_connect", "sys_exit_connect"),
+            ("sys_exit_connect", "sys_enter_connect"),
+            ("sys_enter_listen", "sys_exit_listen"),
+            ("sys_exit_listen", "sys_enter_listen"),
+        ] {
+            let err = parse(&format!("[probes]\ndisable = [\"{alone}\"]\n")).unwrap_err();
+            assert!(
+                err.contains("probes.disable") && err.contains(alone) && err.contains(other),
+                "{alone}: {err}"
+            );
+            assert!(!err.contains('\n'), "one line: {err:?}");
+            let both = parse(&format!("[probes]\ndisable = [\"{alone}\", \"{other}\"]\n"))
+                .unwrap_or_else(|e| panic!("{alone} with {other}: {e}"));
+            let enabled = both.enabled_probes();
+            assert!(!enabled
+                .iter()
+                .any(|p| p.name() == alone || p.name() == other));
+        }
     }
 
     #[test]
