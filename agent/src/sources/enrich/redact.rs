@@ -484,6 +484,11 @@ mod tests {
             &["curl", "-H", "Authorization: hunter2"],
             "curl -H Authorization: ***",
         ),
+        // A first word that is no scheme may be the secret itself.
+        (
+            &["curl", "-H", "Authorization: hunter2 hunter2"],
+            "curl -H Authorization: ***",
+        ),
         (
             &["curl", "-H", "X-Auth-Token: hunter2", "-H", "X-Api-Key:hunter2"],
             "curl -H X-Auth-Token: *** -H X-Api-Key:***",
