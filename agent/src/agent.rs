@@ -20,7 +20,9 @@ use crate::{
     sinks::{
         api::{self, ApiState, RecentEvents, StatusReport},
         metrics::{self, feed::Subscriptions, Metrics, MetricsError},
-        store::{self, IncidentFilter, Store, StoreError, StoreWriter, StoreWriterHandle},
+        store::{
+            self, AgentStore, IncidentFilter, Persistence, Store, StoreError, StoreWriterHandle,
+        },
     },
     sources::{
         enrich::{interfaces, listeners, Enricher, ProcessCache},
@@ -102,16 +104,26 @@ impl Agent {
         }
         let mut maps = probes.take_maps()?;
 
-        let store = Arc::new(Store::open(&config.store.path)?);
-        close_stale_incidents(&store)?;
-        let next_id = store.max_id()? + 1;
-        let store_writer = Arc::new(StoreWriter::spawn(
+        // Any state of the file gives a store to run on (see store::open_for_agent): a bad
+        // file must not leave the host unwatched.
+        let AgentStore {
+            store,
+            writer,
+            persistence,
+        } = store::open_for_agent(
             &config.store.path,
             (
                 Duration::from_secs(u64::from(config.store.max_age_days) * 86_400),
                 config.store.max_incidents,
             ),
-        )?);
+        )?;
+        let store_writer = Arc::new(writer);
+        // A failure here is a disk that went bad since the check: the engine still runs,
+        // the stale incidents stay open in the file until a start that can close them.
+        if let Err(err) = close_stale_incidents(&store) {
+            log::warn!("{}", crate::error_chain(&err));
+        }
+        let next_id = store.max_id()? + 1;
 
         let cache = ProcessCache::new(
             config.enrich.process_cache_entries,
@@ -151,6 +163,12 @@ impl Agent {
         let metrics = if config.metrics.enabled {
             let metrics = Arc::new(Metrics::new(&config.metrics)?);
             metrics.set_probe_status(&probes.status);
+            let (persistent, writer) = (persistence == Persistence::File, store_writer.clone());
+            metrics.set_store_source(Box::new(move || metrics::store::StoreCounts {
+                persistent,
+                write_errors: writer.write_errors(),
+                dropped_writes: writer.dropped_writes(),
+            }));
             tasks.push(metrics::feed::spawn(
                 metrics.clone(),
                 Subscriptions {
@@ -217,6 +235,7 @@ impl Agent {
             stats.clone(),
             correlation_stats.clone(),
             store_writer.clone(),
+            persistence,
         );
         tasks.push(api::serve(
             &config.api.socket,
@@ -315,7 +334,12 @@ fn status_report(
     stats: Arc<PipelineStats>,
     correlation: Arc<CorrelationStats>,
     store_writer: Arc<StoreWriterHandle>,
+    persistence: Persistence,
 ) -> Arc<dyn Fn() -> StatusReport + Send + Sync> {
+    let reason = match persistence {
+        Persistence::File => None,
+        Persistence::Memory { reason } => Some(reason),
+    };
     Arc::new(move || StatusReport {
         version: api::VERSION.to_string(),
         started_at,
@@ -329,5 +353,10 @@ fn status_report(
         incidents_open: correlation.open_incidents.load(Ordering::Relaxed),
         correlation_lagged_events: correlation.lagged_events.load(Ordering::Relaxed),
         store_dropped_writes: store_writer.dropped_writes(),
+        store: api::StoreReport {
+            persistent: reason.is_none(),
+            reason: reason.clone(),
+            write_errors: store_writer.write_errors(),
+        },
     })
 }

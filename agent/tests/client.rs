@@ -80,6 +80,7 @@ fn status_report() -> StatusReport {
         incidents_open: 1,
         correlation_lagged_events: 0,
         store_dropped_writes: 0,
+        store: Default::default(),
     }
 }
 

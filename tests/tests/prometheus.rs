@@ -624,6 +624,24 @@ fn sample_exposition() -> String {
         &["why502_metric_label_values_folded_total{label=\"upstream\"} 0"],
     );
     family(
+        "why502_store_persistent",
+        "gauge",
+        "1 when incidents are kept in the store's file.",
+        &["why502_store_persistent 1"],
+    );
+    family(
+        "why502_store_write_errors_total",
+        "counter",
+        "Incident saves the store refused.",
+        &["why502_store_write_errors_total 0"],
+    );
+    family(
+        "why502_store_dropped_writes_total",
+        "counter",
+        "Incident saves dropped because the store could not keep up.",
+        &["why502_store_dropped_writes_total 0"],
+    );
+    family(
         "why502_build_info",
         "gauge",
         "The agent's version.",

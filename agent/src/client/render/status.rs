@@ -117,6 +117,19 @@ pub fn status(report: &StatusReport, style: &Style) -> String {
             paint.red(&dropped.to_string())
         )
     });
+    if !report.store.persistent {
+        let reason = report.store.reason.as_deref().unwrap_or("unknown");
+        out.push(format!(
+            "Incident store: {} ({reason})",
+            paint.red("in memory only, lost at stop")
+        ));
+    }
+    if report.store.write_errors > 0 {
+        out.push(format!(
+            "Incident saves failed: {}",
+            paint.red(&report.store.write_errors.to_string())
+        ));
+    }
     out.join("\n")
 }
 
@@ -203,6 +216,7 @@ mod tests {
             incidents_open: 1,
             correlation_lagged_events: 0,
             store_dropped_writes: 0,
+            store: Default::default(),
         };
         let style = Style::plain(100, testing::base_time());
         let text = status(&report, &style);

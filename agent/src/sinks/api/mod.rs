@@ -27,7 +27,9 @@ use tokio::task::JoinHandle;
 pub use recent::{EventCut, RecentEvents, RECENT_CAPACITY};
 pub use routes::router;
 pub use since::{parse_since, SinceError};
-pub use status::{EventCounts, KernelReport, ProbeStatusReport, StatusReport, VERSION};
+pub use status::{
+    EventCounts, KernelReport, ProbeStatusReport, StatusReport, StoreReport, VERSION,
+};
 
 use crate::sinks::store::Store;
 

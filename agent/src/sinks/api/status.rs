@@ -33,6 +33,33 @@ pub struct StatusReport {
     pub correlation_lagged_events: u64,
     /// Incident saves lost because the store could not keep up.
     pub store_dropped_writes: u64,
+    /// Whether incidents survive a restart, and saves the store refused.
+    #[serde(default)]
+    pub store: StoreReport,
+}
+
+/// The incident store's state ([`crate::sinks::store::Persistence`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreReport {
+    /// False when the file could not be used and incidents live in memory, lost at stop.
+    pub persistent: bool,
+    /// Why not persistent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Incident saves the store refused (a full disk, an I/O error).
+    #[serde(default)]
+    pub write_errors: u64,
+}
+
+impl Default for StoreReport {
+    /// What an agent that does not report it had: its file.
+    fn default() -> Self {
+        Self {
+            persistent: true,
+            reason: None,
+            write_errors: 0,
+        }
+    }
 }
 
 /// A probe's [`ProbeStatus`], flattened so that it reads back without the agent's types.

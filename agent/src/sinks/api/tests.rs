@@ -60,6 +60,7 @@ fn report() -> StatusReport {
         incidents_open: 1,
         correlation_lagged_events: 0,
         store_dropped_writes: 0,
+        store: Default::default(),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod labels;
 pub mod latency;
 pub mod registry;
 pub mod server;
+pub mod store;
 
 use std::{collections::BTreeMap, sync::Mutex};
 
@@ -43,6 +44,7 @@ pub struct Metrics {
     kernel: kernel::KernelMetrics,
     host: host::HostMetrics,
     incidents: incidents::IncidentMetrics,
+    store: store::StoreMetrics,
     probe_attached: IntGaugeVec,
 }
 
@@ -74,6 +76,7 @@ impl Metrics {
             kernel: kernel::KernelMetrics::new(&r, connects)?,
             host: host::HostMetrics::new(&r)?,
             incidents: incidents::IncidentMetrics::new(&r)?,
+            store: store::StoreMetrics::new(&r)?,
             probe_attached: gauge(
                 &r,
                 "why502_probe_attached",
@@ -98,6 +101,11 @@ impl Metrics {
                 .with_label_values(&[probe.name()])
                 .set(i64::from(matches!(s, ProbeStatus::Attached(_))));
         }
+    }
+
+    /// Where the store's health is read at each scrape.
+    pub fn set_store_source(&self, source: store::StoreSource) {
+        self.store.set_source(source);
     }
 
     /// Counts one event.
@@ -142,6 +150,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> Result<String, MetricsError> {
+        self.store.refresh();
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

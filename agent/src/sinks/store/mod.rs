@@ -6,13 +6,14 @@
 //! never holds up event processing. Both may have the same file open: WAL mode lets
 //! readers and the writer work at the same time.
 
+mod fallback;
 mod schema;
 #[cfg(test)]
 pub(crate) mod testing;
 mod writer;
 
 use std::{
-    os::unix::fs::DirBuilderExt,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -20,6 +21,7 @@ use std::{
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+pub use fallback::{open_for_agent, AgentStore, Persistence};
 pub use schema::SchemaError;
 pub use writer::{follow, StoreWriter, StoreWriterHandle};
 
@@ -29,6 +31,14 @@ use crate::model::incident::{Incident, IncidentState};
 pub const DEFAULT_LIMIT: usize = 100;
 /// The most incidents one [`Store::list`] returns.
 pub const MAX_LIMIT: usize = 1000;
+
+/// The store and its `-wal` and `-shm` files hold command lines and unit names of the
+/// host's processes: owner only. (SQLite gives the `-wal` and `-shm` files it creates the
+/// database file's mode.)
+pub const FILE_MODE: u32 = 0o600;
+
+/// The suffixes of the files SQLite keeps next to a database in WAL mode.
+const COMPANION_SUFFIXES: [&str; 2] = ["-wal", "-shm"];
 
 /// How long a statement waits for another connection's write lock (the writer thread's
 /// and the API's connections share the file).
@@ -42,6 +52,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create the incident store {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("incident store {path} is corrupt: {report}")]
+    Corrupt { path: PathBuf, report: String },
     #[error("cannot open the incident store {path}")]
     Open {
         path: PathBuf,
@@ -125,17 +143,38 @@ impl Store {
                     source,
                 })?;
         }
+        create_private(&path)?;
         let open_error = |source| StoreError::Open {
             path: path.clone(),
             source,
         };
-        let mut conn = Connection::open(&path).map_err(open_error)?;
+        let conn = Connection::open(&path).map_err(open_error)?;
+        Self::set_up(conn, path)
+    }
+
+    /// A store that lives in this process's memory only: what the agent runs on when the
+    /// file cannot be used. Shared through one connection ([`StoreWriter::spawn_on`]).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        Self::set_up(conn, path)
+    }
+
+    fn set_up(mut conn: Connection, path: PathBuf) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
         // The first statement to read the file: a file that is not a database fails here.
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(open_error)?;
-        if !mode.eq_ignore_ascii_case("wal") {
+        // An in-memory database has no journal file to put in WAL mode.
+        if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
             log::warn!(
                 "incident store {}: journal mode is {mode}, not WAL: the API may wait for writes",
                 path.display()
@@ -157,6 +196,27 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Reads every page of the database (SQLite's `quick_check`): a file with a valid
+    /// header and garbage pages opens and migrates, and fails only when a query reaches
+    /// the garbage. Costs a read of the file, once at start-up.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let corrupt = |report: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            report,
+        };
+        let conn = self.lock();
+        let report: Result<Vec<String>, rusqlite::Error> =
+            conn.prepare("PRAGMA quick_check(5)").and_then(|mut stmt| {
+                stmt.query_map([], |row| row.get(0))?
+                    .collect::<Result<_, _>>()
+            });
+        match report {
+            Ok(lines) if lines == ["ok"] => Ok(()),
+            Ok(lines) => Err(corrupt(lines.join("; "))),
+            Err(err) => Err(corrupt(err.to_string())),
+        }
     }
 
     /// Inserts the incident, or replaces the one with its id.
@@ -284,6 +344,50 @@ impl Store {
         // rolls back an unfinished transaction when it is dropped.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Creates the database file owner-only if it is missing, and takes world and group access
+/// away from it and its companions if an older version (or an operator) left them open.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path);
+    match created {
+        Ok(_) => return Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(StoreError::Create {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
+    let companions = COMPANION_SUFFIXES.map(|suffix| with_suffix(path, suffix));
+    for file in std::iter::once(path).chain(companions.iter().map(PathBuf::as_path)) {
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 == 0 {
+            continue;
+        }
+        if let Err(err) = std::fs::set_permissions(file, std::fs::Permissions::from_mode(FILE_MODE))
+        {
+            log::warn!(
+                "incident store {}: cannot make it owner-only ({err}): other users may read it",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `path` with `suffix` appended to its file name (`why502.db` → `why502.db-wal`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 fn upsert(conn: &Connection, incident: &Incident) -> Result<(), StoreError> {

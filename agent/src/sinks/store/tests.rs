@@ -245,3 +245,201 @@ fn an_open_store_is_shareable_across_threads() {
     fn sync<T: Send + Sync>() {}
     sync::<Store>();
 }
+
+mod agent_fallback {
+    //! [`open_for_agent`]: every bad state of the file still gives the agent a store.
+
+    use std::{
+        os::unix::fs::PermissionsExt,
+        path::{Path, PathBuf},
+        time::Duration,
+    };
+
+    use super::super::{open_for_agent, AgentStore, Persistence, Store, FILE_MODE};
+    use super::testing;
+
+    const RETENTION: (Duration, u32) = (Duration::from_secs(86_400), 1000);
+
+    /// The `<name>.bad-*` files next to `path`, sorted.
+    fn moved_aside(path: &Path) -> Vec<PathBuf> {
+        let prefix = format!("{}.bad-", path.file_name().unwrap().to_str().unwrap());
+        let mut found: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with(&prefix)
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Saves an incident through the writer, stops it, and reads it back from `store`.
+    fn writes_and_reads(opened: AgentStore, id: u64) -> Store {
+        opened.writer.save(testing::recent_incident(id, 1));
+        opened.writer.close();
+        let store = std::sync::Arc::try_unwrap(opened.store)
+            .unwrap_or_else(|_| panic!("the store is still shared"));
+        assert_eq!(store.get(id).unwrap().map(|i| i.id), Some(id));
+        store
+    }
+
+    #[test]
+    fn a_file_that_is_not_sqlite_is_moved_aside_for_a_fresh_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("why502.db");
+        std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+        std::fs::write(dir.path().join("why502.db-wal"), b"old wal").unwrap();
+
+        let opened = open_for_agent(&path, RETENTION).unwrap();
+        assert_eq!(opened.persistence, Persistence::File);
+        assert_eq!(opened.store.max_id().unwrap(), 0, "a fresh store");
+        let aside = moved_aside(&path);
+        assert_eq!(
+            std::fs::read(&aside[0]).unwrap(),
+            vec![b'x'; 8192],
+            "{aside:?}"
+        );
+        // The old -wal (SQLite may have deleted it, not being a WAL) is not the fresh
+        // store's.
+        let wal = std::fs::read(dir.path().join("why502.db-wal")).unwrap_or_default();
+        assert!(!wal.starts_with(b"old wal"), "{aside:?}");
+        drop(writes_and_reads(opened, 7));
+        // The fresh store is the file: it survives.
+        assert_eq!(Store::open(&path).unwrap().max_id().unwrap(), 7);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_found_at_start_and_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("why502.db");
+        let store = Store::open(&path).unwrap();
+        let incidents: Vec<_> = (1..=200)
+            .map(|id| testing::recent_incident(id, 5))
+            .collect();
+        store.upsert_all(&incidents).unwrap();
+        drop(store);
+        // Page 1 (the header and the schema) intact, every other page garbage.
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 16 * 4096, "{} bytes", bytes.len());
+        for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+            *b = (i * 131 % 251) as u8;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        // Opening and migrating read only page 1: only the check sees the damage.
+        let unchecked = Store::open(&path).unwrap();
+        let err = unchecked
+            .check()
+            .err()
+            .expect("the check must see garbage pages");
+        assert!(err.to_string().contains("is corrupt"), "{err}");
+        drop(unchecked);
+
+        let opened = open_for_agent(&path, RETENTION).unwrap();
+        assert_eq!(opened.persistence, Persistence::File);
+        assert_eq!(opened.store.max_id().unwrap(), 0, "a fresh store");
+        let aside = moved_aside(&path);
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(&aside[0]).unwrap(), bytes);
+        drop(writes_and_reads(opened, 3));
+    }
+
+    #[test]
+    fn a_newer_schema_is_kept_untouched_and_the_run_is_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("why502.db");
+        let store = Store::open(&path).unwrap();
+        store.upsert(&testing::recent_incident(41, 5)).unwrap();
+        drop(store);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let before = std::fs::read(&path).unwrap();
+
+        let opened = open_for_agent(&path, RETENTION).unwrap();
+        let Persistence::Memory { reason } = &opened.persistence else {
+            panic!("{:?}", opened.persistence);
+        };
+        assert!(reason.contains("schema version 99"), "{reason}");
+        assert_eq!(
+            opened.store.max_id().unwrap(),
+            0,
+            "not the file's incidents"
+        );
+        assert_eq!(opened.store.path(), Path::new(":memory:"));
+        // The in-memory store is shared by the writer and the readers.
+        let store = writes_and_reads(opened, 1);
+        drop(store);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the newer data is kept"
+        );
+        assert_eq!(moved_aside(&path), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_created_runs_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        // A regular file where the directory should be: even root cannot create in it
+        // (a read-only directory is the e2e test's, in a mount namespace of its own).
+        std::fs::write(dir.path().join("not-a-dir"), b"").unwrap();
+        let path = dir.path().join("not-a-dir/why502.db");
+
+        let opened = open_for_agent(&path, RETENTION).unwrap();
+        let Persistence::Memory { reason } = &opened.persistence else {
+            panic!("{:?}", opened.persistence);
+        };
+        assert!(reason.contains("cannot create the directory"), "{reason}");
+        drop(writes_and_reads(opened, 2));
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_store_and_its_wal_and_shm_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("why502.db");
+        let store = Store::open(&path).unwrap();
+        store.upsert(&testing::recent_incident(1, 5)).unwrap();
+        // Written while open: the -wal and -shm exist now.
+        for file in ["why502.db", "why502.db-wal", "why502.db-shm"] {
+            assert_eq!(mode(&dir.path().join(file)), FILE_MODE, "{file}");
+        }
+        drop(store);
+
+        // Files an older version left world-readable are closed at the next open.
+        let loose = dir.path().join("loose.db");
+        drop(Store::open(&loose).unwrap());
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let wal = dir.path().join("loose.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&loose).unwrap());
+        assert_eq!(mode(&loose), FILE_MODE);
+        if wal.exists() {
+            assert_eq!(mode(&wal), FILE_MODE);
+        }
+    }
+
+    #[test]
+    fn saves_the_store_refuses_are_counted_and_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("why502.db");
+        let opened = open_for_agent(&path, RETENTION).unwrap();
+        // An id SQLite cannot hold fails the whole batch, then itself alone.
+        opened.writer.save(testing::recent_incident(u64::MAX, 2));
+        opened.writer.save(testing::recent_incident(5, 1));
+        let writer = opened.writer;
+        let errors = writer.write_errors_counter();
+        writer.close();
+        assert_eq!(errors.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(opened.store.max_id().unwrap(), 5);
+    }
+}

@@ -30,8 +30,9 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The writer thread's side.
 pub struct StoreWriter {
-    store: Store,
+    store: Arc<Store>,
     queue: mpsc::Receiver<Incident>,
+    write_errors: Arc<AtomicU64>,
     max_age: Duration,
     max_incidents: u32,
 }
@@ -41,6 +42,7 @@ pub struct StoreWriter {
 pub struct StoreWriterHandle {
     queue: Option<mpsc::SyncSender<Incident>>,
     dropped: Arc<AtomicU64>,
+    write_errors: Arc<AtomicU64>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -51,11 +53,21 @@ impl StoreWriter {
         path: impl AsRef<Path>,
         retention: (Duration, u32),
     ) -> Result<StoreWriterHandle, StoreError> {
-        let store = Store::open(path)?;
+        Self::spawn_on(Arc::new(Store::open(path)?), retention)
+    }
+
+    /// Starts the writer thread on an open store: the in-memory one, which has no file for
+    /// a second connection to open.
+    pub fn spawn_on(
+        store: Arc<Store>,
+        retention: (Duration, u32),
+    ) -> Result<StoreWriterHandle, StoreError> {
         let (sender, queue) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let write_errors = Arc::<AtomicU64>::default();
         let writer = StoreWriter {
             store,
             queue,
+            write_errors: write_errors.clone(),
             max_age: retention.0,
             max_incidents: retention.1,
         };
@@ -66,6 +78,7 @@ impl StoreWriter {
         Ok(StoreWriterHandle {
             queue: Some(sender),
             dropped: Arc::default(),
+            write_errors,
             thread: Some(thread),
         })
     }
@@ -97,11 +110,16 @@ impl StoreWriter {
         // One at a time, so that one incident the store refuses does not lose the others.
         for incident in batch {
             if let Err(err) = self.store.upsert(incident) {
-                log::warn!(
-                    "incident store {}: {}",
-                    self.store.path().display(),
-                    crate::error_chain(&err)
-                );
+                let before = self.write_errors.fetch_add(1, Ordering::Relaxed);
+                // A full disk fails every save: one line per hundred, not per incident.
+                if before.is_multiple_of(100) {
+                    log::warn!(
+                        "incident store {}: {} ({} saves failed so far)",
+                        self.store.path().display(),
+                        crate::error_chain(&err),
+                        before + 1
+                    );
+                }
             }
         }
     }
@@ -165,6 +183,16 @@ impl StoreWriterHandle {
     /// outlive a borrow of the handle.
     pub fn dropped_writes_counter(&self) -> Arc<AtomicU64> {
         self.dropped.clone()
+    }
+
+    /// Incident saves the store refused (a full disk, an I/O error): counted per incident.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`StoreWriterHandle::write_errors`].
+    pub fn write_errors_counter(&self) -> Arc<AtomicU64> {
+        self.write_errors.clone()
     }
 
     /// Writes what is queued and stops the thread (what dropping the handle does too).
