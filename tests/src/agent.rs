@@ -83,9 +83,15 @@ impl Agent {
         self.dir.path().join("why502.sock")
     }
 
-    /// The agent's SQLite store.
+    /// The agent's SQLite store: the harness's, or the `[store] path` of the extra
+    /// configuration.
     pub fn store_path(&self) -> PathBuf {
-        self.dir.path().join("why502.db")
+        let configured = self.extra.iter().find_map(|(section, line)| {
+            let (key, value) = line.split_once('=')?;
+            (section == "store" && key.trim() == "path")
+                .then(|| PathBuf::from(value.trim().trim_matches('"')))
+        });
+        configured.unwrap_or_else(|| self.dir.path().join("why502.db"))
     }
 
     /// Runs `why502 ARGS --socket <this agent's socket>`.
@@ -326,7 +332,11 @@ fn config_text(dir: &tempfile::TempDir, extra: &[(String, String)]) -> String {
     ];
     for (section, line) in extra {
         match sections.iter_mut().find(|(name, _)| name == section) {
-            Some((_, lines)) => lines.push(line.clone()),
+            Some((_, lines)) => {
+                // A key the harness sets too is the extra's (a store elsewhere, say).
+                lines.retain(|own| config_key(own) != config_key(line));
+                lines.push(line.clone());
+            }
             None => sections.push((section.clone(), vec![line.clone()])),
         }
     }
@@ -334,6 +344,11 @@ fn config_text(dir: &tempfile::TempDir, extra: &[(String, String)]) -> String {
         .iter()
         .map(|(name, lines)| format!("[{name}]\n{}\n", lines.join("\n")))
         .collect()
+}
+
+/// The key of a `key = value` line.
+fn config_key(line: &str) -> &str {
+    line.split('=').next().unwrap_or_default().trim()
 }
 
 /// The metrics address of the agent using `dir`: chosen once, kept across restarts.
@@ -370,5 +385,14 @@ mod tests {
         assert!(metrics.contains("sample_interval_ms = 500"), "{text}");
         assert_eq!(text.matches("[metrics]").count(), 1, "{text}");
         assert!(text.contains("[incidents]\nquiet_seconds = 1\n"), "{text}");
+    }
+
+    #[test]
+    fn an_extra_key_replaces_the_harness_s_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config_text(&dir, &[("store".into(), "path = \"/x/y.db\"".into())]);
+        let store = text.split("[store]\n").nth(1).unwrap();
+        let store = store.split("\n[").next().unwrap();
+        assert_eq!(store.trim(), "path = \"/x/y.db\"", "{text}");
     }
 }
