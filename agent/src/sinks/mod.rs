@@ -2,5 +2,6 @@
 //! Prometheus [`metrics`].
 
 pub mod api;
+pub mod http_server;
 pub mod metrics;
 pub mod store;

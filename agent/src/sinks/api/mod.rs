@@ -31,7 +31,7 @@ pub use status::{
     EventCounts, KernelReport, ProbeStatusReport, StatusReport, StoreReport, VERSION,
 };
 
-use crate::sinks::store::Store;
+use crate::sinks::{http_server, store::Store};
 
 /// What the handlers read from.
 #[derive(Clone)]
@@ -119,9 +119,9 @@ pub fn serve(socket: &Path, state: ApiState) -> Result<JoinHandle<()>, ApiError>
     let app = router(state);
     let path = socket.to_path_buf();
     Ok(tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            log::error!("API on {} stopped: {err}", path.display());
-        }
+        // A user of the socket's group must not be able to hold the CLI out.
+        http_server::serve(listener, app, http_server::LIMITS).await;
+        log::error!("API on {} stopped", path.display());
     }))
 }
 

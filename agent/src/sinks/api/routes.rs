@@ -155,8 +155,12 @@ async fn list_events(State(state): State<ApiState>, query: RawQuery) -> Answer {
     let params = params(query, &["since", "limit"])?;
     let cut = since_param(&params)?.map_or(EventCut::Mono(0), EventCut::Time);
     let limit = limit_param(&params, DEFAULT_LIMIT, RECENT_CAPACITY)?;
-    let events = state.recent.since(cut, limit);
-    Ok(Json(json!({ "events": events })))
+    // Up to 10,000 events copied and turned to JSON: not on an async worker.
+    let answer =
+        tokio::task::spawn_blocking(move || json!({ "events": state.recent.since(cut, limit) }))
+            .await
+            .map_err(|err| Failure::internal(format!("listing events failed: {err}")))?;
+    Ok(Json(answer))
 }
 
 async fn status(State(state): State<ApiState>) -> Answer {

@@ -7,6 +7,7 @@ use axum::{extract::State, http::header, response::IntoResponse, routing::get, R
 use tokio::task::JoinHandle;
 
 use super::Metrics;
+use crate::sinks::http_server;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -39,15 +40,21 @@ pub fn serve(
         .route("/metrics", get(scrape))
         .with_state(metrics);
     let task = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            log::error!("metrics server stopped: {err}");
-        }
+        // Any local user can connect to the port: bounded, so that they cannot exhaust
+        // the agent's file descriptors or hold the scraper out.
+        http_server::serve(listener, app, http_server::LIMITS).await;
+        log::error!("metrics server stopped");
     });
     Ok((bound, task))
 }
 
 async fn scrape(State(metrics): State<Arc<Metrics>>) -> axum::response::Response {
-    match metrics.render() {
+    // Rendering locks the registry the feed writes to and formats every series: not on
+    // an async worker, where it would hold up the event path.
+    let rendered = tokio::task::spawn_blocking(move || metrics.render().map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(format!("rendering the metrics failed: {e}")));
+    match rendered {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -56,10 +63,6 @@ async fn scrape(State(metrics): State<Arc<Metrics>>) -> axum::response::Response
             text,
         )
             .into_response(),
-        Err(err) => (
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            err.to_string(),
-        )
-            .into_response(),
+        Err(err) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, err).into_response(),
     }
 }
