@@ -284,3 +284,49 @@ fn a_client_that_sends_nothing_or_half_a_request_is_dropped() {
     );
     agent.stop();
 }
+
+/// The unit's `LimitNOFILE`: set, room for both servers' caps with the agent's own files
+/// (maps, links, procfs, the store), and valid to systemd where `systemd-analyze` exists.
+#[test]
+fn the_unit_sets_a_file_descriptor_limit_with_room_for_both_servers() {
+    let unit_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/why502.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("read deploy/why502.service");
+    let limits: Vec<&str> = unit
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("LimitNOFILE="))
+        .collect();
+    let [limit] = limits[..] else {
+        panic!("LimitNOFILE= set once in the unit: {limits:?}");
+    };
+    let limit: usize = limit
+        .parse()
+        .unwrap_or_else(|_| panic!("LimitNOFILE={limit} is not one number (soft = hard)"));
+    assert!(
+        (2 * CAP + 512..=65536).contains(&limit),
+        "LimitNOFILE={limit}: 2 × {CAP} connections and 512 files of the agent's own, bounded"
+    );
+
+    // systemd-analyze exits 0 on values it ignores, but says so on stderr.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("why502.service");
+    let binary = why502_e2e::sibling_binary("why502");
+    let text = unit.replace("/usr/local/bin/why502", binary.to_str().unwrap());
+    std::fs::write(&copy, text).unwrap();
+    let verified = match std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+    {
+        Ok(out) => out,
+        Err(err) => {
+            eprintln!("systemd-analyze verify skipped: {err}");
+            return;
+        }
+    };
+    let stderr = String::from_utf8_lossy(&verified.stderr);
+    assert!(
+        verified.status.success() && !stderr.contains("why502.service"),
+        "systemd-analyze verify: {}\n{stderr}",
+        verified.status
+    );
+}
