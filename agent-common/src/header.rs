@@ -27,8 +27,12 @@ pub struct EventHeader {
 
 /// Counters kept per CPU in the `COUNTERS` array, indexed by these slots.
 pub mod counter {
-    /// Records lost because the ring buffer was full: slot `DROPPED_BASE + kind`.
+    /// Records lost because the ring buffer was full, or, for the budgeted kinds, had no
+    /// room left outside the failure evidence's share: slot `DROPPED_BASE + kind`.
     pub const DROPPED_BASE: u32 = 0;
+    /// Records refused because their producer spent its budget (`crate::budget`): slot
+    /// `THROTTLED_BASE + kind`. Only the kinds any user can produce at will have one.
+    pub const THROTTLED_BASE: u32 = 16;
     /// Probe errors (a failed read of kernel or user memory): slot `PROBE_ERROR_BASE + probe`.
     pub const PROBE_ERROR_BASE: u32 = 32;
     /// Inserts refused because a bounded kernel table was full: slot `TABLE_FULL_BASE +

@@ -12,6 +12,7 @@
 use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
+    budget::{Budget, BudgetKey},
     config::{
         ErrorReportFields, HttpFields, KernelConfig, KernelOffsets, MarkVictimFields, MsgOffsets,
         Probe, ProcessFields, SetStateFields, SignalFields, SockOffsets, SyscallFields,
@@ -141,6 +142,8 @@ assert_no_padding! {
     }
     ConnectCall { start_ns, uaddr, addrlen, fd, reported, _pad }
     ResponseKey { tgid, code, _pad }
+    BudgetKey { tgid, kind }
+    Budget { window_start_ns, sent }
     TupleFields { family, sport, dport, saddr, daddr, saddr_v6, daddr_v6, sockaddr }
     SetStateFields { skaddr, oldstate, newstate, protocol, tuple }
     ErrorReportFields { error, protocol, tuple }
@@ -176,11 +179,16 @@ const _: () = assert!(size_of::<KernelConfig>() == 264 && align_of::<KernelConfi
 const _: () = assert!(offset_of!(KernelConfig, signal_mask) == 248);
 const _: () = assert!(offset_of!(KernelConfig, response_timeout_ns) == 256);
 
-// Counter slots: per-kind drops below the probe errors, probe errors within the array.
+// Counter slots: per-kind drops, then per-kind throttled records, below the probe errors,
+// probe errors within the array.
 const _: () = {
     assert!(
-        counter::DROPPED_BASE + EVENT_KIND_SLOTS <= counter::PROBE_ERROR_BASE,
-        "drop counters overlap the probe-error counters"
+        counter::DROPPED_BASE + EVENT_KIND_SLOTS <= counter::THROTTLED_BASE,
+        "drop counters overlap the throttled counters"
+    );
+    assert!(
+        counter::THROTTLED_BASE + EVENT_KIND_SLOTS <= counter::PROBE_ERROR_BASE,
+        "throttled counters overlap the probe-error counters"
     );
     let mut slots = 0;
     let mut i = 0;

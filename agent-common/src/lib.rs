@@ -5,6 +5,7 @@
 //! userspace-only parts (`aya::Pod` impls) sit behind the `user` feature.
 #![no_std]
 
+pub mod budget;
 pub mod config;
 pub mod connect;
 pub mod event;

@@ -1,5 +1,10 @@
 //! `listen(2)`: unix-socket listeners have no tracepoint of their own, so a successful
 //! `listen(2)` is reported with its fd and the agent looks the socket up in procfs.
+//!
+//! Any process can call `listen(2)` in a loop (a re-listen on a listening socket only
+//! changes its backlog, and succeeds), so the records are budgeted per process
+//! (`agent_common::budget`): a process's first listens are reported, a loop of them is
+//! counted as throttled rather than filling the ring.
 
 use agent_common::{config::Probe, event::counter::Table, listener::ListenCall};
 use aya_ebpf::{
@@ -8,7 +13,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{config, insert_or_count, LISTEN_CALLS, WATCHED},
-    read::{current_header, required, reserve},
+    read::{current_header, required, reserve_budgeted},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
@@ -36,7 +41,7 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     }
     let header = current_header::<ListenCall>();
     let _ = WATCHED.insert(header.tgid, 1, 0);
-    let Some(mut entry) = reserve::<ListenCall>() else {
+    let Some(mut entry) = reserve_budgeted::<ListenCall>(header.tgid) else {
         return 0;
     };
     entry.write(ListenCall {

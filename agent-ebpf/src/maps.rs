@@ -9,6 +9,7 @@
 //! them, so eviction is what bounds them.
 
 use agent_common::{
+    budget::{Budget, BudgetKey},
     config::KernelConfig,
     connect::{ConnectCall, ConnectKey, ConnectStats, TrackedConnect},
     event::counter::{self, Table},
@@ -82,6 +83,12 @@ pub static PROXIES: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
 #[map]
 pub static RESPONSES: LruPerCpuHashMap<ResponseKey, u64> =
     LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// What each producer of a budgeted kind spent in its current window (see
+/// `agent_common::budget`). LRU: nothing deletes entries, and a flood of fresh processes
+/// evicting old ones only starts them new budgets (the ring share still holds).
+#[map]
+pub static BUDGETS: LruHashMap<BudgetKey, Budget> = LruHashMap::with_max_entries(16384, 0);
 
 /// Drop and error counters, see `agent_common::event::counter`.
 #[map]

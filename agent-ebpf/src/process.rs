@@ -1,5 +1,9 @@
 //! Process lifecycle: exec, exit (with the exit code from `task_struct`), signals and the
 //! OOM killer's victims.
+//!
+//! Any user can exec, exit and send signals in a loop, so those records are budgeted per
+//! producer (`agent_common::budget`, [`reserve_budgeted`]); deaths by a signal and OOM
+//! kills are failure evidence and are not.
 
 use agent_common::{
     config::Probe,
@@ -15,7 +19,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{config, WATCHED},
-    read::{current_header, field, kernel_field, required, reserve},
+    read::{current_header, field, kernel_field, required, reserve, reserve_budgeted},
 };
 
 /// The string a `__data_loc` field points to: its low 16 bits are the offset from the
@@ -27,6 +31,17 @@ fn data_loc_str(ctx: &TracePointContext, offset: u16, dst: &mut [u8]) -> bool {
     };
     let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
     unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_ok()
+}
+
+/// Whose budget a record about process `tgid` with parent `ppid` (0: unknown) spends:
+/// the parent's, since a loop of `fork`+`exec`/`exit` makes a new process every time.
+#[inline(always)]
+fn producer(tgid: u32, ppid: u32) -> u32 {
+    if ppid != 0 {
+        ppid
+    } else {
+        tgid
+    }
 }
 
 /// `task->real_parent->tgid`, 0 when unknown. At exit the tracepoint runs before the
@@ -45,7 +60,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         crate::http::mark_proxy(header.tgid);
     }
     let ppid = parent_tgid(unsafe { bpf_get_current_task() });
-    let Some(mut entry) = reserve::<ProcessExec>() else {
+    let Some(mut entry) = reserve_budgeted::<ProcessExec>(producer(header.tgid, ppid)) else {
         return 0;
     };
     let event = entry.as_mut_ptr();
@@ -89,7 +104,15 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let ppid = parent_tgid(task);
-    let Some(mut entry) = reserve::<ProcessExit>() else {
+    // A death by a signal (the low 7 bits of the wait status) is failure evidence; exits
+    // with a code (any user can `exit(1)` in a loop) and unknown statuses are budgeted.
+    let by_signal = exit_code != -1 && exit_code & 0x7f != 0;
+    let entry = if by_signal {
+        reserve::<ProcessExit>()
+    } else {
+        reserve_budgeted::<ProcessExit>(producer(header.tgid, ppid))
+    };
+    let Some(mut entry) = entry else {
         return 0;
     };
     entry.write(ProcessExit {
@@ -110,8 +133,9 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     if !(0..64).contains(&sig) || config!(signal_mask) & (1u64 << sig) == 0 {
         return 0;
     }
+    // The header names the sender: its budget.
     let header = current_header::<Signal>();
-    let Some(mut entry) = reserve::<Signal>() else {
+    let Some(mut entry) = reserve_budgeted::<Signal>(header.tgid) else {
         return 0;
     };
     entry.write(Signal {

@@ -1,6 +1,7 @@
 //! Reading tracepoint fields at the offsets the agent supplied, and filling event headers.
 
 use agent_common::{
+    budget::{self, Budget, BudgetKey},
     config::{Probe, TupleFields},
     connect::TrackedConnect,
     event::{counter, EventHeader, Record},
@@ -10,6 +11,7 @@ use agent_common::{
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, generated,
@@ -18,7 +20,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::maps::{count, EVENTS};
+use crate::maps::{count, BUDGETS, EVENTS};
 
 /// Reads a field, `None` when the kernel lacks it or the read fails.
 #[inline(always)]
@@ -166,4 +168,55 @@ pub fn reserve<T: Record>() -> Option<RingBufEntry<T>> {
         count(counter::DROPPED_BASE + T::KIND as u32);
     }
     entry
+}
+
+/// [`reserve`] for the kinds any user can produce at will: refused (and counted) when
+/// `producer` has spent its budget for `T::KIND` in the current window, or when the ring is
+/// already more than its low-priority share full, so that a flood of these never leaves
+/// the failure evidence without room.
+#[inline(always)]
+pub fn reserve_budgeted<T: Record>(producer: u32) -> Option<RingBufEntry<T>> {
+    if !within_budget(producer, T::KIND as u32) {
+        count(counter::THROTTLED_BASE + T::KIND as u32);
+        return None;
+    }
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if unread.saturating_mul(budget::LOW_PRIORITY_RING_SHARE) > size {
+        count(counter::DROPPED_BASE + T::KIND as u32);
+        return None;
+    }
+    reserve::<T>()
+}
+
+/// Spends one record of `producer`'s budget for `kind`; false when none is left. The
+/// entry is shared by the CPUs without a lock: a race can let a record or two more
+/// through, never stop a producer that is within its budget for long.
+#[inline(always)]
+fn within_budget(producer: u32, kind: u32) -> bool {
+    let key = BudgetKey {
+        tgid: producer,
+        kind,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(spent) = BUDGETS.get_ptr_mut(&key) else {
+        let fresh = Budget {
+            window_start_ns: now,
+            sent: 1,
+        };
+        let _ = BUDGETS.insert(&key, &fresh, 0);
+        return true;
+    };
+    unsafe {
+        if now.wrapping_sub((*spent).window_start_ns) >= budget::WINDOW_NS {
+            (*spent).window_start_ns = now;
+            (*spent).sent = 1;
+            return true;
+        }
+        if (*spent).sent >= budget::RECORDS_PER_WINDOW {
+            return false;
+        }
+        (*spent).sent += 1;
+    }
+    true
 }

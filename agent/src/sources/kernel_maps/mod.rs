@@ -114,7 +114,7 @@ impl Poller {
     }
 
     fn log_drops(&mut self, growth: &KernelCounters, totals: &KernelCounters) {
-        let lost = growth.total_dropped();
+        let lost = growth.total_dropped() + growth.throttled.values().sum::<u64>();
         if lost == 0
             || self
                 .last_drop_log
@@ -127,6 +127,14 @@ impl Poller {
             log::warn!(
                 "ring buffer full: {n} {kind} events lost ({} in all); raise probes.ring_buffer_bytes",
                 totals.dropped.get(kind).copied().unwrap_or(0)
+            );
+        }
+        for (kind, n) in growth.throttled.iter().filter(|(_, n)| **n > 0) {
+            log::warn!(
+                "{n} {kind} events throttled ({} in all): a process sent more than its budget \
+                 of {} a second",
+                totals.throttled.get(kind).copied().unwrap_or(0),
+                agent_common::budget::RECORDS_PER_WINDOW
             );
         }
         for (table, n) in growth.tables_full.iter().filter(|(_, n)| **n > 0) {

@@ -62,8 +62,12 @@ fn take<T>(
 /// Drops and errors counted by the kernel programs since load.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct KernelCounters {
-    /// Records lost to a full ring buffer, by event kind.
+    /// Records lost to a full ring buffer (for the budgeted kinds: to a ring past their
+    /// share), by event kind.
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Records refused because their producer spent its budget (`agent_common::budget`),
+    /// by event kind: a flood of one process's listens, execs, exits or signals.
+    pub throttled: BTreeMap<&'static str, u64>,
     /// Failed reads of kernel or user memory, by probe.
     pub probe_errors: BTreeMap<&'static str, u64>,
     /// Inserts refused by a full kernel table, by table (`counter::Table`).
@@ -84,6 +88,7 @@ impl KernelCounters {
         };
         KernelCounters {
             dropped: grown(&self.dropped, &before.dropped),
+            throttled: grown(&self.throttled, &before.throttled),
             probe_errors: grown(&self.probe_errors, &before.probe_errors),
             tables_full: grown(&self.tables_full, &before.tables_full),
         }
@@ -108,6 +113,9 @@ impl CounterMap {
             counters
                 .dropped
                 .insert(kind.name(), slot(counter::DROPPED_BASE + kind as u32)?);
+            counters
+                .throttled
+                .insert(kind.name(), slot(counter::THROTTLED_BASE + kind as u32)?);
         }
         for probe in Probe::ALL {
             counters.probe_errors.insert(
