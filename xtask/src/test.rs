@@ -96,7 +96,17 @@ fn step(what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
 /// `tcp_sendmsg_locked`) stays tested although this machine would use `tp_btf`.
 fn classic_tracepoints(root: &Path) -> Result<()> {
     let suites: [(&str, &[&str]); 2] = [
-        ("why502", &["connect", "tcp", "upstream_end", "process"]),
+        (
+            "why502",
+            &[
+                "connect",
+                "tcp",
+                "upstream_end",
+                "process",
+                "proxy_marking",
+                "synack",
+            ],
+        ),
         ("why502-e2e", &["incidents", "backend_killed"]),
     ];
     for (i, (package, tests)) in suites.iter().enumerate() {
