@@ -11,6 +11,7 @@ use crate::{
 };
 
 pub fn explain(incident: &Incident, style: &Style) -> String {
+    let incident = &super::terminal_safe(incident);
     // The header is wrapped too (rarely: a long unix socket path), between its parts.
     let header = text::hanging_indent("", "", &header(incident, style), style.width, 2);
     let mut out = vec![style.paint.bold(&header)];

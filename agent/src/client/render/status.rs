@@ -7,6 +7,9 @@ use crate::sinks::api::{ProbeStatusReport, StatusReport};
 use crate::timefmt::duration;
 
 pub fn status(report: &StatusReport, style: &Style) -> String {
+    // Probe reasons carry the kernel's and the store's error messages, which may quote
+    // paths; none of it reaches the terminal raw.
+    let report = &super::terminal_safe(report);
     let paint = style.paint;
     let mut out = vec![paint.bold(&format!(
         "why502 {} · up {} (since {})",

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use super::{failure_span, route, text, top_cause_text, Style};
 use crate::model::incident::{Incident, IncidentState};
+use crate::model::text::escape_controls;
 use crate::timefmt::duration;
 
 const HEADERS: [&str; 7] = [
@@ -25,7 +26,10 @@ const GAP: &str = "  ";
 /// One row per incident, in the given order, fitted to `style.width`: the route column is
 /// cut first (it is the longest and its start says the most), then the cause column.
 pub fn incidents_table(incidents: &[Incident], style: &Style) -> String {
-    let rows: Vec<[String; 7]> = incidents.iter().map(|i| row(i, style)).collect();
+    let rows: Vec<[String; 7]> = incidents
+        .iter()
+        .map(|i| row(&super::terminal_safe(i), style))
+        .collect();
     let mut widths = HEADERS.map(text::width_of);
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -56,10 +60,10 @@ impl NoIncidents<'_> {
     pub fn render(&self, style: &Style) -> String {
         let mut text = String::from("No incidents");
         if let Some(proxy) = self.proxy {
-            text.push_str(&format!(" of {proxy}"));
+            text.push_str(&format!(" of {}", escape_controls(proxy)));
         }
         if let Some(upstream) = self.upstream {
-            text.push_str(&format!(" to {upstream}"));
+            text.push_str(&format!(" to {}", escape_controls(upstream)));
         }
         match self.since {
             Some(since) => text.push_str(&format!(" since {}", style.clock.stamp(since))),
@@ -153,6 +157,7 @@ impl Change {
 /// `14:02:03 opened  #17 nginx → 127.0.0.1:9000 · 312 failures · oom_kill (high)`, timed
 /// by the incident's own clock: its start, its last failure, or its close.
 pub fn watch_line(change: Change, incident: &Incident, style: &Style) -> String {
+    let incident = &super::terminal_safe(incident);
     let time = match change {
         Change::Opened => incident.started_at,
         Change::Updated => incident.last_failure_at,

@@ -353,12 +353,9 @@ fn redact_url_userinfo(arg: &str) -> String {
         match authority.rfind('@') {
             Some(at) if at > 0 => {
                 let userinfo = &authority[..at];
-                match userinfo.split_once(':') {
-                    Some((user, _)) => {
-                        result.push_str(user);
-                        result.push(':');
-                    }
-                    None => {}
+                if let Some((user, _)) = userinfo.split_once(':') {
+                    result.push_str(user);
+                    result.push(':');
                 }
                 result.push_str(MASK);
                 result.push_str(&authority[at..]);
