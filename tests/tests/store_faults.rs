@@ -16,7 +16,9 @@ use std::{
 };
 
 use serde_json::Value;
-use why502_e2e::{agent::Agent, can_load_ebpf, serial};
+use why502_e2e::{
+    agent::Agent, backend::Backend, can_load_ebpf, free_port, http, nginx::Nginx, serial,
+};
 
 /// An agent whose store is at `path`.
 fn agent_on(path: &Path) -> Agent {
@@ -317,5 +319,78 @@ fn a_full_disk_at_start_runs_in_memory() {
         fill(dir);
         let agent = agent_on(&dir.join("why502.db"));
         assert_in_memory(&agent, "full");
+    });
+}
+
+/// Polls `why502 status --json` until `done` accepts its `store`.
+fn wait_for_store_status(agent: &Agent, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = store_status(agent);
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store status {status}; log: {:?}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_disk_that_fills_up_counts_the_failed_saves_and_saves_again_once_freed() {
+    if !can_load_ebpf() {
+        return;
+    }
+    let _serial = serial();
+    with_tmpfs(0, "size=512k", |dir| {
+        let agent = agent_on(&dir.join("why502.db"));
+        assert_eq!(store_status(&agent)["persistent"], true);
+        let filler = fill(dir);
+
+        // An incident (a backend's crash behind nginx) the store cannot save.
+        let mut backend = Backend::start(free_port());
+        let upstream = format!("127.0.0.1:{}", backend.port);
+        let nginx = Nginx::start(free_port(), &upstream);
+        assert_eq!(http::get_status(nginx.port).unwrap(), 200);
+        assert!(!backend.kill_with(libc::SIGSEGV).success());
+        let requests = |n| {
+            for _ in 0..n {
+                assert_eq!(http::get_status(nginx.port).unwrap(), 502);
+            }
+        };
+        requests(5);
+        let status = wait_for_store_status(&agent, |s| s["write_errors"].as_u64() > Some(0));
+        assert_eq!(status["persistent"], true, "the file, failing: {status}");
+        let failed = status["write_errors"].as_f64().unwrap();
+        // Read after the status: the counts only grow.
+        assert!(metric(&agent, "why502_store_write_errors_total") >= failed);
+        assert_eq!(
+            logged(&agent, "saves failed so far").len(),
+            1,
+            "{:?}",
+            agent.log()
+        );
+        assert_watching(&agent);
+
+        // Room again: the incident's next update is saved.
+        std::fs::remove_file(filler).unwrap();
+        requests(3);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let listed = agent.cli_json(&["incidents"]);
+            let incidents = listed["incidents"].as_array().unwrap();
+            if incidents.iter().any(|i| i["upstream"] == upstream.as_str()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not saved after the disk was freed: {listed}; log: {:?}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     });
 }

@@ -80,3 +80,55 @@ impl StoreMetrics {
         catch_up(&self.dropped_writes, counts.dropped_writes);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    };
+
+    use super::StoreCounts;
+    use crate::{config::MetricsConfig, sinks::metrics::Metrics};
+
+    fn series(text: &str, name: &str) -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn the_store_s_counts_are_read_at_each_render() {
+        let metrics = Metrics::new(&MetricsConfig::default()).unwrap();
+        let failed = Arc::new(AtomicU64::new(3));
+        let source = failed.clone();
+        metrics.set_store_source(Box::new(move || StoreCounts {
+            persistent: true,
+            write_errors: source.load(Ordering::Relaxed),
+            dropped_writes: 7,
+        }));
+        let text = metrics.render().unwrap();
+        assert_eq!(
+            series(&text, "why502_store_persistent").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            series(&text, "why502_store_write_errors_total").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            series(&text, "why502_store_dropped_writes_total").as_deref(),
+            Some("7")
+        );
+        failed.store(5, Ordering::Relaxed);
+        let text = metrics.render().unwrap();
+        assert_eq!(
+            series(&text, "why502_store_write_errors_total").as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            series(&text, "why502_store_dropped_writes_total").as_deref(),
+            Some("7")
+        );
+    }
+}
