@@ -334,8 +334,7 @@ mod agent_fallback {
         let unchecked = Store::open(&path).unwrap();
         let err = unchecked
             .check()
-            .err()
-            .expect("the check must see garbage pages");
+            .expect_err("the check must see garbage pages");
         assert!(err.to_string().contains("is corrupt"), "{err}");
         drop(unchecked);
 
