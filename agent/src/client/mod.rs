@@ -190,5 +190,5 @@ fn print(text: &str) -> Result<(), ClientError> {
 fn print_json(value: &impl serde::Serialize) -> Result<(), ClientError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|err| ClientError::Output { source: err.into() })?;
-    print(&text)
+    print(&render::terminal_safe_json(&text))
 }

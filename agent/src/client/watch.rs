@@ -59,7 +59,7 @@ async fn poll(args: WatchArgs) -> Result<(), ClientError> {
                 for (change, incident) in tracker.update(&incidents) {
                     if json {
                         let line = json!({ "change": change.name(), "incident": incident });
-                        print(&line.to_string())?;
+                        print(&render::terminal_safe_json(&line.to_string()))?;
                     } else {
                         print(&render::watch_line(change, incident, &style))?;
                     }

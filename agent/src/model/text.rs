@@ -48,8 +48,8 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
 }
 
 /// C0, DEL, C1, and the Unicode bidirectional controls (marks, embeddings, overrides,
-/// isolates).
-fn needs_escape(c: char) -> bool {
+/// isolates): what must not reach a terminal raw.
+pub fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(
             c,

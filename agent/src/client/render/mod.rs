@@ -15,7 +15,7 @@ pub use table::{incidents_table, watch_line, Change, NoIncidents};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::model::incident::{Confidence, Incident};
-use crate::model::text::escape_controls;
+use crate::model::text::{escape_controls, needs_escape};
 use crate::timefmt::{Clock, Zone};
 use text::Paint;
 
@@ -119,6 +119,30 @@ pub fn terminal_safe<T: Serialize + DeserializeOwned>(value: &T) -> T {
     let mut tree = serde_json::to_value(value).expect("what the API sends has a JSON form");
     escape(&mut tree);
     serde_json::from_value(tree).expect("escaped free text reads back as it was written")
+}
+
+/// JSON text for `--json` on a terminal: serde escapes C0 controls already, but JSON lets
+/// DEL, C1 controls (U+009B is CSI to some terminals) and the bidirectional overrides stand
+/// raw in strings; written as `\u009b` they mean the same to any JSON reader. A raw
+/// character is never part of an escape sequence (those are ASCII), so replacing it in the
+/// finished text is exact.
+pub fn terminal_safe_json(json: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write;
+    // Raw C0 characters in serde's output are its own layout (newlines, indents): inside
+    // strings it escapes them all.
+    let raw_in_strings = |c: char| needs_escape(c) && (c == '\x7f' || !c.is_ascii());
+    if !json.chars().any(raw_in_strings) {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut safe = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if raw_in_strings(c) {
+            let _ = write!(safe, "\\u{:04x}", u32::from(c));
+        } else {
+            safe.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(safe)
 }
 
 #[cfg(test)]
@@ -322,6 +346,25 @@ mod tests {
 
         // Text with nothing to escape is shown as it was.
         assert_eq!(terminal_safe(&clean), clean);
+    }
+
+    #[test]
+    fn json_keeps_the_text_and_escapes_what_json_allows_raw() {
+        let (_, hostile) = hostile_incident();
+        for json in [
+            serde_json::to_string(&hostile).unwrap(),
+            serde_json::to_string_pretty(&hostile).unwrap(),
+        ] {
+            // serde leaves C1, DEL and the bidi override raw: the reason for the pass.
+            assert!(json.contains('\u{9b}'), "{json}");
+            let safe = terminal_safe_json(&json);
+            assert_no_raw_controls("json", safe.trim_end());
+            assert!(safe.contains(r"\u009b2J"), "{safe}");
+            assert!(safe.contains(r"\u007f\u202e"), "{safe}");
+            assert!(safe.contains(r"\u001b]0;pwned\u0007"), "{safe}");
+            let read: Incident = serde_json::from_str(&safe).unwrap();
+            assert_eq!(read, hostile);
+        }
     }
 
     #[test]
