@@ -83,7 +83,7 @@ fn in_memory(
 ) -> Result<AgentStore, StoreError> {
     let reason = crate::error_chain(err);
     log::warn!(
-        "{reason}: keeping incidents in memory only, they will be lost at stop ({} unchanged)",
+        "{reason}: keeping incidents in memory only until the agent stops ({} left as it is)",
         path.display()
     );
     let store = Arc::new(Store::open_in_memory()?);
