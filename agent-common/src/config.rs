@@ -270,6 +270,18 @@ pub struct KernelOffsets {
     /// connection is followed to its end.
     pub tcp_bytes_received: u16,
     pub tcp_bytes_acked: u16,
+    /// The way from a task's fd to its socket's state, so that a `listen(2)` on a socket
+    /// already listening (a re-listen only changes the backlog) is not reported again:
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`, `file.private_data` (a
+    /// socket's `struct socket`), `socket.sk`. Without all five, every successful
+    /// `listen(2)` is reported (within its process's budget).
+    pub task_files: u16,
+    pub files_fdt: u16,
+    pub fdtable_fd: u16,
+    pub file_private_data: u16,
+    pub socket_sk: u16,
+    /// Keeps what follows 8-byte aligned.
+    pub _pad: [u16; 3],
 }
 
 /// `struct sock` fields the `tp_btf` programs read where a classic tracepoint's record
@@ -437,6 +449,12 @@ impl KernelConfig {
             task_exit_code: NO,
             tcp_bytes_received: NO,
             tcp_bytes_acked: NO,
+            task_files: NO,
+            files_fdt: NO,
+            fdtable_fd: NO,
+            file_private_data: NO,
+            socket_sk: NO,
+            _pad: [0; 3],
         },
         sock: SockOffsets {
             protocol: NO,

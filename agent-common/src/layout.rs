@@ -161,7 +161,8 @@ assert_no_padding! {
     }
     KernelOffsets {
         sock_sk_err, sock_state, task_real_parent, task_tgid, task_exit_code,
-        tcp_bytes_received, tcp_bytes_acked
+        tcp_bytes_received, tcp_bytes_acked, task_files, files_fdt, fdtable_fd,
+        file_private_data, socket_sk, _pad
     }
     SockOffsets { protocol, family, daddr, saddr, dport, sport, v6_daddr, v6_rcv_saddr }
     MsgOffsets {
@@ -175,9 +176,9 @@ assert_no_padding! {
 }
 
 // The `CONFIG` global the agent writes through `EbpfLoader::override_global`.
-const _: () = assert!(size_of::<KernelConfig>() == 264 && align_of::<KernelConfig>() == 8);
-const _: () = assert!(offset_of!(KernelConfig, signal_mask) == 248);
-const _: () = assert!(offset_of!(KernelConfig, response_timeout_ns) == 256);
+const _: () = assert!(size_of::<KernelConfig>() == 280 && align_of::<KernelConfig>() == 8);
+const _: () = assert!(offset_of!(KernelConfig, signal_mask) == 264);
+const _: () = assert!(offset_of!(KernelConfig, response_timeout_ns) == 272);
 
 // Counter slots: per-kind drops, then per-kind throttled records, below the probe errors,
 // probe errors within the array.

@@ -62,6 +62,9 @@ impl Drop for Flooders {
 enum Flood {
     /// `listen(fd, 1)` in a loop on one bound unix socket: re-listens, each a success.
     Relisten,
+    /// Makes new listeners in a loop: socket, bind (autobind, abstract), listen, close.
+    /// Every `listen(2)` a first one, all from one process.
+    NewListeners,
     /// Forks children that each bind a unix socket (autobind, abstract), listen on it
     /// and exit with code 1: every `listen(2)` from a new process, every exit non-zero.
     ForkListeners,
@@ -92,6 +95,7 @@ fn monotonic_now() -> libc::timespec {
 /// process has threads: nothing that allocates or locks may run after the fork).
 fn spawn_flooder(flood: Flood, path: Option<&std::path::Path>) -> libc::pid_t {
     // Everything the child needs is prepared before the fork.
+    // SAFETY: sockaddr_un is plain data, all zeroes a valid (empty) address.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     if let Some(path) = path {
@@ -111,6 +115,8 @@ fn spawn_flooder(flood: Flood, path: Option<&std::path::Path>) -> libc::pid_t {
     if pid > 0 {
         return pid;
     }
+    // SAFETY: the child: raw syscalls on its own memory and descriptors, prepared above;
+    // it never returns (`_exit`).
     unsafe {
         let fail = |code| libc::_exit(code);
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
@@ -150,6 +156,16 @@ fn spawn_flooder(flood: Flood, path: Option<&std::path::Path>) -> libc::pid_t {
                         libc::listen(fd, 1);
                     }
                 }
+                Flood::NewListeners => {
+                    let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                    libc::bind(
+                        fd,
+                        (&family as *const libc::sa_family_t).cast(),
+                        std::mem::size_of::<libc::sa_family_t>() as libc::socklen_t,
+                    );
+                    libc::listen(fd, 1);
+                    libc::close(fd);
+                }
                 Flood::ForkListeners => {
                     if libc::fork() == 0 {
                         let child = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
@@ -173,17 +189,29 @@ fn counters(maps: &KernelMaps) -> KernelCounters {
     maps.counters.read().expect("read the kernel counters")
 }
 
-/// Reads every record in the ring, returning how many are refused connects to `port`.
-fn drain(maps: &mut KernelMaps, port: Option<u16>) -> u64 {
-    let mut matching = 0;
+/// Reads every record in the ring, returning how many are refused connects to `port`
+/// and how many are `listen(2)` calls of each of `listeners`.
+fn drain(maps: &mut KernelMaps, port: Option<u16>, listeners: &[u32]) -> (u64, Vec<u64>) {
+    let mut refused = 0;
+    let mut listens = vec![0; listeners.len()];
     while let Some(record) = maps.events.next() {
-        if let (Some(port), Ok(Decoded::Event(event))) = (port, decode(&record)) {
-            if matches!(&event.detail, EventDetail::TcpConnectFailure(f) if f.dst.port() == port) {
-                matching += 1;
+        match decode(&record) {
+            Ok(Decoded::Event(event)) => {
+                if matches!(&event.detail, EventDetail::TcpConnectFailure(f)
+                    if Some(f.dst.port()) == port)
+                {
+                    refused += 1;
+                }
             }
+            Ok(Decoded::ListenCall { process, .. }) => {
+                if let Some(i) = listeners.iter().position(|&pid| pid == process.pid) {
+                    listens[i] += 1;
+                }
+            }
+            _ => {}
         }
     }
-    matching
+    (refused, listens)
 }
 
 #[test]
@@ -203,7 +231,7 @@ fn failures_arrive_through_a_flood_of_listens_and_exits() {
     let mut probes = ProbeSet::load(&config).expect("probes load");
     let mut maps = probes.take_maps().unwrap();
     // What the host wrote since the load is not the test's.
-    drain(&mut maps, None);
+    drain(&mut maps, None, &[]);
     let before = counters(&maps);
 
     let dir = tempfile::tempdir().unwrap();
@@ -211,9 +239,11 @@ fn failures_arrive_through_a_flood_of_listens_and_exits() {
     let flooders = Flooders(vec![
         spawn_flooder(Flood::Relisten, Some(&dir.path().join("flood-1.sock"))),
         spawn_flooder(Flood::Relisten, Some(&dir.path().join("flood-2.sock"))),
+        spawn_flooder(Flood::NewListeners, None),
         spawn_flooder(Flood::ForkListeners, None),
         spawn_flooder(Flood::ForkListeners, None),
     ]);
+    let relisteners = [flooders.0[0] as u32, flooders.0[1] as u32];
 
     // The connects are made once the flood holds the ring at its share: the flood's
     // records are being refused for room (dropped), not only for budget.
@@ -243,19 +273,25 @@ fn failures_arrive_through_a_flood_of_listens_and_exits() {
     }
     drop(flooders);
 
-    let arrived = drain(&mut maps, Some(port));
+    let (arrived, relistens) = drain(&mut maps, Some(port), &relisteners);
     let grown = counters(&maps).growth_since(&before);
     assert!(
         arrived >= MUST_ARRIVE,
         "only {arrived} of {CONNECTS} refused connects arrived during the flood: {grown:?}"
     );
-    // The re-listen loops spent their budgets...
+    // The re-listen loops made one record each, their first listen...
+    assert_eq!(
+        relistens,
+        [1, 1],
+        "listen calls reported from the re-listen loops: {grown:?}"
+    );
+    // ...the loop making new listeners spent its budget...
     assert!(
         grown.throttled["listen_call"] > 0,
         "no listen_call throttled: {grown:?}"
     );
-    // ...the forking flooder's children, each with a budget of its own, were held to the
-    // ring's share...
+    // ...and the forking flooder's children, each with a budget of its own, were held to
+    // the ring's share.
     assert!(
         grown.dropped["listen_call"] > 0,
         "no listen_call dropped: {grown:?}"
@@ -286,7 +322,7 @@ fn exits_with_a_code_are_held_to_the_parents_budget_deaths_by_signal_are_not() {
     config.probes.ring_buffer_bytes = 1 << 20;
     let mut probes = ProbeSet::load(&config).expect("probes load");
     let mut maps = probes.take_maps().unwrap();
-    drain(&mut maps, None);
+    drain(&mut maps, None, &[]);
     let before = counters(&maps);
 
     // A shell of `nobody`'s, which forks cheaply (this test binary is large): each `(exit
@@ -359,5 +395,48 @@ fn exits_with_a_code_are_held_to_the_parents_budget_deaths_by_signal_are_not() {
     assert_eq!(
         signal_deaths, SIGNAL_DEATHS as u64,
         "deaths by a signal are failure evidence, never budgeted: {grown:?}"
+    );
+}
+
+#[test]
+fn only_the_first_listen_of_a_socket_is_reported() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: not root: kernel tests need root to load eBPF programs");
+        return;
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("skipped: no kernel BTF: the socket's state cannot be read at listen(2)");
+        return;
+    }
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut probes = ProbeSet::load(&Config::default()).expect("probes load");
+    let mut maps = probes.take_maps().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Two sockets, each listening once as it binds, then re-listened.
+    let bound = std::os::unix::net::UnixListener::bind(dir.path().join("a.sock")).unwrap();
+    let fresh = std::os::unix::net::UnixListener::bind(dir.path().join("b.sock")).unwrap();
+    use std::os::fd::AsRawFd;
+    for fd in [bound.as_raw_fd(), fresh.as_raw_fd()] {
+        for backlog in [1, 5, 64] {
+            // SAFETY: a listening socket of ours.
+            assert_eq!(unsafe { libc::listen(fd, backlog) }, 0, "re-listen on {fd}");
+        }
+    }
+    let me = std::process::id();
+    let mut reported = std::collections::BTreeMap::<i32, u32>::new();
+    while let Some(record) = maps.events.next() {
+        if let Ok(Decoded::ListenCall { process, fd, .. }) = decode(&record) {
+            if process.pid == me {
+                *reported.entry(fd).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(
+        reported,
+        std::collections::BTreeMap::from([(bound.as_raw_fd(), 1), (fresh.as_raw_fd(), 1)]),
+        "listen calls reported per fd (each socket listened once, then three re-listens)"
     );
 }

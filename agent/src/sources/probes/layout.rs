@@ -274,6 +274,26 @@ pub fn build(
         counter("bytes_received"),
     );
     k.tcp_bytes_acked = resolved("tcp_sock.bytes_acked", FOLLOWING, counter("bytes_acked"));
+    const RELISTENS: &str = "a listen(2) on a socket already listening is reported again";
+    for (slot, name, strct, field) in [
+        (
+            &mut k.task_files,
+            "task_struct.files",
+            "task_struct",
+            "files",
+        ),
+        (&mut k.files_fdt, "files_struct.fdt", "files_struct", "fdt"),
+        (&mut k.fdtable_fd, "fdtable.fd", "fdtable", "fd"),
+        (
+            &mut k.file_private_data,
+            "file.private_data",
+            "file",
+            "private_data",
+        ),
+        (&mut k.socket_sk, "socket.sk", "socket", "sk"),
+    ] {
+        *slot = resolved(name, RELISTENS, offset(strct, &[field]));
+    }
 
     let mut btf_unavailable = BTreeMap::new();
     match btf.map(sock_offsets).transpose() {
@@ -463,8 +483,9 @@ mod tests {
             .iter()
             .map(|f| f.name)
             .collect();
-        assert_eq!(missing.len(), 7, "{missing:?}");
+        assert_eq!(missing.len(), 12, "{missing:?}");
         assert!(missing.contains(&"tcp_sock.bytes_received"));
+        assert!(missing.contains(&"fdtable.fd"));
         assert!(missing.contains(&"tcp_sock.bytes_acked"));
         assert_eq!(layout.config.kernel.tcp_bytes_acked, NO_OFFSET);
         // The options pass through.
@@ -504,6 +525,18 @@ mod tests {
         assert_ne!(k.tcp_bytes_received, k.tcp_bytes_acked);
         assert_eq!(k.tcp_bytes_received % 8, 0);
         assert_eq!(k.tcp_bytes_acked % 8, 0);
+        // The way from an fd to its socket: pointers, 8-byte aligned (`files_struct.fdt` is
+        // an `__rcu` pointer, not at the start; `socket.sk` follows state, type, flags).
+        for offset in [
+            k.task_files,
+            k.files_fdt,
+            k.fdtable_fd,
+            k.file_private_data,
+            k.socket_sk,
+        ] {
+            assert_eq!(offset % 8, 0, "{k:?}");
+        }
+        assert!(k.files_fdt > 0 && k.socket_sk > 0, "{k:?}");
     }
 
     #[test]
