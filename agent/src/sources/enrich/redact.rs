@@ -241,8 +241,42 @@ impl Redactor {
 
     fn redact_arg(&self, arg: &str) -> String {
         let arg = self.redact_headers(arg);
+        let arg = self.redact_json_members(&arg);
         let arg = redact_url_userinfo(&arg);
         self.redact_assignments(&arg)
+    }
+
+    /// `"password": "hunter2"` → `"password": "***"`: JSON bodies (`curl -d '{…}'`).
+    fn redact_json_members(&self, arg: &str) -> String {
+        let mut result = String::with_capacity(arg.len());
+        let mut rest = arg;
+        while let Some(colon) = rest.find("\":") {
+            let (before, after) = rest.split_at(colon + 1);
+            let key = before[..colon]
+                .rfind('"')
+                .map_or("", |start| &before[start + 1..colon]);
+            result.push_str(before);
+            let after = &after[1..];
+            result.push(':');
+            let spaces = after.len() - after.trim_start().len();
+            let value = &after[spaces..];
+            let end = value
+                .strip_prefix('"')
+                .and_then(|inner| inner.find('"'))
+                .map(|end| end + 2);
+            match end {
+                Some(end) if self.is_secret_key(key) && end > 2 => {
+                    result.push_str(&after[..spaces]);
+                    result.push('"');
+                    result.push_str(MASK);
+                    result.push('"');
+                    rest = &value[end..];
+                }
+                _ => rest = after,
+            }
+        }
+        result.push_str(rest);
+        result
     }
 
     /// key=value pairs, alone or inside a query string, a fragment or an option list.
@@ -353,11 +387,16 @@ fn redact_url_userinfo(arg: &str) -> String {
         match authority.rfind('@') {
             Some(at) if at > 0 => {
                 let userinfo = &authority[..at];
-                if let Some((user, _)) = userinfo.split_once(':') {
-                    result.push_str(user);
-                    result.push(':');
+                match userinfo.split_once(':') {
+                    // GitHub's `TOKEN:x-oauth-basic@`: the token is the user name.
+                    Some((_, "x-oauth-basic")) => result.push_str(MASK),
+                    Some((user, _)) => {
+                        result.push_str(user);
+                        result.push(':');
+                        result.push_str(MASK);
+                    }
+                    None => result.push_str(MASK),
                 }
-                result.push_str(MASK);
                 result.push_str(&authority[at..]);
             }
             _ => result.push_str(authority),
@@ -502,6 +541,15 @@ mod tests {
             &["curl", "-H", "Accept: text/html", "-H", "Host: a:80"],
             "curl -H Accept: text/html -H Host: a:80",
         ),
+        // JSON bodies.
+        (
+            &["curl", "-d", r#"{"user":"app","password": "hunter2","n":1}"#, "http://h/"],
+            r#"curl -d {"user":"app","password": "***","n":1} http://h/"#,
+        ),
+        (
+            &["curl", "-d", r#"{"client_secret":"hunter2"}"#],
+            r#"curl -d {"client_secret":"***"}"#,
+        ),
         // URL user info, every URL in an argument.
         (
             &["psql", "postgres://app:hunter2@db:5432/x"],
@@ -518,6 +566,10 @@ mod tests {
         (
             &["sh", "-c", "wget -q 'https://u:hunter2@h/f' && curl http://hunter2@h2/"],
             "sh -c wget -q 'https://u:***@h/f' && curl http://***@h2/",
+        ),
+        (
+            &["git", "push", "https://hunter2:x-oauth-basic@github.com/o/r"],
+            "git push https://***@github.com/o/r",
         ),
         (&["x", "http://host/a@b"], "x http://host/a@b"),
         (&["x", "mailto:a@b"], "x mailto:a@b"),
@@ -538,6 +590,7 @@ mod tests {
             &["app", "--callback=https://h/cb#access_token=hunter2&state=1"],
             "app --callback=https://h/cb#access_token=***&state=1",
         ),
+        (&["app", "https://h/p#key=hunter2&x=1"], "app https://h/p#key=***&x=1"),
         (
             &["app", "upstream is http://h/ready?token=hunter2 now"],
             "app upstream is http://h/ready?token=*** now",
