@@ -206,9 +206,10 @@ impl Redactor {
                 out.push(word.to_string());
                 continue;
             }
-            let short = word
-                .strip_prefix('-')
-                .and_then(|rest| rest.chars().next().map(|letter| (letter, &rest[1..])));
+            let short = word.strip_prefix('-').and_then(|rest| {
+                let letter = rest.chars().next()?;
+                Some((letter, &rest[letter.len_utf8()..]))
+            });
             let option = short.and_then(|(letter, _)| {
                 program
                     .into_iter()
@@ -316,8 +317,10 @@ impl Redactor {
         while let Some(colon) = rest.find(':') {
             let (before, after) = rest.split_at(colon);
             let name_start = before
-                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-                .map_or(0, |i| i + 1);
+                .char_indices()
+                .rev()
+                .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                .map_or(0, |(i, c)| i + c.len_utf8());
             let name = &before[name_start..];
             let at_word_start = before[..name_start]
                 .chars()
@@ -611,6 +614,89 @@ mod tests {
             assert!(!got.contains("hunter2"), "leaked: {argv:?} → {got}");
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// Command lines are chosen by any local user: no byte of them may crash the agent.
+    /// Every pair of these awkward pieces (multi-byte characters where a slice could cut
+    /// one, separators at the very end) goes through as one argument and as two.
+    #[test]
+    fn no_command_line_panics() {
+        const PIECES: [&str; 24] = [
+            "-é",
+            "-",
+            "--",
+            "-pé",
+            "-aé",
+            "mysql",
+            "redis-cli",
+            "curl",
+            "-u",
+            "é:é",
+            "=",
+            "é=é",
+            "password=",
+            "=é",
+            "://",
+            "é://é@",
+            "https://é:é@",
+            "@",
+            ":",
+            "Authorization:",
+            "\"",
+            "\"password\":",
+            "\"password\": \"é",
+            "#é=",
+        ];
+        let redactor = default_redactor();
+        for a in PIECES {
+            for b in PIECES {
+                redactor.redact(&[a.to_string(), b.to_string()]);
+                redactor.redact(&[format!("{a}{b}")]);
+                redactor.redact(&[format!("{a} {b}")]);
+            }
+        }
+        // And random lines of the same alphabet (a fixed seed: the same lines every run).
+        const ALPHABET: [&str; 22] = [
+            "é",
+            "-",
+            "=",
+            ":",
+            "/",
+            "@",
+            "\"",
+            "'",
+            " ",
+            "#",
+            "?",
+            "&",
+            "p",
+            "a",
+            "u",
+            "x",
+            "mysql ",
+            "curl ",
+            "password",
+            "Authorization",
+            "://",
+            "\u{9b}",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5_000 {
+            let args: Vec<String> = (0..next() % 4 + 1)
+                .map(|_| {
+                    (0..next() % 24)
+                        .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                        .collect()
+                })
+                .collect();
+            redactor.redact(&args);
+        }
     }
 
     #[test]
