@@ -273,3 +273,41 @@ fn watch_prints_open_incidents_and_stops_on_ctrl_c() {
         "nothing changed, so nothing more is printed"
     );
 }
+
+/// A process's name, socket path and the sentences made of them reach the terminal
+/// escaped through the real binary, in text and in `--json` (which reads back exact).
+#[test]
+fn process_text_is_printed_escaped() {
+    const HOSTILE: &str = "\x1b]0;pwned\x07\u{9b}31m\n";
+    let mut hostile = incident(19, 1, true, &format!("unix:/tmp/{HOSTILE}.sock"));
+    hostile.proxy.comm = format!("nginx{HOSTILE}");
+    hostile.causes[0].summary.push_str(HOSTILE);
+    let agent = start(std::slice::from_ref(&hostile));
+    let raw = |text: &str| -> Vec<char> {
+        text.chars()
+            .filter(|&c| c.is_control() && c != '\n')
+            .collect()
+    };
+    for args in [&["incidents"][..], &["explain", "19"]] {
+        let out = why502(&agent.socket, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        // Without a terminal there are no colors: no escape sequence is the CLI's own.
+        assert!(
+            raw(&text).is_empty(),
+            "{args:?}: raw {:?} in\n{text}",
+            raw(&text)
+        );
+        assert!(
+            text.contains(r"nginx\x1b]0;pwned\x07\u{9b}31m\n"),
+            "{args:?}:\n{text}"
+        );
+    }
+    let out = why502(&agent.socket, &["explain", "19", "--json"]);
+    let text = stdout(&out);
+    assert!(raw(&text).is_empty(), "raw {:?} in\n{text}", raw(&text));
+    let read: Incident = serde_json::from_str(&text).unwrap();
+    assert_eq!(read.proxy.comm, hostile.proxy.comm);
+    assert_eq!(read.upstream, hostile.upstream);
+    assert_eq!(read.causes[0].summary, hostile.causes[0].summary);
+}
