@@ -25,10 +25,17 @@ pub const LOW_PRIORITY_RING_SHARE: u64 = 2;
 pub struct BudgetKey {
     /// The process that produced the records: the caller for `listen(2)` and signals, the
     /// parent for execs and exits (a `fork`+`exec` loop makes a new process each time,
-    /// its parent is the same), the process itself when the parent is unknown.
+    /// its parent is the same), the process itself when the parent is unknown and for the
+    /// exit of a process that listened (its exit is evidence: one exit never exceeds a
+    /// budget of its own).
     pub tgid: u32,
+    /// The uid the record's process runs as: processes of one parent but different users
+    /// (orphans of any user all have init for a parent) do not share a budget, so that a
+    /// user's flood never spends a service's.
+    pub uid: u32,
     /// [`crate::event::EventKind`] as a number.
     pub kind: u32,
+    pub _pad: u32,
 }
 
 /// What a producer spent in its current window.

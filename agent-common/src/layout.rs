@@ -142,7 +142,7 @@ assert_no_padding! {
     }
     ConnectCall { start_ns, uaddr, addrlen, fd, reported, _pad }
     ResponseKey { tgid, code, _pad }
-    BudgetKey { tgid, kind }
+    BudgetKey { tgid, uid, kind, _pad }
     Budget { window_start_ns, sent }
     TupleFields { family, sport, dport, saddr, daddr, saddr_v6, daddr_v6, sockaddr }
     SetStateFields { skaddr, oldstate, newstate, protocol, tuple }

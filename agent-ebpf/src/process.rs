@@ -105,10 +105,15 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     let ppid = parent_tgid(task);
     // A death by a signal (the low 7 bits of the wait status) is failure evidence; exits
-    // with a code (any user can `exit(1)` in a loop) and unknown statuses are budgeted.
+    // with a code (any user can `exit(1)` in a loop) and unknown statuses are budgeted:
+    // by the parent, except a listener's owner, whose exit (a restart, a crash with a
+    // code) is evidence too and spends only a budget of its own, which one exit never
+    // exceeds (the ring share still holds a flood of listeners exiting).
     let by_signal = exit_code != -1 && exit_code & 0x7f != 0;
     let entry = if by_signal {
         reserve::<ProcessExit>()
+    } else if watched {
+        reserve_budgeted::<ProcessExit>(header.tgid)
     } else {
         reserve_budgeted::<ProcessExit>(producer(header.tgid, ppid))
     };

@@ -13,8 +13,8 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, generated,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
     },
     maps::ring_buf::RingBufEntry,
     programs::TracePointContext,
@@ -196,7 +196,10 @@ pub fn reserve_budgeted<T: Record>(producer: u32) -> Option<RingBufEntry<T>> {
 fn within_budget(producer: u32, kind: u32) -> bool {
     let key = BudgetKey {
         tgid: producer,
+        // The low half is the uid.
+        uid: bpf_get_current_uid_gid() as u32,
         kind,
+        _pad: 0,
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(spent) = BUDGETS.get_ptr_mut(&key) else {

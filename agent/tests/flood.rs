@@ -73,6 +73,9 @@ enum Flood {
 /// Children of one parent exiting with a code: more than the parent's budget allows in
 /// the few windows they take.
 const CODE_EXITS: u32 = 1500;
+/// After each third of them, a listener's owner of the same parent exits with code 3:
+/// its exit is evidence (a restart, a crash) and spends no share of the parent's budget.
+const LISTENER_EXITS: u32 = 3;
 /// Children of the same parent dying of a signal: over the budget too, and all reported.
 const SIGNAL_DEATHS: u32 = 300;
 
@@ -326,10 +329,17 @@ fn exits_with_a_code_are_held_to_the_parents_budget_deaths_by_signal_are_not() {
     let before = counters(&maps);
 
     // A shell of `nobody`'s, which forks cheaply (this test binary is large): each `(exit
-    // 1)` is a child exiting with a code, each `(exec sh -c 'kill -KILL $$')` one that
-    // dies of a signal.
+    // 1)` is a child exiting with a code, each perl a listener's owner exiting with code 3
+    // (each after a block of exits the budget cannot hold, at least one of them within a
+    // window the block spent), each `(exec sh -c 'kill -KILL $$')` a child that dies of a
+    // signal.
+    const LISTENER: &str = "perl -MSocket -e 'socket(my $s, PF_UNIX, SOCK_STREAM, 0) or die; \
+        bind($s, pack_sockaddr_un(\"\\0why502-flood-$$\")) or die; listen($s, 1) or die; exit 3'";
+    let block = CODE_EXITS / LISTENER_EXITS;
     let script = format!(
-        "i=0; while [ $i -lt {CODE_EXITS} ]; do (exit 1); i=$((i+1)); done; \
+        "for b in $(seq {LISTENER_EXITS}); do \
+           i=0; while [ $i -lt {block} ]; do (exit 1); i=$((i+1)); done; {LISTENER}; \
+         done; \
          i=0; while [ $i -lt {SIGNAL_DEATHS} ]; do (exec sh -c 'kill -KILL $$'); \
          i=$((i+1)); done"
     );
@@ -357,7 +367,7 @@ fn exits_with_a_code_are_held_to_the_parents_budget_deaths_by_signal_are_not() {
     let elapsed = started.elapsed();
     assert!(status.success(), "the forking shell failed: {status}");
 
-    let (mut code_exits, mut signal_deaths) = (0u64, 0u64);
+    let (mut code_exits, mut listener_exits, mut signal_deaths) = (0u64, 0u64, 0u64);
     while let Some(record) = maps.events.next() {
         let Ok(Decoded::Event(event)) = decode(&record) else {
             continue;
@@ -368,6 +378,7 @@ fn exits_with_a_code_are_held_to_the_parents_budget_deaths_by_signal_are_not() {
             }
             match (exit.code, exit.signal_number) {
                 (Some(1), _) => code_exits += 1,
+                (Some(3), _) => listener_exits += 1,
                 (_, Some(9)) => signal_deaths += 1,
                 other => panic!("an exit the children did not make: {other:?}"),
             }
@@ -391,6 +402,11 @@ fn exits_with_a_code_are_held_to_the_parents_budget_deaths_by_signal_are_not() {
     assert!(
         grown.throttled["process_exit"] >= CODE_EXITS as u64 - code_exits,
         "{code_exits} of {CODE_EXITS} reported, the rest not all counted: {grown:?}"
+    );
+    assert_eq!(
+        listener_exits, LISTENER_EXITS as u64,
+        "listeners' owners exiting with a code spend no share of their parent's budget: \
+         {grown:?}"
     );
     assert_eq!(
         signal_deaths, SIGNAL_DEATHS as u64,
@@ -438,5 +454,92 @@ fn only_the_first_listen_of_a_socket_is_reported() {
         reported,
         std::collections::BTreeMap::from([(bound.as_raw_fd(), 1), (fresh.as_raw_fd(), 1)]),
         "listen calls reported per fd (each socket listened once, then three re-listens)"
+    );
+}
+
+#[test]
+fn one_users_exits_do_not_spend_another_users_budget() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: not root: kernel tests need root to load eBPF programs");
+        return;
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("skipped: no kernel BTF: exits carry no parent to budget by");
+        return;
+    }
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The default ring: its low-priority share holds every exec and exit the test makes
+    // (each setpriv is two execs of 312-byte records), so a missing one was throttled.
+    let config = Config::default();
+    let mut probes = ProbeSet::load(&config).expect("probes load");
+    let mut maps = probes.take_maps().unwrap();
+    drain(&mut maps, None, &[]);
+    let before = counters(&maps);
+
+    // One parent (root's perl, which forks cheaply), children of two users: blocks of
+    // `nobody`'s exiting with code 2, more than a window's budget, each followed by a few
+    // of root's exiting with code 4, which must all be reported (orphans of every user
+    // share init as a parent).
+    const BLOCKS: u32 = 3;
+    const NOBODY_EXITS: u32 = 400;
+    const ROOT_EXITS: u32 = 5;
+    let script = format!(
+        "use POSIX; \
+         for my $b (1..{BLOCKS}) {{ \
+           for (1..{NOBODY_EXITS}) {{ \
+             my $p = fork // die; \
+             if (!$p) {{ setgid({NOGROUP_GID}); setuid({NOBODY_UID}) or _exit(9); _exit(2) }} \
+             waitpid($p, 0); \
+           }} \
+           for (1..{ROOT_EXITS}) {{ my $p = fork // die; _exit(4) if !$p; waitpid($p, 0) }} \
+         }}"
+    );
+    let started = Instant::now();
+    let mut shell = std::process::Command::new("perl")
+        .args(["-e", &script])
+        .spawn()
+        .expect("run perl");
+    let pid = shell.id();
+    let status = loop {
+        if let Some(status) = shell.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > FILL_DEADLINE {
+            let _ = shell.kill();
+            let _ = shell.wait();
+            panic!("the children took over {FILL_DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "perl failed: {status}");
+
+    let (mut nobody_exits, mut root_exits) = (0u64, 0u64);
+    while let Some(record) = maps.events.next() {
+        let Ok(Decoded::Event(event)) = decode(&record) else {
+            continue;
+        };
+        if let EventDetail::ProcessExit(exit) = &event.detail {
+            if exit.ppid == Some(pid) {
+                match exit.code {
+                    Some(2) => nobody_exits += 1,
+                    Some(4) => root_exits += 1,
+                    other => panic!("an exit the children did not make: {other:?}"),
+                }
+            }
+        }
+    }
+    let grown = counters(&maps).growth_since(&before);
+    assert_eq!(grown.dropped["process_exit"], 0, "{grown:?}");
+    assert!(
+        nobody_exits < (BLOCKS * NOBODY_EXITS) as u64,
+        "nobody's exits were not throttled ({nobody_exits} reported): {grown:?}"
+    );
+    assert_eq!(
+        root_exits,
+        (BLOCKS * ROOT_EXITS) as u64,
+        "root's exits spent nobody's budget: {grown:?}"
     );
 }
