@@ -142,8 +142,13 @@ fn remove_stale(socket: &Path) -> Result<(), ApiError> {
             path: socket.to_path_buf(),
         });
     }
-    match std::os::unix::net::UnixStream::connect(socket) {
-        Ok(_) => Err(ApiError::AlreadyServing {
+    match probe_listener(socket) {
+        // EAGAIN: a listener whose backlog is full (a hung agent, or anyone's process) is
+        // still a listener; a blocking connect would wait for it forever.
+        Ok(()) => Err(ApiError::AlreadyServing {
+            socket: socket.to_path_buf(),
+        }),
+        Err(err) if err.raw_os_error() == Some(libc::EAGAIN) => Err(ApiError::AlreadyServing {
             socket: socket.to_path_buf(),
         }),
         Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(socket)
@@ -152,6 +157,51 @@ fn remove_stale(socket: &Path) -> Result<(), ApiError> {
                 source,
             }),
         Err(err) => Err(probe(err)),
+    }
+}
+
+/// Connects to `socket` without blocking: `Ok` when a listener took the connection,
+/// `EAGAIN` when one exists but its backlog is full, `ECONNREFUSED` when none listens.
+fn probe_listener(socket: &Path) -> io::Result<()> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    let path = socket.as_os_str().as_bytes();
+    // SAFETY: a zeroed sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if path.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the socket path is too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(path) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the fd is owned (and closed) by `fd` from here on.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    // SAFETY: `addr` is a valid sockaddr_un of the size given, alive for the call.
+    let rc = unsafe {
+        libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
