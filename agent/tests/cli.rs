@@ -1,4 +1,4 @@
-//! The `why502` binary itself: bad input fails with one clear line; `--print-events` prints
+//! The `why502` binary itself: bad input fails with one clear line, bad state does not stop it; `--print-events` prints
 //! real kernel events as JSON lines.
 
 use std::{
@@ -32,8 +32,10 @@ fn bad_config_is_one_line_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("frobnicate"));
 }
 
+/// Bad state is not bad input: a store that is not SQLite is moved aside with one warning
+/// (its cause said once) and the agent runs on a fresh store.
 #[test]
-fn a_store_that_is_not_sqlite_is_one_line_saying_its_cause_once() {
+fn a_store_that_is_not_sqlite_is_one_warning_and_the_agent_runs() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: not root: the store is opened after the probes load");
@@ -51,19 +53,52 @@ fn a_store_that_is_not_sqlite_is_one_line_saying_its_cause_once() {
         ),
     )
     .unwrap();
-    let out = why502(&[
-        "agent",
-        "--log-level",
-        "error",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    let line = stderr.lines().last().unwrap_or_default();
-    assert!(line.contains("cannot open the incident store"), "{stderr}");
-    assert_eq!(line.matches("incident store").count(), 1, "{line}");
+    let mut agent = Command::new(BIN)
+        .args(["agent", "--log-level", "info", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = agent.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lines = Vec::new();
+    // Up to "running" (signals are handled from then on), noting the store's warning.
+    let mut warning = None;
+    let mut running = false;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains("incident store") && warning.is_none() {
+            warning = Some(line);
+        } else if line.contains("why502 agent running") {
+            running = agent.try_wait().unwrap().is_none();
+            break;
+        } else {
+            lines.push(line);
+        }
+    }
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let status = agent.wait().unwrap();
+    let line = warning.unwrap_or_else(|| panic!("no warning about the store: {lines:?}"));
+    assert!(running, "the agent stopped: {line}");
     assert_eq!(line.matches("file is not a database").count(), 1, "{line}");
+    assert!(line.contains(".bad-"), "names where the file went: {line}");
+    assert_eq!(status.code(), Some(0));
+    // The bad file was kept (moved aside), and a fresh store took its place.
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("junk.db.bad-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
 }
 
 #[test]
