@@ -106,22 +106,27 @@ impl Agent {
 
         // Any state of the file gives a store to run on (see store::open_for_agent): a bad
         // file must not leave the host unwatched.
+        let retention = (
+            Duration::from_secs(u64::from(config.store.max_age_days) * 86_400),
+            config.store.max_incidents,
+        );
         let AgentStore {
             store,
             writer,
             persistence,
-        } = store::open_for_agent(
-            &config.store.path,
-            (
-                Duration::from_secs(u64::from(config.store.max_age_days) * 86_400),
-                config.store.max_incidents,
-            ),
-        )?;
+        } = store::open_for_agent(&config.store.path, retention)?;
         let store_writer = Arc::new(writer);
         // A failure here is a disk that went bad since the check: the engine still runs,
         // the stale incidents stay open in the file until a start that can close them.
         if let Err(err) = close_stale_incidents(&store) {
             log::warn!("{}", crate::error_chain(&err));
+        }
+        // The writer's first prune may have run before those were closed (open incidents
+        // are kept): the retention applies to them now, not hours later.
+        match store.prune(retention.0, retention.1) {
+            Ok(0) => {}
+            Ok(n) => log::info!("incident store: deleted {n} old incidents"),
+            Err(err) => log::warn!("{}", crate::error_chain(&err)),
         }
         let next_id = store.max_id()? + 1;
 
