@@ -16,13 +16,11 @@ use crate::{
         engine::Engine,
         task::{self as correlation, CorrelationStats},
     },
-    model::incident::{IncidentState, Update},
+    model::incident::Update,
     sinks::{
         api::{self, ApiState, RecentEvents, StatusReport},
         metrics::{self, feed::Subscriptions, Metrics, MetricsError},
-        store::{
-            self, AgentStore, IncidentFilter, Persistence, Store, StoreError, StoreWriterHandle,
-        },
+        store::{self, AgentStore, Persistence, StoreError, StoreWriterHandle},
     },
     sources::{
         enrich::{interfaces, listeners, Enricher, ProcessCache},
@@ -116,18 +114,6 @@ impl Agent {
             persistence,
         } = store::open_for_agent(&config.store.path, retention)?;
         let store_writer = Arc::new(writer);
-        // A failure here is a disk that went bad since the check: the engine still runs,
-        // the stale incidents stay open in the file until a start that can close them.
-        if let Err(err) = close_stale_incidents(&store) {
-            log::warn!("{}", crate::error_chain(&err));
-        }
-        // The writer's first prune may have run before those were closed (open incidents
-        // are kept): the retention applies to them now, not hours later.
-        match store.prune(retention.0, retention.1) {
-            Ok(0) => {}
-            Ok(n) => log::info!("incident store: deleted {n} old incidents"),
-            Err(err) => log::warn!("{}", crate::error_chain(&err)),
-        }
         let next_id = store.max_id()? + 1;
 
         let cache = ProcessCache::new(
@@ -304,32 +290,6 @@ impl Drop for Agent {
             task.abort();
         }
     }
-}
-
-/// Incidents left open by an agent that stopped: closed at their last failure, since
-/// nobody watched after that.
-fn close_stale_incidents(store: &Store) -> Result<(), StoreError> {
-    let stale: Vec<_> = store
-        .list(&IncidentFilter {
-            limit: crate::sinks::store::MAX_LIMIT,
-            ..Default::default()
-        })?
-        .into_iter()
-        .filter(|i| i.state == IncidentState::Open)
-        .map(|mut i| {
-            i.state = IncidentState::Closed;
-            i.closed_at = Some(i.last_failure_at);
-            i
-        })
-        .collect();
-    if !stale.is_empty() {
-        log::info!(
-            "closing {} incidents left open by the previous run",
-            stale.len()
-        );
-        store.upsert_all(&stale)?;
-    }
-    Ok(())
 }
 
 fn status_report(

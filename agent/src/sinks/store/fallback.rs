@@ -40,17 +40,26 @@ pub struct AgentStore {
 /// Opens the store at `path` for the agent, falling back as the module says. Fails only if
 /// the writer thread cannot be started.
 pub fn open_for_agent(path: &Path, retention: (Duration, u32)) -> Result<AgentStore, StoreError> {
-    match open_file(path) {
-        // The writer's own connection, so that the API reads while it writes (WAL).
-        Ok(store) => match StoreWriter::spawn(path, retention) {
-            Ok(writer) => Ok(AgentStore {
-                store: Arc::new(store),
-                writer,
-                persistence: Persistence::File,
-            }),
-            Err(StoreError::Thread { source }) => Err(StoreError::Thread { source }),
-            Err(err) => in_memory(path, &err, retention),
-        },
+    let store = match open_file(path) {
+        Ok(store) => store,
+        Err(err) => return in_memory(path, &err, retention),
+    };
+    // Before the writer starts: its first prune keeps open incidents, and these are the
+    // last run's. A failure is a disk that went bad since the check: they stay open in
+    // the file until a start that can close them.
+    match store.close_left_open() {
+        Ok(0) => {}
+        Ok(n) => log::info!("closed {n} incidents left open by the previous run"),
+        Err(err) => log::warn!("{}", crate::error_chain(&err)),
+    }
+    // The writer's own connection, so that the API reads while it writes (WAL).
+    match StoreWriter::spawn(path, retention) {
+        Ok(writer) => Ok(AgentStore {
+            store: Arc::new(store),
+            writer,
+            persistence: Persistence::File,
+        }),
+        Err(StoreError::Thread { source }) => Err(StoreError::Thread { source }),
         Err(err) => in_memory(path, &err, retention),
     }
 }

@@ -254,6 +254,28 @@ impl Store {
     }
 
     /// The incidents the filter selects, newest (by start) first.
+    /// Closes the incidents an agent that stopped left open, at their last failure (nobody
+    /// watched after that); how many.
+    pub fn close_left_open(&self) -> Result<usize, StoreError> {
+        let stale: Vec<_> = self
+            .list(&IncidentFilter {
+                limit: MAX_LIMIT,
+                ..Default::default()
+            })?
+            .into_iter()
+            .filter(|i| i.state == IncidentState::Open)
+            .map(|mut i| {
+                i.state = IncidentState::Closed;
+                i.closed_at = Some(i.last_failure_at);
+                i
+            })
+            .collect();
+        if !stale.is_empty() {
+            self.upsert_all(&stale)?;
+        }
+        Ok(stale.len())
+    }
+
     pub fn list(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, StoreError> {
         let failed = |source| StoreError::Query {
             action: "list incidents".into(),
