@@ -83,6 +83,43 @@ const SIGNAL_DEATHS: u32 = 300;
 /// flood is not counted in the other's counters.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A test's own probes, loaded alone (one test of this binary at a time: each reads the
+/// ring only after its flood), or `None`, with the reason printed, where the test cannot
+/// run: not root, or (`needs_btf`: why) no kernel BTF.
+struct OwnProbes {
+    _one: std::sync::MutexGuard<'static, ()>,
+    _probes: ProbeSet,
+    maps: KernelMaps,
+}
+
+fn own_probes(ring_buffer_bytes: Option<u32>, needs_btf: Option<&str>) -> Option<OwnProbes> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: not root: kernel tests need root to load eBPF programs");
+        return None;
+    }
+    if let Some(why) = needs_btf {
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            eprintln!("skipped: no kernel BTF: {why}");
+            return None;
+        }
+    }
+    let one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut config = Config::default();
+    if let Some(bytes) = ring_buffer_bytes {
+        config.probes.ring_buffer_bytes = bytes;
+    }
+    let mut probes = ProbeSet::load(&config).expect("probes load");
+    let maps = probes.take_maps().unwrap();
+    Some(OwnProbes {
+        _one: one,
+        _probes: probes,
+        maps,
+    })
+}
+
 fn monotonic_now() -> libc::timespec {
     let mut now = libc::timespec {
         tv_sec: 0,
@@ -219,20 +256,16 @@ fn drain(maps: &mut KernelMaps, port: Option<u16>, listeners: &[u32]) -> (u64, V
 
 #[test]
 fn failures_arrive_through_a_flood_of_listens_and_exits() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: not root: kernel tests need root to load eBPF programs");
-        return;
-    }
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let mut config = Config::default();
     // Small enough for the flood to fill its share within a second or two, large enough
     // that other processes' failures on a busy host do not fill the rest meanwhile.
-    config.probes.ring_buffer_bytes = 1 << 19;
-    let mut probes = ProbeSet::load(&config).expect("probes load");
-    let mut maps = probes.take_maps().unwrap();
+    let Some(OwnProbes {
+        mut maps,
+        _one,
+        _probes,
+    }) = own_probes(Some(1 << 19), None)
+    else {
+        return;
+    };
     // What the host wrote since the load is not the test's.
     drain(&mut maps, None, &[]);
     let before = counters(&maps);
@@ -306,25 +339,17 @@ fn failures_arrive_through_a_flood_of_listens_and_exits() {
 
 #[test]
 fn exits_with_a_code_are_held_to_the_parents_budget_deaths_by_signal_are_not() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: not root: kernel tests need root to load eBPF programs");
-        return;
-    }
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        // Without BTF neither the parent nor the exit status is known.
-        eprintln!("skipped: no kernel BTF: exits carry no parent to budget by");
-        return;
-    }
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let mut config = Config::default();
     // Room for every record of the test in the low-priority share: what is missing was
-    // throttled, not lost for room.
-    config.probes.ring_buffer_bytes = 1 << 20;
-    let mut probes = ProbeSet::load(&config).expect("probes load");
-    let mut maps = probes.take_maps().unwrap();
+    // throttled, not lost for room. Without BTF neither the parent nor the exit status is
+    // known.
+    let Some(OwnProbes {
+        mut maps,
+        _one,
+        _probes,
+    }) = own_probes(Some(1 << 20), Some("exits carry no parent to budget by"))
+    else {
+        return;
+    };
     drain(&mut maps, None, &[]);
     let before = counters(&maps);
 
@@ -416,20 +441,14 @@ fn exits_with_a_code_are_held_to_the_parents_budget_deaths_by_signal_are_not() {
 
 #[test]
 fn only_the_first_listen_of_a_socket_is_reported() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: not root: kernel tests need root to load eBPF programs");
+    let Some(OwnProbes {
+        mut maps,
+        _one,
+        _probes,
+    }) = own_probes(None, Some("the socket's state cannot be read at listen(2)"))
+    else {
         return;
-    }
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipped: no kernel BTF: the socket's state cannot be read at listen(2)");
-        return;
-    }
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let mut probes = ProbeSet::load(&Config::default()).expect("probes load");
-    let mut maps = probes.take_maps().unwrap();
+    };
     let dir = tempfile::tempdir().unwrap();
     // Two sockets, each listening once as it binds, then re-listened.
     let bound = std::os::unix::net::UnixListener::bind(dir.path().join("a.sock")).unwrap();
@@ -459,23 +478,16 @@ fn only_the_first_listen_of_a_socket_is_reported() {
 
 #[test]
 fn one_users_exits_do_not_spend_another_users_budget() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: not root: kernel tests need root to load eBPF programs");
-        return;
-    }
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipped: no kernel BTF: exits carry no parent to budget by");
-        return;
-    }
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     // The default ring: its low-priority share holds every exec and exit the test makes
     // (each setpriv is two execs of 312-byte records), so a missing one was throttled.
-    let config = Config::default();
-    let mut probes = ProbeSet::load(&config).expect("probes load");
-    let mut maps = probes.take_maps().unwrap();
+    let Some(OwnProbes {
+        mut maps,
+        _one,
+        _probes,
+    }) = own_probes(None, Some("exits carry no parent to budget by"))
+    else {
+        return;
+    };
     drain(&mut maps, None, &[]);
     let before = counters(&maps);
 
