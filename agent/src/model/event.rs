@@ -50,6 +50,9 @@ pub struct ProcessInfo {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ppid: Option<u32>,
+    /// The real user id (`/proc/<pid>/status`): proxies of different users are kept apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
     /// The command line with secrets redacted.

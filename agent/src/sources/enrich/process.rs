@@ -15,6 +15,9 @@ pub fn read(pid: u32, redactor: &Redactor) -> Option<ProcessInfo> {
     let stat = process.stat().ok();
     let ppid = stat.as_ref().map(|s| s.ppid as u32);
     let name = stat.map(|s| s.comm);
+    // The real uid from status: `/proc/<pid>` itself is owned by root for a non-dumpable
+    // process (one that changed its credentials), whoever runs it.
+    let uid = process.status().ok().map(|s| s.ruid);
     let exe = process.exe().ok().map(|p| p.display().to_string());
     let cmdline = process
         .cmdline()
@@ -35,6 +38,7 @@ pub fn read(pid: u32, redactor: &Redactor) -> Option<ProcessInfo> {
     Some(ProcessInfo {
         name,
         ppid,
+        uid,
         exe,
         cmdline,
         unit: cgroup.as_deref().and_then(cgroup::unit),
