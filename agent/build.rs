@@ -1,12 +1,15 @@
 //! Builds the kernel programs (`agent-ebpf`) for the BPF target with the nightly toolchain.
 //! `AYA_BUILD_SKIP=1` skips that for userspace-only work (`cargo clippy`, unit tests): the
 //! binary then carries an empty object and refuses to start the agent, saying why.
+//!
+//! It also records the commit built (`WHY502_COMMIT`, for `why502 --version`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 
 fn main() -> anyhow::Result<()> {
+    emit_commit();
     let skip =
         std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
@@ -31,4 +34,42 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Custom("nightly"),
     )
+}
+
+/// Sets `WHY502_COMMIT` for `why502 --version`: `$WHY502_COMMIT` when the packager gives
+/// one (a source tarball has no `.git`), else `git rev-parse`, else "unknown". Rebuilds
+/// when `HEAD` moves (a commit, a checkout), not on every edit: the tree may be dirty.
+fn emit_commit() {
+    println!("cargo:rerun-if-env-changed=WHY502_COMMIT");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .map(|text| text.trim().to_string())
+            .filter(|text| !text.is_empty())
+    };
+    let commit = std::env::var("WHY502_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]));
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        let git_dir = Path::new(&git_dir);
+        println!("cargo:rerun-if-changed={}", git_dir.join("HEAD").display());
+        // HEAD names a branch: its ref file (or packed-refs) moves with each commit.
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={}", git_dir.join(branch).display());
+        }
+        println!(
+            "cargo:rerun-if-changed={}",
+            git_dir.join("packed-refs").display()
+        );
+    }
+    println!(
+        "cargo:rustc-env=WHY502_COMMIT={}",
+        commit.as_deref().unwrap_or("unknown")
+    );
 }

@@ -10,10 +10,18 @@ use crate::config::DEFAULT_SOCKET;
 pub const EXIT_CODES: &str = "Exit codes: 0 success, 1 error, 2 usage, 3 agent not running, \
                               4 no such incident (or none for --last).";
 
+/// `why502 --version`: the release and the commit it was built from (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WHY502_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "why502",
-    version,
+    version = VERSION,
     about = "Explains HTTP 502 spikes from kernel evidence",
     after_help = EXIT_CODES
 )]
@@ -116,6 +124,10 @@ pub struct AgentArgs {
     /// Configuration file [default: /etc/why502/why502.toml, if it exists].
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Check the configuration (syntax, keys, values, bounds) and exit: 0 and one line
+    /// when it is valid, 1 and the first problem when not. Loads no probes.
+    #[arg(long)]
+    pub check_config: bool,
     /// Print every event as one JSON line on standard output.
     #[arg(long)]
     pub print_events: bool,

@@ -31,6 +31,20 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut config = Config::load(args.config.as_deref())?;
+    if args.check_config {
+        // Config::load has validated it all (an error exits 1 above, naming the key).
+        match &args.config {
+            Some(path) => println!("{}: the configuration is valid", path.display()),
+            None if std::path::Path::new(config::DEFAULT_PATH).exists() => {
+                println!("{}: the configuration is valid", config::DEFAULT_PATH)
+            }
+            None => println!(
+                "no {}: the agent would run with the built-in defaults",
+                config::DEFAULT_PATH
+            ),
+        }
+        return Ok(());
+    }
     if let Some(level) = args.log_level {
         config.agent.log_level = level;
     }

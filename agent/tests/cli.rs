@@ -32,6 +32,54 @@ fn bad_config_is_one_line_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("frobnicate"));
 }
 
+/// `--check-config` validates what the agent would load, without loading probes (so it
+/// needs no root): the shipped example passes, a bad value fails naming its key.
+#[test]
+fn check_config_validates_and_exits() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/why502.toml");
+    let out = why502(&["agent", "--check-config", "--config", example]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(stdout, format!("{example}: the configuration is valid\n"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("why502.toml");
+    std::fs::write(&path, "[incidents]\nopen_threshold = 0\n").unwrap();
+    let out = why502(&[
+        "agent",
+        "--check-config",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("incidents.open_threshold"), "{stderr}");
+}
+
+/// `--version` names the release and the commit it was built from.
+#[test]
+fn version_names_the_commit() {
+    let out = why502(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8(head.stdout).unwrap();
+    let expected = match head.trim() {
+        // Built outside a git checkout (a source tarball): the commit is not known.
+        "" => "unknown".to_string(),
+        commit => commit.to_string(),
+    };
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("why502 {} (commit {expected})\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
 /// Bad state is not bad input: a store that is not SQLite is moved aside with one warning
 /// (its cause said once) and the agent runs on a fresh store.
 #[test]
