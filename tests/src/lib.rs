@@ -10,6 +10,7 @@ pub mod lab;
 pub mod netns;
 pub mod nginx;
 pub mod prometheus;
+pub mod python;
 
 use std::path::PathBuf;
 
