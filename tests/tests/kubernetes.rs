@@ -505,12 +505,12 @@ fn entry_point_renders_a_configuration_the_agent_accepts() {
         .map(|probe| {
             let command = strings(array_at(container(), &format!("/{probe}/exec/command")));
             assert_eq!(command[..2], ["why502", "status"], "{probe} asks the agent");
-            let socket = command
+            // Explicit, not the CLI's default: the configuration is what it must match.
+            command
                 .iter()
                 .position(|a| *a == "--socket")
-                .map(|i| command[i + 1])
-                .unwrap_or("/run/why502/why502.sock");
-            socket
+                .and_then(|i| command.get(i + 1).copied())
+                .unwrap_or_else(|| panic!("{probe} names the socket (--socket)"))
         })
         .collect();
 
