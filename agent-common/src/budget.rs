@@ -19,6 +19,16 @@ pub const RECORDS_PER_WINDOW: u64 = 256;
 /// of its size unread: the rest is kept for the failure evidence.
 pub const LOW_PRIORITY_RING_SHARE: u64 = 2;
 
+/// The kinds the kernel budgets (its `reserve_budgeted` callers): the only ones whose
+/// throttled counters (`counter::THROTTLED_BASE + kind`) can grow, so the only ones the
+/// agent reports them for.
+pub const BUDGETED_KINDS: [crate::event::EventKind; 4] = [
+    crate::event::EventKind::ListenCall,
+    crate::event::EventKind::ProcessExec,
+    crate::event::EventKind::ProcessExit,
+    crate::event::EventKind::Signal,
+];
+
 /// Who a budget belongs to: the producing process and the kind.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -167,3 +167,152 @@ fn promtool_accepts_the_exposition() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What a burst child does: more records of one budgeted kind, from one process, than
+/// its budget lets through.
+#[derive(Clone, Copy)]
+enum Burst {
+    /// New listeners (socket, autobind, listen, close): one `listen_call` record each.
+    Listeners,
+    /// Children that exit with code 1 at once: one `process_exit` each, all charged to
+    /// the burst child, their parent.
+    FailingChildren,
+}
+
+/// Records in a burst: several windows' budgets (256 a second) in well under a second.
+const BURST: u64 = 1000;
+
+/// Runs a burst in a child of its own (a fresh producer, not this test process, whose
+/// listens other tests need) and reaps it; how long it took.
+fn burst(kind: Burst) -> Duration {
+    let started = Instant::now();
+    // SAFETY: the child makes only raw syscalls (this process has threads: nothing that
+    // allocates or locks after the fork) and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: the child, as above; its own fds and children only.
+        unsafe {
+            for _ in 0..BURST {
+                match kind {
+                    Burst::Listeners => {
+                        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                        let addr = libc::sockaddr_un {
+                            sun_family: libc::AF_UNIX as libc::sa_family_t,
+                            sun_path: [0; 108],
+                        };
+                        // Only the family: the kernel autobinds an abstract name.
+                        let len = std::mem::size_of::<libc::sa_family_t>() as libc::socklen_t;
+                        if fd < 0
+                            || libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0
+                            || libc::listen(fd, 1) != 0
+                        {
+                            libc::_exit(10);
+                        }
+                        libc::close(fd);
+                    }
+                    Burst::FailingChildren => {
+                        let child = libc::fork();
+                        if child == 0 {
+                            libc::_exit(1);
+                        }
+                        if child < 0 || libc::waitpid(child, std::ptr::null_mut(), 0) != child {
+                            libc::_exit(11);
+                        }
+                    }
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the burst child failed: status {status:#x}"
+    );
+    started.elapsed()
+}
+
+/// The least the kernel must have throttled of a burst of [`BURST`] that took `took`:
+/// at most one budget per window the burst touched went through, and a record or two
+/// more per CPU where two CPUs raced on the budget.
+fn least_throttled(took: Duration) -> u64 {
+    let windows = took.as_secs() + 1;
+    let through = windows * agent_common::budget::RECORDS_PER_WINDOW + 8;
+    BURST.saturating_sub(through).max(1)
+}
+
+#[test]
+fn a_burst_over_the_budget_is_counted_as_throttled_in_metrics_and_status() {
+    let Some(h) = harness() else { return };
+    let throttled = |text: &str, kind: &str| {
+        sample(
+            text,
+            "why502_kernel_events_throttled_total",
+            &[("kind", kind)],
+        )
+        .unwrap_or(0.0)
+    };
+    let status_throttled = |kind: &str| {
+        h.status_json()["kernel"]["throttled"][kind]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no kernel.throttled.{kind} in why502 status --json"))
+    };
+    // The series exist from the first reading, zeros included, for the budgeted kinds
+    // only: a kind the kernel never budgets has none.
+    let before = scrape_until(h, "the throttled counters", |t| {
+        ["listen_call", "process_exec", "process_exit", "signal"]
+            .iter()
+            .all(|kind| {
+                sample(t, "why502_kernel_events_throttled_total", &[("kind", kind)]).is_some()
+            })
+    });
+    assert_eq!(
+        sample(
+            &before,
+            "why502_kernel_events_throttled_total",
+            &[("kind", "tcp_connect_failure")]
+        ),
+        None
+    );
+    let status_before = [
+        status_throttled("listen_call"),
+        status_throttled("process_exit"),
+    ];
+
+    let took = [burst(Burst::Listeners), burst(Burst::FailingChildren)];
+    let least = took.map(least_throttled);
+    // The whole host counts here (another test's flood only adds): at least ours.
+    let text = scrape_until(h, "the bursts' throttled records", |t| {
+        throttled(t, "listen_call") - throttled(&before, "listen_call") >= least[0] as f64
+            && throttled(t, "process_exit") - throttled(&before, "process_exit") >= least[1] as f64
+    });
+    let status_after = [
+        status_throttled("listen_call"),
+        status_throttled("process_exit"),
+    ];
+    for (i, kind) in ["listen_call", "process_exit"].into_iter().enumerate() {
+        assert!(
+            status_after[i] - status_before[i] >= least[i],
+            "why502 status: {kind} throttled {} → {}, the burst of {BURST} in {:?} must make \
+             at least {}",
+            status_before[i],
+            status_after[i],
+            took[i],
+            least[i]
+        );
+        // Status and metric count the same kernel slot (read at different times).
+        assert!(status_after[i] as f64 >= throttled(&text, kind), "{kind}");
+    }
+    let human = h.status_text();
+    let line = human
+        .lines()
+        .find(|l| l.starts_with("Throttled (a process over its budget): "))
+        .unwrap_or_else(|| panic!("no throttled line in why502 status:\n{human}"));
+    assert!(
+        line.contains("listen_call ") && line.contains("process_exit "),
+        "{line}"
+    );
+}

@@ -62,6 +62,7 @@ const ALERTS: &[&str] = &[
     "Why502OomKill",
     "Why502ProbeDetached",
     "Why502EventsDropped",
+    "Why502EventsThrottled",
     "Why502ListenQueueFull",
     "Why502AgentDown",
 ];
@@ -243,7 +244,7 @@ fn promtool_check_config() {
     assert!(out.status.success(), "promtool check config: {said}");
     // Rule files are globs: a path that matches nothing is not an error, so count them.
     assert!(said.contains("1 rule files found"), "{said}");
-    assert!(said.contains("11 rules found"), "{said}");
+    assert!(said.contains("12 rules found"), "{said}");
 
     let broken = copy.replace("scrape_interval: 15s", "scrape_interval: 15 seconds");
     std::fs::write(&config, broken).unwrap();
@@ -548,6 +549,12 @@ fn sample_exposition() -> String {
         &["why502_ringbuf_dropped_events_total{kind=\"tcp_connect_failure\"} 0"],
     );
     family(
+        "why502_kernel_events_throttled_total",
+        "counter",
+        "Events the kernel refused over a process's budget.",
+        &["why502_kernel_events_throttled_total{kind=\"listen_call\"} 0"],
+    );
+    family(
         "why502_probe_errors_total",
         "counter",
         "Probe errors.",
@@ -748,7 +755,7 @@ fn prometheus_scrapes_the_exposition_and_evaluates_the_rules() {
     let rules = groups["data"]["groups"][0]["rules"]
         .as_array()
         .expect("rules");
-    assert_eq!(rules.len(), 11, "{groups}");
+    assert_eq!(rules.len(), 12, "{groups}");
     for rule in rules {
         assert_eq!(rule["health"], "ok", "{rule}");
     }

@@ -403,7 +403,7 @@ mod tests {
         );
         // No line of its own: each one starts as the renderer starts its lines (nothing
         // wraps at this width).
-        const STARTS: [&str; 12] = [
+        const STARTS: [&str; 13] = [
             "why502 ",
             "Probes: ",
             "  on:  ",
@@ -411,6 +411,7 @@ mod tests {
             "  not needed: ",
             "Events: ",
             "Lost to a full ring buffer: ",
+            "Throttled ",
             "Failed kernel reads: ",
             "Kernel tables full ",
             "Open incidents: ",

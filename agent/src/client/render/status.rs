@@ -95,6 +95,11 @@ pub fn status(report: &StatusReport, style: &Style) -> String {
         style,
     ));
     out.push(counts_line(
+        "Throttled (a process over its budget): ",
+        &report.kernel.throttled,
+        style,
+    ));
+    out.push(counts_line(
         "Failed kernel reads: ",
         &report.kernel.probe_errors,
         style,
@@ -213,6 +218,11 @@ mod tests {
                     ("tcp_connect_failure".into(), 12),
                     ("oom_kill".into(), 0),
                 ]),
+                throttled: BTreeMap::from([
+                    ("listen_call".into(), 344),
+                    ("process_exit".into(), 2),
+                    ("signal".into(), 0),
+                ]),
                 probe_errors: BTreeMap::new(),
                 tables_full: BTreeMap::from([("tracked_connects".into(), 0)]),
             },
@@ -234,6 +244,7 @@ Probes: 2 of 4 attached, 2 not needed here
   off: signal_generate: disabled
 Events: 1234 read, 0 undecodable, 12 filtered out
 Lost to a full ring buffer: tcp_connect_failure 12
+Throttled (a process over its budget): listen_call 344, process_exit 2
 Failed kernel reads: none
 Kernel tables full (not tracked): none
 Open incidents: 1

@@ -87,6 +87,10 @@ pub struct EventCounts {
 pub struct KernelReport {
     /// Records lost to a full ring buffer, by event kind.
     pub dropped: BTreeMap<String, u64>,
+    /// Records the kernel refused because their process spent its budget, by event kind:
+    /// only the budgeted kinds (`agent_common::budget::BUDGETED_KINDS`).
+    #[serde(default)]
+    pub throttled: BTreeMap<String, u64>,
     /// Failed reads of kernel or user memory, by probe.
     pub probe_errors: BTreeMap<String, u64>,
     /// Inserts refused by a full kernel table (what went untracked), by table.
@@ -142,8 +146,47 @@ impl From<&KernelCounters> for KernelReport {
         };
         Self {
             dropped: owned(&counters.dropped),
+            throttled: agent_common::budget::BUDGETED_KINDS
+                .iter()
+                .map(|kind| {
+                    let n = counters.throttled.get(kind.name()).copied().unwrap_or(0);
+                    (kind.name().to_string(), n)
+                })
+                .collect(),
             probe_errors: owned(&counters.probe_errors),
             tables_full: owned(&counters.tables_full),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttled_counts_are_reported_for_the_budgeted_kinds_only() {
+        let mut counters = KernelCounters::default();
+        for kind in agent_common::event::EventKind::ALL {
+            counters.throttled.insert(kind.name(), 0);
+        }
+        counters.throttled.insert("listen_call", 344);
+        counters.throttled.insert("oom_kill", 9);
+        let report = KernelReport::from(&counters);
+        assert_eq!(
+            report.throttled,
+            BTreeMap::from(
+                [
+                    ("listen_call", 344),
+                    ("process_exec", 0),
+                    ("process_exit", 0),
+                    ("signal", 0)
+                ]
+                .map(|(k, n)| (k.to_string(), n))
+            )
+        );
+        // An agent from before the field reads back with none.
+        let old: KernelReport =
+            serde_json::from_str(r#"{"dropped": {}, "probe_errors": {}}"#).unwrap();
+        assert!(old.throttled.is_empty());
     }
 }
