@@ -44,6 +44,8 @@ pub enum AgentError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     MetricsServer(#[from] metrics::server::ServeError),
+    #[error("cannot start the event pipeline's thread")]
+    Pipeline(#[source] std::io::Error),
 }
 
 pub struct Agent {
@@ -63,7 +65,7 @@ pub struct Agent {
     /// Keeps the programs attached for as long as the agent runs.
     _probes: ProbeSet,
     store_writer: Arc<StoreWriterHandle>,
-    pipeline: JoinHandle<std::io::Result<()>>,
+    pipeline: ring::Pipeline,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -202,7 +204,8 @@ impl Agent {
             bus.publish(event);
         }
         let stats = Arc::new(PipelineStats::default());
-        let pipeline = tokio::spawn(ring::run(maps.events, enricher, bus.clone(), stats.clone()));
+        let pipeline = ring::spawn(maps.events, enricher, bus.clone(), stats.clone())
+            .map_err(AgentError::Pipeline)?;
         if let Err(err) = maps.proxies.insert_all(running_proxies()) {
             log::warn!("cannot mark running proxies: {}", crate::error_chain(&err));
         }
@@ -264,11 +267,7 @@ impl Agent {
 
     /// Waits for the pipeline to fail (it does not end otherwise).
     pub async fn wait(&mut self) -> std::io::Error {
-        match (&mut self.pipeline).await {
-            Ok(Ok(())) => std::io::Error::other("the event pipeline stopped"),
-            Ok(Err(err)) => err,
-            Err(err) => std::io::Error::other(format!("the event pipeline panicked: {err}")),
-        }
+        self.pipeline.wait().await
     }
 
     /// How each probe ended up at start-up.
@@ -285,7 +284,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        self.pipeline.abort();
+        // The pipeline's thread stops when `pipeline` is dropped.
         for task in &self.tasks {
             task.abort();
         }
