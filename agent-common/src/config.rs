@@ -121,11 +121,17 @@ impl Probe {
     /// The program that attaches as a BTF-enabled raw tracepoint (`tp_btf`, Linux 5.5+),
     /// where the kernel has BTF: the tracepoint's arguments as they are, without the
     /// record a classic tracepoint copies into a per-CPU buffer on every hit. Only the hot
-    /// paths have one; the others are rare enough for the classic copy.
+    /// paths have one, and the two that need a task the classic record does not carry;
+    /// the others are rare enough for the classic copy.
     pub const fn btf_program(self) -> Option<&'static str> {
         match self {
             Probe::InetSockSetState => Some("inet_sock_set_state_btf"),
             Probe::TcpSendmsgLocked => Some("tcp_sendmsg_locked"),
+            // Not hot, but only `tp_btf` is handed the tasks: the forked child (a thread
+            // is no new process) and the signal's target (whose process a death is
+            // matched by).
+            Probe::SchedProcessFork => Some("sched_process_fork_btf"),
+            Probe::SignalGenerate => Some("signal_generate_btf"),
             _ => None,
         }
     }
@@ -280,8 +286,13 @@ pub struct KernelOffsets {
     pub fdtable_fd: u16,
     pub file_private_data: u16,
     pub socket_sk: u16,
-    /// Keeps what follows 8-byte aligned.
-    pub _pad: [u16; 3],
+    /// `task_struct.pid` (the thread id) and `task_struct.comm`, read by the `tp_btf`
+    /// programs of `sched_process_fork` (a thread is not a process: `pid != tgid`) and
+    /// `signal_generate` (the target's process).
+    pub task_pid: u16,
+    pub task_comm: u16,
+    /// `kernel_siginfo.si_code`, for `signal_generate` as `tp_btf`.
+    pub siginfo_code: u16,
 }
 
 /// `struct sock` fields the `tp_btf` programs read where a classic tracepoint's record
@@ -454,7 +465,9 @@ impl KernelConfig {
             fdtable_fd: NO,
             file_private_data: NO,
             socket_sk: NO,
-            _pad: [0; 3],
+            task_pid: NO,
+            task_comm: NO,
+            siginfo_code: NO,
         },
         sock: SockOffsets {
             protocol: NO,

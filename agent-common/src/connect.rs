@@ -82,6 +82,11 @@ pub struct TrackedConnect {
     pub cgroup_id: u64,
     pub pid: u32,
     pub tgid: u32,
+    /// The connecting process's parent (`real_parent->tgid`), 0 when unknown (no BTF) or
+    /// not needed (the process is a proxy already): a failure marks the process as a
+    /// proxy only when it or this parent listens (see `agent_common::proxy`).
+    pub ppid: u32,
+    pub _pad_ppid: u32,
     pub comm: [u8; crate::COMM_LEN],
     pub syn_retransmits: u16,
     /// 1 once the handshake completed.

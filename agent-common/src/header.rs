@@ -42,7 +42,8 @@ pub mod counter {
     pub const SLOTS: u32 = 64;
 
     /// The kernel tables that are plain (not LRU) hashes: an insert into a full one fails
-    /// and is counted rather than evicting an entry another program still needs.
+    /// and is counted rather than evicting an entry another program still needs (or, for
+    /// `PROXIES` and `WATCHED`, that a flood of a user's processes could push out).
     #[repr(u32)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Table {
@@ -52,16 +53,28 @@ pub mod counter {
         ConnectCalls = 1,
         /// `LISTEN_CALLS`: `listen(2)` calls in flight.
         ListenCalls = 2,
+        /// `PROXIES`: processes whose responses are counted.
+        Proxies = 3,
+        /// `WATCHED`: processes that listen on a socket.
+        Watched = 4,
     }
 
     impl Table {
-        pub const ALL: [Table; 3] = [Table::Tracked, Table::ConnectCalls, Table::ListenCalls];
+        pub const ALL: [Table; 5] = [
+            Table::Tracked,
+            Table::ConnectCalls,
+            Table::ListenCalls,
+            Table::Proxies,
+            Table::Watched,
+        ];
 
         pub const fn name(self) -> &'static str {
             match self {
                 Table::Tracked => "tracked_connects",
                 Table::ConnectCalls => "connect_calls",
                 Table::ListenCalls => "listen_calls",
+                Table::Proxies => "proxies",
+                Table::Watched => "listener_owners",
             }
         }
     }

@@ -87,7 +87,7 @@ assert_no_padding! {
     ListenCall { header, fd, _pad }
     ProcessExec { header, ppid, _pad, filename }
     ProcessExit { header, exit_code, ppid }
-    Signal { header, signal, code, target_pid, group, result, _pad, target_comm }
+    Signal { header, signal, code, target_pid, group, result, target_tgid, target_comm }
     OomKill {
         header, victim_pid, uid, total_vm_kb, anon_rss_kb, file_rss_kb, shmem_rss_kb,
         pgtables_kb, oom_score_adj, _pad, victim_comm
@@ -137,8 +137,8 @@ assert_no_padding! {
     ConnectKey { tgid, family, dport, daddr }
     ConnectStats { established, latency_sum_ns, retransmits, closed_ok, latency_hist }
     TrackedConnect {
-        start_ns, established_ns, cgroup_id, pid, tgid, comm, syn_retransmits, established,
-        follow, end_reported, _pad
+        start_ns, established_ns, cgroup_id, pid, tgid, ppid, _pad_ppid, comm,
+        syn_retransmits, established, follow, end_reported, _pad
     }
     ConnectCall { start_ns, uaddr, addrlen, fd, reported, _pad }
     ResponseKey { tgid, code, _pad }
@@ -162,7 +162,7 @@ assert_no_padding! {
     KernelOffsets {
         sock_sk_err, sock_state, task_real_parent, task_tgid, task_exit_code,
         tcp_bytes_received, tcp_bytes_acked, task_files, files_fdt, fdtable_fd,
-        file_private_data, socket_sk, _pad
+        file_private_data, socket_sk, task_pid, task_comm, siginfo_code
     }
     SockOffsets { protocol, family, daddr, saddr, dport, sport, v6_daddr, v6_rcv_saddr }
     MsgOffsets {

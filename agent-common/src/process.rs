@@ -39,12 +39,17 @@ pub struct Signal {
     pub signal: i32,
     /// `si_code`: who generated it (`SI_USER` from kill(2), `SI_KERNEL`, a fault code…).
     pub code: i32,
+    /// The target task's thread id (the tracepoint's `pid`): a worker thread's own for a
+    /// signal sent to it (`tgkill(2)`, a fault).
     pub target_pid: i32,
     /// 1 for a process-wide signal, 0 for one aimed at a thread.
     pub group: i32,
     /// `TRACE_SIGNAL_*`: 0 delivered, 1 ignored, 2 already pending, 3 overflow, 4 info lost.
     pub result: i32,
-    pub _pad: u32,
+    /// The target's process (`task->tgid`), what deaths are matched by: from the task
+    /// itself where `signal_generate` attaches as `tp_btf`; on the classic tracepoint only
+    /// when the target is the running task (a fault, `abort(3)`). 0 when unknown.
+    pub target_tgid: u32,
     pub target_comm: [u8; COMM_LEN],
 }
 

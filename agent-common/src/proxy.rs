@@ -1,10 +1,13 @@
 //! Well-known proxies, by the name their processes carry: `comm` after exec, or the file
 //! name of the executable.
 //!
-//! The kernel programs mark a process as a proxy when it execs under one of these names
-//! ([`is_known_comm`]), so its workers and its responses are counted from the start; the
-//! agent labels incidents with the proxy's family ([`family`]). Any process whose upstream
-//! connects fail is treated as a proxy anyway: the names are only a head start and a label.
+//! The kernel programs mark a process as a proxy (its responses are counted, its upstream
+//! connections followed) when it execs under one of these names ([`is_known_comm`]), when
+//! a proxy forks it (a process, not a thread), or when it serves clients (it, or its
+//! parent, listens on a socket) and an upstream connect of its fails or is reset: the
+//! rule `Knowledge::is_proxy` applies in the agent. A process that only connects (a CLI
+//! probing a closed port, glibc's nscd probe) is never marked. The agent labels incidents
+//! with the proxy's family ([`family`]).
 
 use crate::COMM_LEN;
 

@@ -26,18 +26,19 @@ use core::{
 use agent_common::event::counter::Table;
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes,
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 
 use crate::{
-    maps::{config, insert_or_count, stats_for, CALLS, SOCK_ERRORS, TRACKED, WATCHED},
+    maps::{add_process, config, insert_or_count, stats_for, CALLS, SOCK_ERRORS, TRACKED, WATCHED},
     read::{
-        anonymous_header_at, current_comm_to, current_header, field, kernel_field, required,
-        reserve, tuple,
+        anonymous_header_at, current_comm_to, current_header, field, kernel_field, parent_tgid,
+        required, reserve, tuple,
     },
     sock::{KernelSock, SetStateRecord, SockView},
     upstream,
@@ -122,6 +123,8 @@ fn state_changed<S: SockView>(sock: &S, skaddr: u64, old: i32, new: i32) {
 const TRACKED_FLAGS: usize = offset_of!(TrackedConnect, syn_retransmits);
 const _: () = assert!(
     TRACKED_FLAGS % 8 == 0
+        && offset_of!(TrackedConnect, ppid) % 8 == 0
+        && offset_of!(TrackedConnect, _pad_ppid) == offset_of!(TrackedConnect, ppid) + 4
         && offset_of!(TrackedConnect, established) == TRACKED_FLAGS + 2
         && offset_of!(TrackedConnect, follow) == TRACKED_FLAGS + 3
         && offset_of!(TrackedConnect, end_reported) == TRACKED_FLAGS + 4
@@ -136,7 +139,15 @@ const _: () = assert!(
 fn track(skaddr: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let follow = upstream::should_follow(tgid) as u64;
+    let proxy = crate::http::is_proxy(tgid);
+    let follow = (proxy && upstream::can_follow()) as u64;
+    // A proxy needs no parent (a failure cannot mark it again): two reads saved on the
+    // connects that matter most.
+    let ppid = if proxy {
+        0
+    } else {
+        parent_tgid(unsafe { bpf_get_current_task() })
+    };
     let mut tracked = MaybeUninit::<TrackedConnect>::uninit();
     let p = tracked.as_mut_ptr();
     let tracked = unsafe {
@@ -145,6 +156,8 @@ fn track(skaddr: u64) {
         (*p).cgroup_id = bpf_get_current_cgroup_id();
         (*p).pid = pid_tgid as u32;
         (*p).tgid = tgid;
+        // ppid and its padding in one aligned store (little-endian).
+        addr_of_mut!((*p).ppid).cast::<u64>().write(ppid as u64);
         current_comm_to(addr_of_mut!((*p).comm));
         // Little-endian: syn_retransmits 0, established 0, follow, end_reported 0, _pad 0.
         p.cast::<u8>()
@@ -235,7 +248,7 @@ fn failed<S: SockView>(sock: &S, skaddr: u64) {
     let Some(mut entry) = reserve::<TcpConnectFailure>() else {
         // Lost (and counted), but its process is a proxy all the same.
         if let Some(tracked) = tracked {
-            crate::http::mark_proxy(unsafe { (*tracked).tgid });
+            unsafe { crate::http::mark_if_serving((*tracked).tgid, (*tracked).ppid) };
         }
         let _ = TRACKED.remove(skaddr);
         return;
@@ -253,7 +266,7 @@ fn failed<S: SockView>(sock: &S, skaddr: u64) {
     }
     if let Some(tracked) = tracked {
         let tracked = unsafe { &*tracked };
-        crate::http::mark_proxy(tracked.tgid);
+        crate::http::mark_if_serving(tracked.tgid, tracked.ppid);
         unsafe {
             (*event).header.pid = tracked.pid;
             (*event).header.tgid = tracked.tgid;
@@ -277,7 +290,7 @@ fn listener<S: SockView, T: Record>(sock: &S, record: impl FnOnce(ListenerChange
     };
     let header = current_header::<T>();
     if matches!(T::KIND, EventKind::ListenerOpened) {
-        let _ = WATCHED.insert(header.tgid, 1, 0);
+        add_process(&WATCHED, Table::Watched, header.tgid);
     }
     let Some(mut entry) = reserve::<T>() else {
         return;
@@ -389,8 +402,10 @@ fn report_syscall_error(call: *const ConnectCall, errno: i32, deferred: bool) {
         return;
     }
     let header = current_header::<ConnectSyscallError>();
+    // In the calling task: its parent is at hand.
+    let ppid = parent_tgid(unsafe { bpf_get_current_task() });
     let Some(mut entry) = reserve::<ConnectSyscallError>() else {
-        crate::http::mark_proxy(header.tgid);
+        crate::http::mark_if_serving(header.tgid, ppid);
         return;
     };
     // Field by field, straight into the ring: the record is too large to assemble on the
@@ -433,6 +448,6 @@ fn report_syscall_error(call: *const ConnectCall, errno: i32, deferred: bool) {
     }
     bytes[0] = family as u8;
     bytes[1] = (family >> 8) as u8;
-    crate::http::mark_proxy(header.tgid);
+    crate::http::mark_if_serving(header.tgid, ppid);
     entry.submit(0);
 }

@@ -9,7 +9,10 @@
 
 use core::mem::MaybeUninit;
 
-use agent_common::http::{status_code, ResponseKey, STATUS_LINE_LEN};
+use agent_common::{
+    event::counter::Table,
+    http::{status_code, ResponseKey, STATUS_LINE_LEN},
+};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
     macros::{btf_tracepoint, tracepoint},
@@ -17,7 +20,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{config, PROXIES, RESPONSES},
+    maps::{add_process, config, PROXIES, RESPONSES, WATCHED},
     read::{field, kernel_field},
 };
 
@@ -30,25 +33,40 @@ struct IoVec {
 }
 
 /// Marks a process as a proxy. Done in the kernel, at the moment it shows itself (exec of a
-/// known proxy, a failed upstream connect), so that workers it forks right after, and the
-/// 502 it writes right after, are already counted: userspace would be milliseconds late.
+/// known proxy, a failed upstream connect of a process that serves clients), so that
+/// workers it forks right after, and the 502 it writes right after, are already counted:
+/// userspace would be milliseconds late.
 #[inline(always)]
 pub fn mark_proxy(tgid: u32) {
-    if tgid != 0 && PROXIES.get_ptr(tgid).is_none() {
-        let _ = PROXIES.insert(tgid, 1, 0);
+    add_process(&PROXIES, Table::Proxies, tgid);
+}
+
+/// Marks `tgid` as a proxy after an upstream connect of its failed or was reset, if it
+/// serves clients: it, or its parent `ppid` (0 when unknown), listens on a socket. The
+/// agent's own rule (`Knowledge::is_proxy`, init's sockets excepted); a process that only
+/// connects (a CLI, a script, glibc's nscd probe) is not a proxy, and marking it would
+/// have its writes inspected for nothing.
+#[inline(always)]
+pub fn mark_if_serving(tgid: u32, ppid: u32) {
+    if tgid == 0 || is_proxy(tgid) {
+        return;
+    }
+    let serves = WATCHED.get_ptr(&tgid).is_some() || (ppid > 1 && WATCHED.get_ptr(&ppid).is_some());
+    if serves {
+        mark_proxy(tgid);
     }
 }
 
 /// Whether `tgid` is marked as a proxy.
 #[inline(always)]
 pub fn is_proxy(tgid: u32) -> bool {
-    PROXIES.get_ptr(tgid).is_some()
+    PROXIES.get_ptr(&tgid).is_some()
 }
 
 #[inline(always)]
 fn current_proxy() -> Option<u32> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    PROXIES.get_ptr(tgid).map(|_| tgid)
+    PROXIES.get_ptr(&tgid).map(|_| tgid)
 }
 
 /// Counts the response whose first bytes are at `buf`, `len` bytes long.
@@ -198,11 +216,36 @@ struct IovIterHead {
 }
 
 /// A proxy's forked workers are proxies too (nginx, Apache prefork, HAProxy master-worker).
+///
+/// The classic tracepoint's record names the child but cannot tell a thread from a
+/// process: a proxy's threads are inserted too, under their thread ids (no process is
+/// looked up by those), and deleted at the thread's exit (`process.rs`). Where it can,
+/// the agent attaches [`sched_process_fork_btf`] instead, which inserts processes only.
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if current_proxy().is_some() {
         if let Some(child) = field::<i32>(&ctx, config!(http.fork_child_pid)) {
-            let _ = PROXIES.insert(child as u32, 1, 0);
+            mark_proxy(child as u32);
+        }
+    }
+    0
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)` as a
+/// BTF-enabled tracepoint, in the forking task: the child is a new process only when it
+/// leads its own thread group (`pid == tgid`); a thread (`CLONE_THREAD`) shares its
+/// creator's, already marked.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork_btf(ctx: BtfTracePointContext) -> u32 {
+    if current_proxy().is_none() {
+        return 0;
+    }
+    let child: u64 = ctx.arg(1);
+    let pid = kernel_field::<u32>(child, config!(kernel.task_pid));
+    let tgid = kernel_field::<u32>(child, config!(kernel.task_tgid));
+    if let (Some(pid), Some(tgid)) = (pid, tgid) {
+        if pid == tgid {
+            mark_proxy(tgid);
         }
     }
     0

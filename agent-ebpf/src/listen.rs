@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{config, insert_or_count, LISTEN_CALLS, WATCHED},
+    maps::{add_process, config, insert_or_count, LISTEN_CALLS, WATCHED},
     read::{current_header, kernel_field, required, reserve_budgeted},
 };
 
@@ -83,7 +83,7 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let header = current_header::<ListenCall>();
-    let _ = WATCHED.insert(header.tgid, 1, 0);
+    add_process(&WATCHED, Table::Watched, header.tgid);
     let Some(mut entry) = reserve_budgeted::<ListenCall>(header.tgid) else {
         return 0;
     };

@@ -68,16 +68,21 @@ pub static SOCK_ERRORS: LruHashMap<SockTuple, i32> = LruHashMap::with_max_entrie
 pub static CONNECT_STATS: LruPerCpuHashMap<ConnectKey, ConnectStats> =
     LruPerCpuHashMap::with_max_entries(4096, 0);
 
-/// Processes whose clean exits matter (they listened on a socket): tgid → 1. Exits with a
-/// non-zero code or by signal are always reported.
+/// Processes that listened on a socket (tgid → 1): their clean exits matter (exits with a
+/// non-zero code or by signal are always reported), and they serve clients, so a failed
+/// upstream connect of theirs or of their children marks a proxy. A plain hash: a flood
+/// of a user's listeners must not evict a real listener's owner (a full table refuses the
+/// newcomer, counted); every entry goes at its process's exit (`process.rs`).
 #[map]
-pub static WATCHED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+pub static WATCHED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
-/// Proxy processes (tgid → 1) whose writes are inspected for HTTP status lines: marked by
-/// the agent, inherited by forked children in the kernel. LRU: threads created by a proxy
-/// also land here (fork cannot tell them apart) and must not crowd out processes.
+/// Proxy processes (tgid → 1) whose writes are inspected for HTTP status lines and whose
+/// upstream connections are followed (see `agent_common::proxy` for who is marked). A
+/// plain hash, like [`WATCHED`]: deleted at the process's exit. Only processes are keys,
+/// except on the classic `sched_process_fork` (which cannot tell a thread from a process):
+/// there a proxy's threads are inserted too, and deleted at the thread's exit.
 #[map]
-pub static PROXIES: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
+pub static PROXIES: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
 
 /// HTTP responses written by proxies, per (tgid, status code), per CPU.
 #[map]
@@ -100,6 +105,15 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::S
 pub fn insert_or_count<K, V>(map: &HashMap<K, V>, table: Table, key: &K, value: &V) {
     if map.insert(key, value, 0).is_err() {
         count(counter::TABLE_FULL_BASE + table as u32);
+    }
+}
+
+/// Adds `tgid` to a set of processes (`PROXIES`, `WATCHED`) unless it is there: the lookup
+/// takes no lock, an insert takes the bucket's, and a full table counts only newcomers.
+#[inline(always)]
+pub fn add_process(set: &HashMap<u32, u8>, table: Table, tgid: u32) {
+    if tgid != 0 && set.get_ptr(&tgid).is_none() {
+        insert_or_count(set, table, &tgid, &1);
     }
 }
 

@@ -11,15 +11,16 @@ use agent_common::{
     proxy, COMM_LEN, NO_OFFSET,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
+    macros::{btf_tracepoint, tracepoint},
+    maps::HashMap,
+    programs::{BtfTracePointContext, TracePointContext},
     EbpfContext,
 };
 
 use crate::{
-    maps::{config, WATCHED},
-    read::{current_header, field, kernel_field, required, reserve, reserve_budgeted},
+    maps::{config, PROXIES, WATCHED},
+    read::{current_header, field, kernel_field, parent_tgid, required, reserve, reserve_budgeted},
 };
 
 /// The string a `__data_loc` field points to: its low 16 bits are the offset from the
@@ -42,15 +43,6 @@ fn producer(tgid: u32, ppid: u32) -> u32 {
     } else {
         tgid
     }
-}
-
-/// `task->real_parent->tgid`, 0 when unknown. At exit the tracepoint runs before the
-/// kernel notifies the parent: a thread's `real_parent` is its process's parent, and a
-/// process whose parent died before it was already reparented (to init or a subreaper).
-#[inline(always)]
-fn parent_tgid(task: u64) -> u32 {
-    let parent = kernel_field::<u64>(task, config!(kernel.task_real_parent)).unwrap_or(0);
-    kernel_field::<u32>(parent, config!(kernel.task_tgid)).unwrap_or(0)
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
@@ -79,6 +71,17 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Deletes `tgid` from a set of processes, looking first (a delete takes the bucket's lock
+/// even for a key that is not there); whether it was there.
+#[inline(always)]
+fn remove_process(set: &HashMap<u32, u8>, tgid: u32) -> bool {
+    if set.get_ptr(&tgid).is_none() {
+        return false;
+    }
+    let _ = set.remove(&tgid);
+    true
+}
+
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let header = current_header::<ProcessExit>();
@@ -88,16 +91,21 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     } else {
         header.pid == header.tgid
     };
+    // A thread's own entry (the classic fork tracepoint inserts a proxy's threads): keyed
+    // by its thread id, which no process has while it lives, so it goes with the thread.
+    if header.pid != header.tgid {
+        remove_process(&PROXIES, header.pid);
+    }
+    // A worker thread's exit is not its process's: the process stays marked and watched,
+    // and nothing is reported.
     if !last_thread {
         return 0;
     }
     let task = unsafe { bpf_get_current_task() };
     let exit_code = kernel_field::<i32>(task, config!(kernel.task_exit_code)).unwrap_or(-1);
-    let _ = crate::maps::PROXIES.remove(header.tgid);
-    let watched = WATCHED.get_ptr(header.tgid).is_some();
-    if watched {
-        let _ = WATCHED.remove(header.tgid);
-    }
+    // The tables are plain hashes: every entry must go here, or they fill up.
+    remove_process(&PROXIES, header.tgid);
+    let watched = remove_process(&WATCHED, header.tgid);
     // Clean exits of processes that never listened are the bulk of all exits and explain
     // nothing about an upstream.
     if exit_code == 0 && !watched {
@@ -135,26 +143,84 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     let Some(sig) = required::<i32>(&ctx, config!(signal.sig), probe) else {
         return 0;
     };
-    if !(0..64).contains(&sig) || config!(signal_mask) & (1u64 << sig) == 0 {
+    if !watched_signal(sig) {
         return 0;
     }
-    // The header names the sender: its budget.
-    let header = current_header::<Signal>();
-    let Some(mut entry) = reserve_budgeted::<Signal>(header.tgid) else {
-        return 0;
+    let target_pid: i32 = field(&ctx, config!(signal.pid)).unwrap_or(0);
+    // The record has the target's thread id only. When the target is the running task (a
+    // fault, abort(3) raising SIGABRT in a worker thread), its process is at hand; any
+    // other is left to the agent (`target_tgid` 0).
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let target_tgid = if target_pid != 0 && target_pid as u32 == pid_tgid as u32 {
+        (pid_tgid >> 32) as u32
+    } else {
+        0
     };
-    entry.write(Signal {
-        header,
+    emit_signal(Signal {
+        header: current_header::<Signal>(),
         signal: sig,
         code: field(&ctx, config!(signal.code)).unwrap_or(0),
-        target_pid: field(&ctx, config!(signal.pid)).unwrap_or(0),
+        target_pid,
         group: field(&ctx, config!(signal.group)).unwrap_or(0),
         result: field(&ctx, config!(signal.result)).unwrap_or(-1),
-        _pad: 0,
+        target_tgid,
         target_comm: field(&ctx, config!(signal.comm)).unwrap_or([0; COMM_LEN]),
     });
-    entry.submit(0);
     0
+}
+
+/// `SEND_SIG_NOINFO` and `SEND_SIG_PRIV`: no siginfo, what the tracepoint reports as
+/// `SI_USER` and `SI_KERNEL`.
+const SEND_SIG_NOINFO: u64 = 0;
+const SEND_SIG_PRIV: u64 = 1;
+const SI_USER: i32 = 0;
+const SI_KERNEL: i32 = 0x80;
+
+/// `signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int
+/// group, int result)` as a BTF-enabled tracepoint: the target task itself, so that a
+/// signal sent to a worker thread names its process (`task->tgid`), whoever sent it.
+/// Fills what the classic record holds the way its `TP_fast_assign` does.
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate_btf(ctx: BtfTracePointContext) -> u32 {
+    let sig: i32 = ctx.arg(0);
+    if !watched_signal(sig) {
+        return 0;
+    }
+    let info: u64 = ctx.arg(1);
+    let task: u64 = ctx.arg(2);
+    let code = match info {
+        SEND_SIG_NOINFO => SI_USER,
+        SEND_SIG_PRIV => SI_KERNEL,
+        _ => kernel_field::<i32>(info, config!(kernel.siginfo_code)).unwrap_or(0),
+    };
+    emit_signal(Signal {
+        header: current_header::<Signal>(),
+        signal: sig,
+        code,
+        target_pid: kernel_field::<i32>(task, config!(kernel.task_pid)).unwrap_or(0),
+        group: ctx.arg(3),
+        result: ctx.arg(4),
+        target_tgid: kernel_field::<u32>(task, config!(kernel.task_tgid)).unwrap_or(0),
+        target_comm: kernel_field::<[u8; COMM_LEN]>(task, config!(kernel.task_comm))
+            .unwrap_or([0; COMM_LEN]),
+    });
+    0
+}
+
+/// Whether signal `sig` is one the agent asked for (`probes.signals`).
+#[inline(always)]
+fn watched_signal(sig: i32) -> bool {
+    (0..64).contains(&sig) && config!(signal_mask) & (1u64 << sig) != 0
+}
+
+/// Sends a signal record, within its sender's budget (the header names the sender).
+#[inline(always)]
+fn emit_signal(signal: Signal) {
+    let Some(mut entry) = reserve_budgeted::<Signal>(signal.header.tgid) else {
+        return;
+    };
+    entry.write(signal);
+    entry.submit(0);
 }
 
 #[tracepoint(category = "oom", name = "mark_victim")]

@@ -50,6 +50,17 @@ pub fn kernel_field<T>(base: u64, offset: u16) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
 }
 
+/// `task->real_parent->tgid`, 0 when unknown (no BTF). A thread's `real_parent` is its
+/// process's parent; at exit, a process whose parent died before it names the one it was
+/// reparented to (init or a subreaper): the tracepoint runs before the kernel notifies
+/// the parent.
+#[inline(always)]
+pub fn parent_tgid(task: u64) -> u32 {
+    let parent =
+        kernel_field::<u64>(task, crate::maps::config!(kernel.task_real_parent)).unwrap_or(0);
+    kernel_field::<u32>(parent, crate::maps::config!(kernel.task_tgid)).unwrap_or(0)
+}
+
 /// Reads a connection's addresses in whichever layout the tracepoint has.
 #[inline(always)]
 pub fn tuple(ctx: &TracePointContext, f: &TupleFields) -> Option<SockTuple> {

@@ -65,8 +65,11 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     }
     let (header, owner_known) =
         owner_header::<TcpResetReceived>(tracked.map(|tracked| unsafe { &*tracked }));
-    // A process whose upstream connections get reset is a proxy: its 502s count.
-    crate::http::mark_proxy(header.tgid);
+    // A process serving clients whose upstream connections get reset is a proxy: its
+    // 502s count. (Without a tracked connect the owner is unknown.)
+    if let Some(tracked) = tracked {
+        unsafe { crate::http::mark_if_serving((*tracked).tgid, (*tracked).ppid) };
+    }
     // A followed connection: what had crossed it says whether the upstream had answered.
     let traffic = tracked.and_then(|tracked| {
         upstream::reset_traffic(skaddr, unsafe { &mut *tracked }, sk_state, header.ts_ns)

@@ -21,13 +21,11 @@ use crate::{
     sock::SockView,
 };
 
-/// Whether a connect by `tgid` is followed: it is a proxy, and this kernel's BTF gave the
-/// byte counters (without them an end cannot be told from another).
+/// Whether a proxy's connects are followed: this kernel's BTF gave the byte counters
+/// (without them an end cannot be told from another).
 #[inline(always)]
-pub fn should_follow(tgid: u32) -> bool {
-    config!(kernel.tcp_bytes_received) != NO_OFFSET
-        && config!(kernel.tcp_bytes_acked) != NO_OFFSET
-        && crate::http::is_proxy(tgid)
+pub fn can_follow() -> bool {
+    config!(kernel.tcp_bytes_received) != NO_OFFSET && config!(kernel.tcp_bytes_acked) != NO_OFFSET
 }
 
 /// `tcp_sock.bytes_received`: response bytes, plus 1 once the peer's FIN is in.

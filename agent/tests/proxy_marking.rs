@@ -4,7 +4,8 @@
 //! observable of the marking.
 //!
 //! Nothing else may mark nginx first, or the exec and fork paths would decide nothing. A
-//! failed `connect(2)` marks its process too, and nginx started as root makes one: it
+//! failed `connect(2)` of a process that listens marks it too, and nginx started as root
+//! makes one: it
 //! looks up its `user` (`nobody` by default) and glibc first probes nscd's socket, absent
 //! here (`ENOENT`). So nginx runs as `nobody` from the start (uid and gid set before its
 //! exec, by number: no lookup), which makes it skip the lookup, and answers by itself
@@ -14,6 +15,7 @@
 //! and nginx's listening is awaited from the agent's events, not by connecting to it.
 
 mod common;
+mod marking;
 
 use std::{
     collections::BTreeMap,
@@ -25,7 +27,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{harness, pid_of, Harness};
+use common::{closed_port, harness, pid_of, Harness};
+use marking::{ProcessSet, Script};
 use tokio::sync::broadcast;
 use why502::{
     model::event::{Event, EventDetail},
@@ -313,4 +316,132 @@ fn a_proxys_worker_is_marked_on_fork() {
         nginx.pid()
     );
     assert_not_marked_otherwise(marking, &mut events, &[nginx.pid(), worker]);
+}
+
+/// Connects the way a process fails one upstream connect of each kind: TCP to `port`
+/// (refused: the handshake's failure) and to a unix socket path that does not exist
+/// (`connect(2)`'s own error, glibc's nscd probe).
+const FAIL_BOTH: &str = r#"
+def fail_both(port):
+    for family, address in ((socket.AF_INET, ("127.0.0.1", port)), (socket.AF_UNIX, "/nonexistent/why502.sock")):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            s.connect(address)
+            raise SystemExit("connected to " + str(address))
+        except OSError:
+            pass
+        s.close()
+"#;
+
+/// The TCP refusal to `port` and the unix `connect(2)` error of `pid`, both seen (bounded):
+/// the failures whose marking is decided.
+fn wait_failures(h: &Harness, events: &mut broadcast::Receiver<Arc<Event>>, pid: u32, port: u16) {
+    h.wait_for_each(
+        events,
+        WAIT,
+        [
+            ("refused TCP connect", &|e: &Event| {
+                pid_of(e) == Some(pid)
+                    && matches!(&e.detail, EventDetail::TcpConnectFailure(f) if f.dst.port() == port)
+            }),
+            ("unix connect(2) error", &|e: &Event| {
+                pid_of(e) == Some(pid)
+                    && matches!(&e.detail, EventDetail::ConnectSyscallError(f)
+                        if f.errno.name() == "ENOENT")
+            }),
+        ],
+    );
+}
+
+/// A process that serves no client (it does not listen, nor does its parent) and fails
+/// upstream connects of both kinds is not a proxy: not marked. (The test process listens:
+/// the agent's servers. So the process under test is its grandchild, through a parent of
+/// its own that does not listen.)
+#[test]
+fn a_process_that_only_connects_is_not_marked() {
+    let Some(h) = harness() else { return };
+    let proxies = ProcessSet::proxies();
+    let me = std::process::id();
+    assert!(
+        !proxies.contains(me),
+        "the test process is marked: its children would inherit it"
+    );
+    let mut events = h.subscribe();
+    let port = closed_port();
+    let script = Script::start(&format!(
+        "import os, socket, sys{FAIL_BOTH}
+pid = os.fork()
+if pid == 0:
+    fail_both({port})
+    print(os.getpid(), os.getppid(), flush=True)
+    sys.stdin.readline()
+    os._exit(0)
+os.waitpid(pid, 0)
+"
+    ));
+    let [connecting, parent] = script.numbers()[..] else {
+        panic!("expected two pids")
+    };
+    assert_eq!(parent, script.pid());
+    wait_failures(h, &mut events, connecting, port);
+    // The kernel decides before it sends the failure's record.
+    assert!(
+        !proxies.contains(connecting),
+        "pid {connecting} was marked by failed connects without serving clients"
+    );
+    assert!(!proxies.contains(parent), "its parent {parent} was marked");
+}
+
+/// A process that listens and fails an upstream connect is a proxy: marked, and so are a
+/// worker it forked before (whose own connect fails: its parent listens) and one it forks
+/// after (inherited at fork).
+#[test]
+fn a_listener_owner_with_a_failed_connect_is_marked_with_its_workers() {
+    let Some(h) = harness() else { return };
+    let proxies = ProcessSet::proxies();
+    let mut events = h.subscribe();
+    let (master_port, worker_port) = (closed_port(), closed_port());
+    let mut script = Script::start(&format!(
+        "import os, signal, socket, sys{FAIL_BOTH}
+listener = socket.socket()
+listener.bind(('127.0.0.1', 0))
+listener.listen(8)
+go_read, go_write = os.pipe()
+def worker(task):
+    pid = os.fork()
+    if pid == 0:
+        task()
+        signal.pause()
+    return pid
+before = worker(lambda: (os.read(go_read, 1), fail_both({worker_port})))
+print(before, flush=True)
+fail_both({master_port})
+after = worker(lambda: None)
+print(after, flush=True)
+sys.stdin.readline()
+os.write(go_write, b'x')
+signal.pause()
+"
+    ));
+    let master = script.pid();
+    let [before] = script.numbers()[..] else {
+        panic!("expected one pid")
+    };
+    wait_failures(h, &mut events, master, master_port);
+    proxies.wait_contains(master, "the listener owner");
+    let [after] = script.numbers()[..] else {
+        panic!("expected one pid")
+    };
+    proxies.wait_contains(after, "the worker forked by the proxy");
+    // Forked before the master was a proxy: its own failure marks it, its parent listens.
+    assert!(
+        !proxies.contains(before),
+        "forked before the marking, not failed yet"
+    );
+    script.send("go");
+    wait_failures(h, &mut events, before, worker_port);
+    assert!(
+        proxies.contains(before),
+        "worker {before} of the listener {master} failed connects and is not marked"
+    );
 }

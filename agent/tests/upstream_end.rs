@@ -379,8 +379,6 @@ fn normal_ends_are_counted_in_the_kernel() {
     config.probes.ring_buffer_bytes = 65536;
     let mut probes = ProbeSet::load(&config).expect("probes load");
     let maps = probes.take_maps().unwrap();
-    // Marked in this set's PROXIES map too: it was loaded after any earlier marking.
-    mark_as_proxy();
 
     // Two connections answered (each way of closing), a third closed by the backend before
     // answering.
@@ -390,6 +388,10 @@ fn normal_ends_are_counted_in_the_kernel() {
         Some(&how) => answer(stream, how),
         None => read_request(&mut stream),
     });
+    // Marked in this set's PROXIES map too: it was loaded after any earlier marking. Only
+    // a process that serves clients is marked by a failure: the upstream's listener, just
+    // opened, makes this one a listener owner in this set too.
+    mark_as_proxy();
     for how in HOW {
         answered(port, how);
     }

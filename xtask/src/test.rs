@@ -104,6 +104,7 @@ fn classic_tracepoints(root: &Path) -> Result<()> {
                 "upstream_end",
                 "process",
                 "proxy_marking",
+                "threads",
                 "synack",
             ],
         ),

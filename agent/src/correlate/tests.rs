@@ -99,6 +99,7 @@ fn signal(mono: u64, sender: ProcessRef, target: u32, sig: i32, name: &str) -> E
             signal: name.into(),
             signal_number: sig,
             target_pid: target as i32,
+            target_tid: None,
             target_comm: "php-fpm".into(),
             origin: "user",
             group: true,

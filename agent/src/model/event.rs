@@ -342,7 +342,12 @@ impl Exit {
 pub struct SignalSent {
     pub signal: String,
     pub signal_number: i32,
+    /// The target's process (tgid), also for a signal aimed at one of its threads.
     pub target_pid: i32,
+    /// The target thread, when it is not the process's main thread (`tgkill(2)` to a
+    /// worker thread, a fault in one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_tid: Option<i32>,
     pub target_comm: String,
     /// Who generated it: `user` (kill/tgkill/sigqueue), `kernel`, or a fault code.
     pub origin: &'static str,

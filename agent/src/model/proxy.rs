@@ -1,6 +1,7 @@
-//! Known proxies, named as such in incidents. Any process whose upstream connects fail is
-//! treated as a proxy; these are only labels. The names are `agent_common::proxy`'s, which
-//! the kernel programs match too.
+//! Known proxies, named as such in incidents. A process that serves clients (it, or its
+//! parent, listens) and connects upstream is a proxy too (`Knowledge::is_proxy`, and the
+//! kernel's marking, `agent_common::proxy`); a known name is what makes one without that.
+//! The names are `agent_common::proxy`'s, which the kernel programs match too.
 
 /// The proxy family of a process, from its command name or executable.
 pub fn known_proxy(comm: &str, exe: Option<&str>) -> Option<&'static str> {

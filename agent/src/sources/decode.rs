@@ -183,10 +183,12 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         }
         EventKind::Signal => {
             let r = read::<process::Signal>(bytes)?;
+            let tgid = signal_target_process(&r);
             EventDetail::Signal(SignalSent {
                 signal: signal::signal_name(r.signal),
                 signal_number: r.signal,
-                target_pid: r.target_pid,
+                target_pid: tgid,
+                target_tid: (tgid != r.target_pid).then_some(r.target_pid),
                 target_comm: c_string(&r.target_comm),
                 origin: signal_origin(r.code),
                 group: r.group != 0,
@@ -362,6 +364,30 @@ pub fn tcp_state_name(state: i32) -> &'static str {
         tcp::state::NEW_SYN_RECV => "NEW_SYN_RECV",
         _ => "unknown",
     }
+}
+
+/// The process a signal's target thread belongs to, which deaths are matched by: the
+/// kernel's (`target_tgid`) when it knew it; for a signal aimed at another process's
+/// thread on the classic tracepoint, `/proc/<tid>/status` while the thread is there (a
+/// fatal one may have taken the process already: then the thread id stands); a
+/// process-wide signal's target is its process.
+fn signal_target_process(r: &process::Signal) -> i32 {
+    if r.target_tgid != 0 {
+        return r.target_tgid as i32;
+    }
+    if r.group != 0 || r.target_pid <= 0 {
+        return r.target_pid;
+    }
+    thread_group_of(r.target_pid).unwrap_or(r.target_pid)
+}
+
+/// The `Tgid:` of `/proc/<tid>/status`.
+fn thread_group_of(tid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// `si_code` → who sent it.
@@ -702,6 +728,52 @@ mod tests {
         assert_eq!(killed.signal_number, Some(9));
         record.ppid = 0;
         assert_eq!(exit(&record).ppid, None);
+    }
+
+    fn signal_record(target_pid: i32, target_tgid: u32, group: i32) -> process::Signal {
+        process::Signal {
+            header: header(EventKind::Signal, 1234),
+            signal: 11,
+            code: -6,
+            target_pid,
+            group,
+            result: 0,
+            target_tgid,
+            target_comm: [0; COMM_LEN],
+        }
+    }
+
+    fn decoded_signal(record: &process::Signal) -> SignalSent {
+        let Decoded::Event(event) = decode(&bytes_of(record)).unwrap() else {
+            panic!("not an event")
+        };
+        let EventDetail::Signal(signal) = event.detail else {
+            panic!("{:?}", event.detail)
+        };
+        signal
+    }
+
+    /// A signal to a worker thread names its process (what deaths are matched by), and
+    /// keeps the thread.
+    #[test]
+    fn signals_to_threads_name_their_process() {
+        let target = |record| {
+            let signal = decoded_signal(&record);
+            (signal.target_pid, signal.target_tid)
+        };
+        // From the kernel (tp_btf, or the target was the running task).
+        assert_eq!(target(signal_record(5001, 5000, 0)), (5000, Some(5001)));
+        assert_eq!(target(signal_record(5000, 5000, 1)), (5000, None));
+        // Classic, another process's thread: procfs, while the thread is there. This
+        // test's own threads: the one running it is not the process's first.
+        let tid = unsafe { libc::gettid() };
+        let me = std::process::id() as i32;
+        assert_ne!(tid, me, "libtest runs tests on threads of their own");
+        assert_eq!(target(signal_record(tid, 0, 0)), (me, Some(tid)));
+        // A process-wide signal is not looked up; a thread gone leaves its id.
+        assert_eq!(target(signal_record(tid, 0, 1)), (tid, None));
+        let gone = i32::MAX - 1;
+        assert_eq!(target(signal_record(gone, 0, 0)), (gone, None));
     }
 
     #[test]

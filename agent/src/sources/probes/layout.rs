@@ -295,7 +295,51 @@ pub fn build(
         *slot = resolved(name, RELISTENS, offset(strct, &[field]));
     }
 
+    k.task_pid = resolved(
+        "task_struct.pid",
+        "a proxy's threads are marked like processes until they exit, and signals to \
+         another process's thread name the thread",
+        btf.and_then(|b| b.int_field_offset("task_struct", &["pid"], 4)),
+    );
+    k.task_comm = resolved(
+        "task_struct.comm",
+        "signals are read from the classic tracepoint (a signal to another process's \
+         thread names the thread)",
+        offset("task_struct", &["comm"]),
+    );
+    k.siginfo_code = resolved(
+        "kernel_siginfo.si_code",
+        "signals are read from the classic tracepoint (a signal to another process's \
+         thread names the thread)",
+        btf.and_then(|b| b.int_field_offset("kernel_siginfo", &["si_code"], 4)),
+    );
+
     let mut btf_unavailable = BTreeMap::new();
+    // The tasks' fields the `tp_btf` programs of fork and signal_generate read; without
+    // them, their classic tracepoints.
+    let task_fields = |fields: &[(&str, u16)]| -> Option<String> {
+        let missing: Vec<&str> = fields
+            .iter()
+            .filter(|(_, offset)| *offset == NO_OFFSET)
+            .map(|(name, _)| *name)
+            .collect();
+        (!missing.is_empty()).then(|| format!("kernel BTF lacks {}", missing.join(", ")))
+    };
+    let k = config.kernel;
+    if let Some(missing) = task_fields(&[
+        ("task_struct.pid", k.task_pid),
+        ("task_struct.tgid", k.task_tgid),
+    ]) {
+        btf_unavailable.insert(Probe::SchedProcessFork, missing);
+    }
+    if let Some(missing) = task_fields(&[
+        ("task_struct.pid", k.task_pid),
+        ("task_struct.tgid", k.task_tgid),
+        ("task_struct.comm", k.task_comm),
+        ("kernel_siginfo.si_code", k.siginfo_code),
+    ]) {
+        btf_unavailable.insert(Probe::SignalGenerate, missing);
+    }
     match btf.map(sock_offsets).transpose() {
         Ok(Some(sock)) => config.sock = sock,
         Ok(None) => {}
@@ -483,7 +527,8 @@ mod tests {
             .iter()
             .map(|f| f.name)
             .collect();
-        assert_eq!(missing.len(), 12, "{missing:?}");
+        assert_eq!(missing.len(), 15, "{missing:?}");
+        assert!(missing.contains(&"task_struct.pid"));
         assert!(missing.contains(&"tcp_sock.bytes_received"));
         assert!(missing.contains(&"fdtable.fd"));
         assert!(missing.contains(&"tcp_sock.bytes_acked"));
@@ -537,6 +582,9 @@ mod tests {
             assert_eq!(offset % 8, 0, "{k:?}");
         }
         assert!(k.files_fdt > 0 && k.socket_sk > 0, "{k:?}");
+        // struct kernel_siginfo starts with si_signo, si_errno, si_code (ints).
+        assert_eq!(k.siginfo_code, 8);
+        assert!(k.task_pid > 0 && k.task_tgid == k.task_pid + 4, "{k:?}");
     }
 
     #[test]

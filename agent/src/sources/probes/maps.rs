@@ -207,15 +207,72 @@ impl ResponseMap {
     }
 }
 
-/// A set of processes (tgid → 1): `WATCHED` or `PROXIES`.
+/// A set of processes (tgid → 1): `WATCHED` or `PROXIES`, plain hashes whose entries the
+/// kernel deletes at each process's exit.
 pub struct TgidSet(BpfHashMap<MapData, u32, u8>);
 
 impl TgidSet {
-    /// Adds processes to the set (the kernel adds later ones itself).
+    /// Adds running processes to the set (the kernel adds later ones itself). A process
+    /// that exited before its entry was in is taken out again: its exit, already past,
+    /// would never delete it. A full table refuses the rest (logged): a start-up with
+    /// more listeners than the table holds still runs.
     pub fn insert_all(&mut self, tgids: impl IntoIterator<Item = u32>) -> Result<(), MapError> {
+        let mut refused = 0usize;
         for tgid in tgids {
-            self.0.insert(tgid, 1, 0)?;
+            match self.0.insert(tgid, 1, 0) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    refused += 1;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            }
+            if !running(tgid) {
+                let _ = self.0.remove(&tgid);
+            }
+        }
+        if refused > 0 {
+            log::warn!("kernel process table full: {refused} running processes left out");
         }
         Ok(())
+    }
+}
+
+/// Whether process `pid` has not exited yet (a zombie has: its exit was traced).
+fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which may hold anything but ends at the last ')'.
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    !matches!(state, None | Some('Z' | 'X'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::running;
+
+    #[test]
+    fn running_tells_live_processes_from_gone_and_zombies() {
+        assert!(running(std::process::id()));
+        // Above the largest pid_max Linux allows.
+        assert!(!running(u32::MAX - 1));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie once it has exited, waited for below (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while running(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} never exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert!(!running(pid));
     }
 }
