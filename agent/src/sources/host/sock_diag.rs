@@ -6,6 +6,10 @@
 //! Uses NETLINK_SOCK_DIAG with `inet_diag_req_v2` (Linux 3.3; the `tcp_diag` module, i.e.
 //! `CONFIG_INET_DIAG`), IPv4 and IPv6, in the agent's own network namespace.
 //! See <https://man7.org/linux/man-pages/man7/sock_diag.7.html>.
+//!
+//! Also the name of one unix socket by its inode ([`unix_socket_name`]: `unix_diag_req`
+//! with `udiag_ino`, the `unix_diag` module), what a `listen(2)` on a unix socket is
+//! resolved with: one answer for one socket, however many the host has.
 
 use std::{
     io,
@@ -18,6 +22,7 @@ use netlink_packet_core::{
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
     inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
+    unix::{self, nlas::UnixDiagName, UnixRequest},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
@@ -219,6 +224,114 @@ fn queue(response: &InetResponse) -> ListenQueue {
     }
 }
 
+/// What the kernel knows of one unix socket of the agent's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnixLookup {
+    /// The socket exists; what it is bound to, as `/proc/net/unix` shows it (a path, or
+    /// `@` and an abstract name), or `None` when it is not bound.
+    Found(Option<String>),
+    /// No socket of that inode here: closed already, or in another network namespace (or
+    /// the kernel has no `unix_diag`: it answers the same).
+    NoSuchSocket,
+}
+
+/// The name of the unix socket of `inode`, from one `SOCK_DIAG_BY_FAMILY` request for
+/// that socket alone (`udiag_ino`, any cookie), answered before `send` returns.
+pub fn unix_socket_name(inode: u64) -> Result<UnixLookup, SockDiagError> {
+    const FAMILY: &str = "unix";
+    // Socket inodes are 32-bit numbers (get_next_ino); a larger one names no socket.
+    let Ok(inode) = u32::try_from(inode) else {
+        return Ok(UnixLookup::NoSuchSocket);
+    };
+    let socket =
+        Socket::new(NETLINK_SOCK_DIAG).map_err(|source| SockDiagError::Socket { source })?;
+    let sequence = 1;
+    socket
+        .send_to(
+            &unix_request(inode, sequence),
+            &netlink_sys::SocketAddr::new(0, 0),
+            0,
+        )
+        .map_err(|source| SockDiagError::Send {
+            family: FAMILY,
+            source,
+        })?;
+    let mut buf = Vec::with_capacity(RECV_BUFFER);
+    // The kernel handles the request inside `send` and queues its one answer (the socket
+    // or an error) first; never waiting makes a missing answer an error, not a hang.
+    let len = socket
+        .recv(&mut buf, libc::MSG_TRUNC | libc::MSG_DONTWAIT)
+        .map_err(|source| SockDiagError::Recv {
+            family: FAMILY,
+            source,
+        })?;
+    if len > buf.len() {
+        return Err(SockDiagError::Truncated {
+            family: FAMILY,
+            len,
+        });
+    }
+    let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[..]).map_err(|source| {
+        SockDiagError::Decode {
+            family: FAMILY,
+            source,
+        }
+    })?;
+    match message.payload {
+        NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(response))
+            if response.header.inode == inode =>
+        {
+            Ok(UnixLookup::Found(response.name().map(unix_name)))
+        }
+        NetlinkPayload::Error(e) if e.code.is_some_and(|c| c.get() == -libc::ENOENT) => {
+            Ok(UnixLookup::NoSuchSocket)
+        }
+        NetlinkPayload::Error(e) => Err(kernel_error(FAMILY, e.code.map_or(0, |c| c.get()))),
+        _ => Err(SockDiagError::Decode {
+            family: FAMILY,
+            source: DecodeError::from("not the answer about the socket asked for"),
+        }),
+    }
+}
+
+/// `unix_diag_req` for the one socket `inode`, with its name.
+fn unix_request(inode: u32, sequence: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = sequence;
+    let mut message = NetlinkMessage::new(
+        header,
+        SockDiagMessage::UnixRequest(UnixRequest {
+            state_flags: unix::StateFlags::all(),
+            inode,
+            show_flags: unix::ShowFlags::NAME,
+            // INET_DIAG_NOCOOKIE twice: any socket of that inode.
+            cookie: [0xff; 8],
+        })
+        .into(),
+    );
+    message.finalize();
+    let mut buf = vec![0; message.header.length as usize];
+    message.serialize(&mut buf);
+    buf
+}
+
+/// A name the way `/proc/net/unix` prints it: an abstract one as `@` and the name, its
+/// NULs as `@` too.
+fn unix_name(name: &UnixDiagName) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    match name {
+        UnixDiagName::Pathname(path) => String::from_utf8_lossy(path.as_bytes()).into_owned(),
+        UnixDiagName::Abstract(bytes) => {
+            let name: Vec<u8> = bytes
+                .iter()
+                .map(|&b| if b == 0 { b'@' } else { b })
+                .collect();
+            format!("@{}", String::from_utf8_lossy(&name))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,5 +404,67 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn unix_request_asks_for_one_socket_by_inode() {
+        let buf = unix_request(0x1234_5678, 3);
+        // nlmsghdr (16) + unix_diag_req (24).
+        assert_eq!(buf.len(), 40);
+        // SOCK_DIAG_BY_FAMILY, a request and not a dump.
+        assert_eq!(u16::from_ne_bytes(buf[4..6].try_into().unwrap()), 20);
+        assert_eq!(
+            u16::from_ne_bytes(buf[6..8].try_into().unwrap()),
+            NLM_F_REQUEST
+        );
+        assert_eq!(buf[16], libc::AF_UNIX as u8);
+        // udiag_ino, udiag_show (UDIAG_SHOW_NAME), the cookie that matches any socket.
+        assert_eq!(
+            u32::from_ne_bytes(buf[24..28].try_into().unwrap()),
+            0x1234_5678
+        );
+        assert_eq!(u32::from_ne_bytes(buf[28..32].try_into().unwrap()), 1);
+        assert_eq!(&buf[32..40], &[0xff; 8]);
+    }
+
+    /// Sockets of the test's own, by inode: a bound path, an abstract name, an unbound
+    /// one, and an inode that names no socket.
+    #[test]
+    fn live_unix_sockets_are_named_by_inode() {
+        use std::os::{
+            fd::AsRawFd,
+            linux::net::SocketAddrExt,
+            unix::{fs::MetadataExt, net::UnixListener},
+        };
+        let inode = |fd: i32| {
+            std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                .unwrap()
+                .ino()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diag.sock");
+        let bound = UnixListener::bind(&path).unwrap();
+        assert_eq!(
+            unix_socket_name(inode(bound.as_raw_fd())).unwrap(),
+            UnixLookup::Found(Some(path.display().to_string()))
+        );
+        let name = format!("why502-sock-diag-test-{}", std::process::id());
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+        let abstract_ = UnixListener::bind_addr(&address).unwrap();
+        assert_eq!(
+            unix_socket_name(inode(abstract_.as_raw_fd())).unwrap(),
+            UnixLookup::Found(Some(format!("@{name}")))
+        );
+        let (unbound, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(
+            unix_socket_name(inode(unbound.as_raw_fd())).unwrap(),
+            UnixLookup::Found(None)
+        );
+        // A regular file's inode is no socket's.
+        let file = std::fs::metadata(&path).unwrap().ino();
+        assert_ne!(file, inode(bound.as_raw_fd()));
+        let gone = inode(unbound.as_raw_fd());
+        drop((unbound, _peer));
+        assert_eq!(unix_socket_name(gone).unwrap(), UnixLookup::NoSuchSocket);
     }
 }
