@@ -211,10 +211,8 @@ mod tests {
         };
         let one = 1u64.to_ne_bytes();
         // SAFETY: 8 bytes from a valid buffer to an eventfd.
-        assert_eq!(
-            unsafe { libc::write(stop.as_raw_fd(), one.as_ptr().cast(), 8) },
-            8
-        );
+        let written = unsafe { libc::write(stop.as_raw_fd(), one.as_ptr().cast(), 8) };
+        assert_eq!(written, 8);
         assert_eq!(waiter.join().unwrap(), Wake::Stop);
         drop(never);
     }
