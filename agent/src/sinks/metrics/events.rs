@@ -43,7 +43,7 @@ impl EventMetrics {
         let process = event.process.as_ref();
         let failed = |upstream: String, kind: FailureKind, labels: &mut Labels| {
             let proxy = labels.proxy_of(process);
-            let upstream = labels.upstream(&upstream);
+            let upstream = labels.upstream_of(&proxy, &upstream);
             self.connects.with_label_values(&[&proxy, &upstream]).inc();
             self.connect_errors
                 .with_label_values(&[&proxy, &upstream, kind.name()])
@@ -58,7 +58,7 @@ impl EventMetrics {
             }
             EventDetail::TcpResetReceived(r) | EventDetail::TcpResetSent(r) => {
                 let proxy = labels.proxy_of(process);
-                let upstream = labels.upstream(&r.dst.to_string());
+                let upstream = labels.upstream_of(&proxy, &r.dst.to_string());
                 let vec = match event.detail {
                     EventDetail::TcpResetReceived(_) => &self.resets_received,
                     _ => &self.resets_sent,
@@ -67,7 +67,7 @@ impl EventMetrics {
             }
             EventDetail::UpstreamEnd(end) => {
                 let proxy = labels.proxy_of(process);
-                let upstream = labels.upstream(&end.dst.to_string());
+                let upstream = labels.upstream_of(&proxy, &end.dst.to_string());
                 let kind = match end.how {
                     EndHow::ClosedByUpstream => FailureKind::ClosedBeforeResponse,
                     EndHow::ProxyGaveUp => FailureKind::ResponseTimeout,
@@ -78,7 +78,7 @@ impl EventMetrics {
             }
             EventDetail::TcpSynRetransmit(r) => {
                 let proxy = labels.proxy_of(process);
-                let upstream = labels.upstream(&r.dst.to_string());
+                let upstream = labels.upstream_of(&proxy, &r.dst.to_string());
                 self.syn_retransmits
                     .with_label_values(&[&proxy, &upstream])
                     .inc();

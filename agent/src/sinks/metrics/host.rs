@@ -94,7 +94,7 @@ impl HostMetrics {
             let service = sample
                 .listener_services
                 .get(&queue.local)
-                .map(|s| labels.service(s))
+                .map(|s| labels.listener_service(s))
                 .unwrap_or_else(|| "unknown".into());
             let endpoint = labels.endpoint(&queue.local.to_string());
             self.queue_depth
@@ -108,7 +108,7 @@ impl HostMetrics {
         self.service_memory_usage.reset();
         self.service_memory_limit.reset();
         for s in &sample.services {
-            let service = labels.service(&s.service);
+            let service = labels.listener_service(&s.service);
             let memory = &s.memory;
             self.service_memory_usage
                 .with_label_values(&[&service])

@@ -48,8 +48,7 @@ impl IncidentMetrics {
                         .with_label_values(&[top.cause.name(), top.confidence.name()])
                         .inc();
                 }
-                let proxy = labels.proxy(&incident.proxy.comm);
-                let upstream = labels.upstream(&incident.upstream);
+                let (proxy, upstream) = labels.incident(incident);
                 self.incident_open
                     .with_label_values(&[&proxy, &upstream])
                     .set(1);

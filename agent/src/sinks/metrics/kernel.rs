@@ -58,7 +58,7 @@ impl KernelMetrics {
     pub fn reading(&self, reading: &KernelReading, labels: &mut Labels) {
         for c in &reading.connects {
             let proxy = labels.proxy(&c.process.comm);
-            let upstream = labels.upstream(&key_upstream(&c.growth.key));
+            let upstream = labels.upstream_of(&proxy, &key_upstream(&c.growth.key));
             self.connects
                 .with_label_values(&[&proxy, &upstream])
                 .inc_by(c.growth.established);

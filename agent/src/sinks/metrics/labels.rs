@@ -1,50 +1,91 @@
-//! Bounded label values: the first `max` distinct values of a label are kept as they are,
-//! later ones are folded into `other`, so that a port scan or a storm of short-lived
-//! processes cannot grow the number of series without bound. First come, first kept:
-//! series never change names under a dashboard once they exist.
+//! Bounded label values, so that a port scan or a storm of short-lived processes cannot
+//! grow the number of series without bound. Series never change names under a dashboard
+//! once they exist: a value keeps its name for good, or is folded into `other` for good.
+//!
+//! Each cap has two pools of `max` slots. The first come take the first pool; once it is
+//! full only favoured values get a name, in the second: the proxies and upstreams of
+//! incidents, the proxies known by their executable and what they connect to, and the
+//! services that listen. Known proxies' own names (`nginx`, `haproxy`, …: a fixed handful)
+//! always keep theirs. So a user whose junk processes fail connects under ten thousand
+//! names folds the junk, not nginx and its upstreams.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use prometheus::{IntCounterVec, Registry};
 
 use super::{registry::counter, MetricsError};
-use crate::{config::MetricsConfig, model::event::ProcessRef};
+use crate::{
+    config::MetricsConfig,
+    model::{event::ProcessRef, incident::Incident},
+};
 
 pub const OTHER: &str = "other";
 
 #[derive(Debug)]
 pub struct LabelCap {
-    admitted: HashSet<String>,
+    /// Values that keep their name, and whether they are favoured.
+    admitted: HashMap<String, bool>,
+    first_come: usize,
+    favoured: usize,
     max: usize,
+    /// Values that always keep their name, outside both pools (a fixed, small set).
+    reserved: fn(&str) -> bool,
     folded: u64,
 }
 
 impl LabelCap {
     pub fn new(max: usize) -> Self {
+        Self::with_reserved(max, |_| false)
+    }
+
+    pub fn with_reserved(max: usize, reserved: fn(&str) -> bool) -> Self {
         Self {
-            admitted: HashSet::new(),
+            admitted: HashMap::new(),
+            first_come: 0,
+            favoured: 0,
             max,
+            reserved,
             folded: 0,
         }
     }
 
-    /// The value to use for `value`: itself if admitted (or room is left), else `other`.
-    pub fn admit(&mut self, value: &str) -> String {
-        if self.admitted.contains(value) {
+    /// The value to use for `value`: itself if admitted (or room is left in its pools),
+    /// else `other`.
+    pub fn admit(&mut self, value: &str, favoured: bool) -> String {
+        if let Some(was_favoured) = self.admitted.get_mut(value) {
+            *was_favoured |= favoured;
             return value.to_string();
         }
-        if self.admitted.len() < self.max {
-            self.admitted.insert(value.to_string());
+        if (self.reserved)(value) {
+            self.admitted.insert(value.to_string(), true);
             return value.to_string();
         }
-        self.folded += 1;
-        OTHER.to_string()
+        if self.first_come < self.max {
+            self.first_come += 1;
+        } else if favoured && self.favoured < self.max {
+            self.favoured += 1;
+        } else {
+            self.folded += 1;
+            return OTHER.to_string();
+        }
+        self.admitted.insert(value.to_string(), favoured);
+        value.to_string()
+    }
+
+    /// Whether `value` keeps its name as a favoured one.
+    pub fn is_favoured(&self, value: &str) -> bool {
+        (self.reserved)(value) || self.admitted.get(value).copied().unwrap_or(false)
     }
 
     /// Values folded into `other` so far.
     pub fn folded(&self) -> u64 {
         self.folded
     }
+}
+
+/// A known proxy's own name (`nginx`, `haproxy`, `apache2`, …).
+fn known_proxy_name(value: &str) -> bool {
+    agent_common::proxy::family(value).is_some()
 }
 
 /// The capped labels every part of the metrics shares: one upstream is one value, whatever
@@ -61,7 +102,7 @@ impl Labels {
     pub fn new(config: &MetricsConfig, r: &Registry) -> Result<Self, MetricsError> {
         Ok(Self {
             upstreams: LabelCap::new(config.max_upstreams),
-            proxies: LabelCap::new(config.max_proxies),
+            proxies: LabelCap::with_reserved(config.max_proxies, known_proxy_name),
             services: LabelCap::new(config.max_services),
             endpoints: LabelCap::new(config.max_upstreams),
             folds: counter(
@@ -74,23 +115,65 @@ impl Labels {
     }
 
     pub fn upstream(&mut self, value: &str) -> String {
-        capped(&mut self.upstreams, value, "upstream", &self.folds)
+        capped(&mut self.upstreams, value, false, "upstream", &self.folds)
+    }
+
+    /// The upstream label of a connection of the process labelled `proxy`: favoured when
+    /// that proxy is.
+    pub fn upstream_of(&mut self, proxy: &str, value: &str) -> String {
+        let favoured = self.proxies.is_favoured(proxy);
+        capped(
+            &mut self.upstreams,
+            value,
+            favoured,
+            "upstream",
+            &self.folds,
+        )
     }
 
     pub fn proxy(&mut self, value: &str) -> String {
-        capped(&mut self.proxies, value, "proxy", &self.folds)
+        capped(&mut self.proxies, value, false, "proxy", &self.folds)
     }
 
-    /// The proxy label of an event's process (`unknown` when the kernel did not know it).
+    /// The proxy label of an event's process (`unknown` when the kernel did not know it):
+    /// favoured when its executable is a known proxy's.
     pub fn proxy_of(&mut self, process: Option<&ProcessRef>) -> String {
         match process {
-            Some(p) => self.proxy(&p.comm),
+            Some(p) => {
+                let exe = p.info.as_deref().and_then(|i| i.exe.as_deref());
+                let known = crate::model::proxy::known_proxy(&p.comm, exe).is_some();
+                capped(&mut self.proxies, &p.comm, known, "proxy", &self.folds)
+            }
             None => "unknown".to_string(),
         }
     }
 
+    /// An incident's (proxy, upstream) labels, both favoured: incidents are about proxies.
+    pub fn incident(&mut self, incident: &Incident) -> (String, String) {
+        let proxy = capped(
+            &mut self.proxies,
+            &incident.proxy.comm,
+            true,
+            "proxy",
+            &self.folds,
+        );
+        let upstream = capped(
+            &mut self.upstreams,
+            &incident.upstream,
+            true,
+            "upstream",
+            &self.folds,
+        );
+        (proxy, upstream)
+    }
+
     pub fn service(&mut self, value: &str) -> String {
-        capped(&mut self.services, value, "service", &self.folds)
+        capped(&mut self.services, value, false, "service", &self.folds)
+    }
+
+    /// The service label of a listener (its cgroup, its accept queue): favoured.
+    pub fn listener_service(&mut self, value: &str) -> String {
+        capped(&mut self.services, value, true, "service", &self.folds)
     }
 
     /// A process's service label: its systemd unit, else its name.
@@ -107,12 +190,18 @@ impl Labels {
     }
 
     pub fn endpoint(&mut self, value: &str) -> String {
-        capped(&mut self.endpoints, value, "endpoint", &self.folds)
+        capped(&mut self.endpoints, value, false, "endpoint", &self.folds)
     }
 }
 
-fn capped(cap: &mut LabelCap, value: &str, label: &str, folds: &IntCounterVec) -> String {
-    let admitted = cap.admit(value);
+fn capped(
+    cap: &mut LabelCap,
+    value: &str,
+    favoured: bool,
+    label: &str,
+    folds: &IntCounterVec,
+) -> String {
+    let admitted = cap.admit(value, favoured);
     if admitted == OTHER && value != OTHER {
         folds.with_label_values(&[label]).inc();
     }
@@ -126,15 +215,41 @@ mod tests {
     #[test]
     fn folds_beyond_the_cap() {
         let mut cap = LabelCap::new(2);
-        assert_eq!(cap.admit("a"), "a");
-        assert_eq!(cap.admit("b"), "b");
-        assert_eq!(cap.admit("c"), OTHER);
-        assert_eq!(cap.admit("a"), "a");
+        assert_eq!(cap.admit("a", false), "a");
+        assert_eq!(cap.admit("b", false), "b");
+        assert_eq!(cap.admit("c", false), OTHER);
+        assert_eq!(cap.admit("a", false), "a");
         assert_eq!(cap.folded(), 1);
-        assert_eq!(cap.admit("c"), OTHER);
+        assert_eq!(cap.admit("c", false), OTHER);
         assert_eq!(cap.folded(), 2, "every use of a folded value counts");
         // A cap of 0 keeps no name at all.
-        assert_eq!(LabelCap::new(0).admit("a"), OTHER);
+        assert_eq!(LabelCap::new(0).admit("a", false), OTHER);
+    }
+
+    /// Once the first pool is full only favoured values get a name, up to a second pool of
+    /// the same size; reserved values always do; a first-come value later favoured keeps
+    /// its slot and becomes favoured.
+    #[test]
+    fn favoured_values_have_a_pool_of_their_own() {
+        let mut cap = LabelCap::with_reserved(2, |v| v == "nginx");
+        assert_eq!(cap.admit("junk0", false), "junk0");
+        assert_eq!(cap.admit("junk1", false), "junk1");
+        assert_eq!(cap.admit("junk2", false), OTHER);
+        assert_eq!(cap.admit("gateway", true), "gateway");
+        assert_eq!(cap.admit("envoy-ish", true), "envoy-ish");
+        assert_eq!(
+            cap.admit("third", true),
+            OTHER,
+            "the second pool is bounded too"
+        );
+        for _ in 0..3 {
+            assert_eq!(cap.admit("nginx", false), "nginx");
+        }
+        assert!(cap.is_favoured("nginx") && cap.is_favoured("gateway"));
+        assert!(!cap.is_favoured("junk0"));
+        assert_eq!(cap.admit("junk0", true), "junk0");
+        assert!(cap.is_favoured("junk0"));
+        assert_eq!(cap.folded(), 2);
     }
 
     mod through_the_metrics {
@@ -267,6 +382,85 @@ mod tests {
             let folded_services = (SERVICES - caps.max_services) as f64;
             assert_eq!(other, folded_services, "{text}");
             assert_eq!(folded(&text, "service"), Some(folded_services), "{text}");
+        }
+
+        fn failed_connect(process: Option<ProcessRef>, dst: String) -> Event {
+            event(
+                process,
+                EventDetail::TcpConnectFailure(ConnectFailure {
+                    src: "127.0.0.1:40000".parse().unwrap(),
+                    dst: dst.parse().unwrap(),
+                    errno: Errno(libc::ECONNREFUSED),
+                    errno_source: "sk_err",
+                    duration: Duration::from_micros(50),
+                    syn_retransmits: 0,
+                }),
+            )
+        }
+
+        fn with_exe(comm: &str, exe: &str) -> Option<ProcessRef> {
+            let mut p = process(comm.into(), None)?;
+            p.info = Some(Arc::new(ProcessInfo {
+                exe: Some(exe.into()),
+                ..Default::default()
+            }));
+            Some(p)
+        }
+
+        /// Ten thousand junk processes, each under its own name and failing to its own
+        /// port, take every first-come slot before the proxies fail: nginx, an Envoy
+        /// whose process is named otherwise, a proxy with an incident, and their upstreams
+        /// keep their names; the junk beyond the caps folds into `other` as before.
+        #[test]
+        fn a_flood_of_junk_names_keeps_the_proxies_labels() {
+            let caps = caps();
+            let metrics = Metrics::new(&caps).unwrap();
+            const JUNK: usize = 10_000;
+            for k in 0..JUNK {
+                metrics.event(&failed_connect(
+                    process(format!("junk{k}"), None),
+                    format!("127.0.0.1:{}", 10_000 + k),
+                ));
+            }
+            metrics.event(&failed_connect(
+                process("nginx".into(), None),
+                "127.0.0.1:9000".into(),
+            ));
+            metrics.event(&failed_connect(
+                with_exe("wrk:0", "/usr/bin/envoy"),
+                "127.0.0.1:9001".into(),
+            ));
+            let mut incident = crate::sinks::store::testing::recent_incident(1, 0);
+            incident.proxy.comm = "gateway".into();
+            incident.upstream = "127.0.0.1:9002".into();
+            metrics.incident(&crate::model::incident::Update::Opened(incident.clone()));
+            metrics.event(&failed_connect(
+                process("gateway".into(), None),
+                "127.0.0.1:9002".into(),
+            ));
+            let text = metrics.render().unwrap();
+            let errors = "why502_upstream_connect_errors_total";
+            for (proxy, upstream) in [
+                ("nginx", "127.0.0.1:9000"),
+                ("wrk:0", "127.0.0.1:9001"),
+                ("gateway", "127.0.0.1:9002"),
+            ] {
+                let series = format!("{errors}{{errno=\"ECONNREFUSED\",proxy=\"{proxy}\",upstream=\"{upstream}\"}} 1");
+                assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+            }
+            let open = "why502_incident_open{proxy=\"gateway\",upstream=\"127.0.0.1:9002\"} 1";
+            assert!(text.lines().any(|l| l == open), "{text}");
+            // The junk keeps its first-come slots, and folds beyond them.
+            let (proxies, other) = values(&text, errors, "proxy");
+            let junk_named = proxies.iter().filter(|p| p.starts_with("junk")).count();
+            assert_eq!(junk_named, caps.max_proxies);
+            assert_eq!(other, (JUNK - caps.max_proxies) as f64);
+            let (upstreams, _) = values(&text, errors, "upstream");
+            assert_eq!(upstreams.len(), caps.max_upstreams + 3 + 1, "{upstreams:?}");
+            assert_eq!(
+                folded(&text, "proxy"),
+                Some((JUNK - caps.max_proxies) as f64)
+            );
         }
     }
 }
