@@ -233,6 +233,7 @@ impl Agent {
         );
         tasks.push(api::serve(
             &config.api.socket,
+            config.api.socket_group.as_deref(),
             ApiState {
                 store,
                 recent,

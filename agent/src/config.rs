@@ -129,8 +129,12 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// The unix socket the local API listens on (mode 0660).
+    /// The unix socket the local API listens on: mode 0600 (root only), or 0660 with
+    /// `socket_group`.
     pub socket: PathBuf,
+    /// A group whose members may use the API (the CLI without sudo): the socket gets
+    /// that group and mode 0660. Unset: root only.
+    pub socket_group: Option<String>,
 }
 
 /// Where the agent's API socket is unless configured otherwise; the CLI's default too.
@@ -140,6 +144,40 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_group: None,
+        }
+    }
+}
+
+/// The id of the group `name` in the host's group database (`getgrnam_r`: /etc/group,
+/// or whatever NSS says), `None` when there is no such group.
+pub fn group_id(name: &str) -> std::io::Result<Option<u32>> {
+    let name = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL in the name"))?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: a zeroed `group` is valid (null pointers).
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: `getgrnam_r` writes into `group` and `buf`, both alive and of the sizes
+        // given; `name` is NUL-terminated.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut group,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        match rc {
+            0 if found.is_null() => return Ok(None),
+            0 => return Ok(Some(group.gr_gid)),
+            // A group with many members: its entry needs a larger buffer.
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            // Some NSS modules say "not found" this way.
+            libc::ENOENT | libc::ESRCH => return Ok(None),
+            errno => return Err(std::io::Error::from_raw_os_error(errno)),
         }
     }
 }
@@ -257,7 +295,31 @@ impl Config {
             }
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
-        Self::parse(&text, &path)
+        let config = Self::parse(&text, &path)?;
+        config.check_host(&path)?;
+        Ok(config)
+    }
+
+    /// What only the host can say: the configured socket group exists. Checked when the
+    /// file is loaded, before anything starts, so that a typo is one line and no side
+    /// effect (the agent also checks again when it creates the socket).
+    fn check_host(&self, path: &Path) -> Result<(), ConfigError> {
+        let Some(group) = &self.api.socket_group else {
+            return Ok(());
+        };
+        let invalid = |message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: "api.socket_group",
+            message,
+        };
+        match group_id(group) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(invalid(format!(
+                "no group {group:?} on this host (create it with groupadd, or remove the key \
+                 for a socket only root can use)"
+            ))),
+            Err(err) => Err(invalid(format!("cannot look up group {group:?}: {err}"))),
+        }
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -450,6 +512,21 @@ impl Config {
                 ));
             }
         }
+        if let Some(group) = &self.api.socket_group {
+            // A name as groupadd takes it; anything else is a mistake, not a group.
+            let plausible = !group.is_empty()
+                && group.len() <= 32
+                && !group.starts_with('-')
+                && group
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
+            if !plausible {
+                return Err(invalid(
+                    "api.socket_group",
+                    format!("{group:?} is not a group name"),
+                ));
+            }
+        }
         if self.enrich.redact_keys.iter().any(|k| k.trim().is_empty()) {
             return Err(invalid(
                 "enrich.redact_keys",
@@ -613,6 +690,9 @@ mod tests {
             ),
             ("[store]\npath = \"rel.db\"\n", "store.path"),
             ("[api]\nsocket = \"x.sock\"\n", "api.socket"),
+            ("[api]\nsocket_group = \"\"\n", "api.socket_group"),
+            ("[api]\nsocket_group = \"a b\"\n", "api.socket_group"),
+            ("[api]\nsocket_group = \"-g\"\n", "api.socket_group"),
             ("[metrics]\nmax_upstreams = 0\n", "metrics.max_upstreams"),
             ("[metrics]\nlisten = \"nowhere\"\n", "listen"),
         ] {
@@ -733,6 +813,47 @@ mod tests {
         keys
     }
 
+    /// The keys of [`keys_of`] whose default is `None`.
+    fn unset_keys_of(config: &Config) -> BTreeSet<String> {
+        let text = format!("{config:#?}");
+        let mut section = "";
+        let mut keys = BTreeSet::new();
+        for line in text.lines() {
+            let Some((name, value)) = line.trim_start().split_once(": ") else {
+                continue;
+            };
+            match line.len() - line.trim_start().len() {
+                4 => section = name,
+                8 if value == "None," => {
+                    keys.insert(format!("{section}.{name}"));
+                }
+                _ => {}
+            }
+        }
+        keys
+    }
+
+    /// `section.key` → `key = value` for each commented-out assignment (`# key = value`)
+    /// in a TOML text, by the section it is in.
+    fn commented_keys(text: &str) -> std::collections::BTreeMap<String, String> {
+        let mut section = "";
+        let mut keys = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name;
+            } else if let Some(assignment) = line.strip_prefix("# ") {
+                let Some((key, _)) = assignment.split_once(" = ") else {
+                    continue;
+                };
+                if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    let value = assignment.split(" #").next().unwrap_or(assignment);
+                    keys.insert(format!("{section}.{key}"), value.trim().to_string());
+                }
+            }
+        }
+        keys
+    }
+
     #[test]
     fn the_example_config_is_valid_and_says_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/why502.toml");
@@ -752,7 +873,26 @@ mod tests {
             .collect();
         let known = keys_of(&defaults);
         assert!(known.len() >= 25, "{known:?}");
-        assert_eq!(written, known);
+        // A key that is unset by default (an `Option`, `None`) cannot be written with its
+        // default value: it is documented commented out in its section instead
+        // (`# socket_group = "why502"`), and must parse when uncommented.
+        let optional = unset_keys_of(&defaults);
+        assert!(optional.contains("api.socket_group"), "{optional:?}");
+        let commented = commented_keys(&text);
+        for key in &optional {
+            assert!(
+                !written.contains(key),
+                "{key} is unset by default, the example sets it"
+            );
+            let line = commented
+                .get(key)
+                .unwrap_or_else(|| panic!("{key} is not in the example, not even commented"));
+            let (section, _) = key.split_once('.').unwrap();
+            Config::parse(&format!("[{section}]\n{line}\n"), &path)
+                .unwrap_or_else(|e| panic!("the example's {line:?}: {e}"));
+        }
+        let documented: BTreeSet<String> = written.union(&optional).cloned().collect();
+        assert_eq!(documented, known);
         assert_eq!(config.enabled_probes().len(), Probe::ALL.len());
     }
 
@@ -796,6 +936,26 @@ mod tests {
             )),
             "{sentence:.80}"
         );
+    }
+
+    #[test]
+    fn an_unknown_socket_group_is_one_line_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("why502.toml");
+        std::fs::write(&file, "[api]\nsocket_group = \"why502-no-such-group\"\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(
+            err.contains("api.socket_group") && err.contains("\"why502-no-such-group\""),
+            "{err}"
+        );
+        assert!(err.contains("no group"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err:?}");
+        // A group the host has (every host has root's) loads.
+        std::fs::write(&file, "[api]\nsocket_group = \"root\"\n").unwrap();
+        let config = Config::load(Some(&file)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.api.socket_group.as_deref(), Some("root"));
+        assert_eq!(group_id("root").unwrap(), Some(0));
+        assert_eq!(group_id("why502-no-such-group").unwrap(), None);
     }
 
     #[test]

@@ -100,7 +100,7 @@ fn start(incidents: &[Incident]) -> Agent {
     // The server task runs on the runtime's threads; the test thread only starts it.
     {
         let _inside = runtime.enter();
-        api::serve(&socket, state).unwrap();
+        api::serve(&socket, None, state).unwrap();
     }
     Agent {
         _dir: dir,

@@ -79,6 +79,11 @@ impl Agent {
         metrics_addr(&self.dir)
     }
 
+    /// The agent's process id (to signal it other than [`Agent::stop`] does).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("why502.sock")
     }

@@ -1,7 +1,9 @@
 //! The agent's client surfaces against a running agent: `why502 status`, `why502 watch`
 //! and `GET /v1/events` show what the test provoked (a backend behind nginx killed by
 //! SIGSEGV), and a secret on the backend's command line is redacted in everything the
-//! agent shows of it: `--print-events`, `/v1/events`, the incidents.
+//! agent shows of it: `--print-events`, `/v1/events`, the incidents. And the API socket
+//! itself: the configured group's, removed at a clean stop unless another took its path,
+//! an unknown group a one-line error before anything starts.
 
 use std::{
     io::{BufRead, BufReader},
@@ -206,4 +208,173 @@ fn status_watch_events_and_redaction_on_a_running_agent() {
             "an incident shows the secret: {text}"
         );
     }
+}
+
+/// A group of the test's own (`groupadd`), deleted on drop however the test ends.
+struct TestGroup {
+    name: String,
+}
+
+impl TestGroup {
+    fn new() -> Self {
+        let name = format!("w502e{}", std::process::id());
+        let out = Command::new("groupadd")
+            .args(["--system", &name])
+            .output()
+            .expect("run groupadd");
+        assert!(
+            out.status.success(),
+            "groupadd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { name }
+    }
+
+    fn gid(&self) -> u32 {
+        let out = Command::new("getent")
+            .args(["group", &self.name])
+            .output()
+            .expect("run getent");
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        line.split(':')
+            .nth(2)
+            .and_then(|gid| gid.trim().parse().ok())
+            .unwrap_or_else(|| panic!("getent group {}: {line:?}", self.name))
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.name).status();
+    }
+}
+
+fn mode_and_gid(path: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (meta.mode() & 0o7777, meta.gid())
+}
+
+/// Waits (bounded) until process `pid` has exited: a zombie its parent (this test) has
+/// not reaped yet, or gone.
+fn wait_until_exited(pid: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, after_comm) = stat.rsplit_once(')')?;
+                after_comm.split_whitespace().next().map(String::from)
+            });
+        if matches!(state.as_deref(), None | Some("Z")) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} still runs after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_api_socket_has_the_configured_group_and_goes_with_a_clean_stop() {
+    if !can_load_ebpf() {
+        return;
+    }
+    let _serial = serial();
+    let group = TestGroup::new();
+    // The socket in a directory of the test's own: it must outlive the agent's.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let socket = dir.path().join("api.sock");
+    let agent = Agent::start_with(&[
+        ("api", &format!("socket = \"{}\"", socket.display())),
+        ("api", &format!("socket_group = \"{}\"", group.name)),
+    ]);
+    assert_eq!(mode_and_gid(&socket), (0o660, group.gid()));
+    let (code, _) = why502_e2e::http::unix_get(&socket, "/v1/status").expect("GET /v1/status");
+    assert_eq!(code, 200);
+    // SIGTERM, as systemd stops it; exit 0 (stop() holds it to that).
+    agent.stop();
+    assert!(!socket.exists(), "the socket outlived the agent");
+}
+
+#[test]
+fn a_socket_that_is_no_longer_the_agent_s_is_left_at_its_stop() {
+    if !can_load_ebpf() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let socket = dir.path().join("api.sock");
+    let agent = Agent::start_with(&[("api", &format!("socket = \"{}\"", socket.display()))]);
+    assert_eq!(
+        mode_and_gid(&socket).0,
+        0o600,
+        "root's only without a group"
+    );
+    // Its file moved away and another listener in its place, as a second agent would be
+    // after someone moved the first one's socket.
+    let moved = dir.path().join("moved.sock");
+    std::fs::rename(&socket, &moved).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // SIGINT (Ctrl-C), the other clean stop.
+    // SAFETY: signalling the agent, our child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGINT) };
+    wait_until_exited(agent.pid(), why502_e2e::agent::STOP_LIMIT);
+    let log = agent.log();
+    agent.stop();
+    assert!(socket.exists(), "the other listener's socket was removed");
+    assert!(
+        moved.exists(),
+        "only the path is checked, nothing else removed"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("interrupted")),
+        "not stopped by SIGINT: {log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("is no longer this agent's socket: left in place")),
+        "{log:?}"
+    );
+    drop(other);
+}
+
+#[test]
+fn an_unknown_socket_group_stops_the_start_with_one_line() {
+    // No kernel, no root needed: the configuration is checked before anything starts.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = dir.path().join("why502.toml");
+    let socket = dir.path().join("api.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nsocket = \"{}\"\nsocket_group = \"why502-no-such-group\"\n\
+             [store]\npath = \"{}\"\n",
+            socket.display(),
+            dir.path().join("why502.db").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(why502_e2e::sibling_binary("why502"))
+        .args(["agent", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run why502 agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one line, nothing started: {stderr:?}"
+    );
+    assert!(
+        stderr.starts_with("why502: config file ")
+            && stderr.contains("api.socket_group")
+            && stderr.contains("\"why502-no-such-group\""),
+        "{stderr}"
+    );
+    assert!(!socket.exists() && !dir.path().join("why502.db").exists());
 }

@@ -21,7 +21,10 @@ use crate::{
         failure::FailureKind,
         incident::{Candidate, Incident, IncidentState, ProcessSummary, Update, NO_UPSTREAM},
     },
-    sources::kernel_maps::{connects::destination, KernelReading},
+    sources::{
+        enrich::cgroup,
+        kernel_maps::{connects::destination, KernelReading},
+    },
 };
 
 /// (proxy, upstream) pairs followed at once; idle ones are forgotten first.
@@ -29,8 +32,7 @@ const FLOW_CAPACITY: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct FlowKey {
-    /// The proxy's unit when it has one (all its workers are one proxy), else its name.
-    proxy: String,
+    proxy: ProxyKey,
     /// `None`: 5xx responses of the proxy with no upstream failure to blame.
     upstream: Option<Endpoint>,
 }
@@ -76,9 +78,53 @@ impl Flow {
     }
 }
 
-/// A flow's proxy: its unit when it has one (all its workers are one proxy), else its name.
-fn flow_proxy(proxy: &ProcessSummary) -> String {
-    proxy.unit.clone().unwrap_or_else(|| proxy.comm.clone())
+/// Who a proxy is, as far as a local user cannot forge it: names are anyone's to choose
+/// (`prctl(PR_SET_NAME)`, `systemd-run --user --unit=nginx`), cgroups outside the
+/// subtrees systemd delegates are root's, and uids are the kernel's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ProxyKey {
+    /// A service of the host's systemd (`/system.slice/nginx.service`), by its cgroup, or
+    /// by its unit when the cgroup is not known: only root starts processes there, so
+    /// every process in it is that service, whatever user it runs as. nginx's master runs
+    /// as root and its workers as www-data: one proxy, so no uid here.
+    SystemService(String),
+    /// Anywhere else: a user manager's units (`user@1000.service/…`, which only uid 1000
+    /// and root can start processes in), login sessions (a user's processes next to what
+    /// they ran with sudo), containers' scopes, the root cgroup, or nothing known. Any
+    /// user may run a process of any name there, so its uid and name are part of who it
+    /// is, next to its unit's cgroup (else its cgroup, else its unit).
+    Process {
+        cgroup: Option<String>,
+        uid: Option<u32>,
+        comm: String,
+    },
+}
+
+impl ProxyKey {
+    pub fn of(proxy: &ProcessSummary) -> Self {
+        if let Some(path) = &proxy.cgroup {
+            let placement = cgroup::placement(path);
+            let unit_cgroup = placement.unit_cgroup.unwrap_or(path);
+            if placement.is_system_service() {
+                return ProxyKey::SystemService(unit_cgroup.to_string());
+            }
+            return ProxyKey::Process {
+                cgroup: Some(unit_cgroup.to_string()),
+                uid: proxy.uid,
+                comm: proxy.comm.clone(),
+            };
+        }
+        match &proxy.unit {
+            Some(unit) if cgroup::is_system_service_unit(unit) => {
+                ProxyKey::SystemService(unit.clone())
+            }
+            unit => ProxyKey::Process {
+                cgroup: unit.clone(),
+                uid: proxy.uid,
+                comm: proxy.comm.clone(),
+            },
+        }
+    }
 }
 
 impl Engine {
@@ -156,7 +202,7 @@ impl Engine {
             }
             let proxy = summary(&c.process);
             let key = FlowKey {
-                proxy: flow_proxy(&proxy),
+                proxy: ProxyKey::of(&proxy),
                 upstream: Some(Endpoint::Tcp(destination(&c.growth.key))),
             };
             if !self.flows.contains_key(&key) && self.flows.len() >= FLOW_CAPACITY {
@@ -231,7 +277,7 @@ impl Engine {
         if !self.knowledge.is_proxy(process) {
             return Vec::new();
         }
-        let proxy_key = flow_proxy(&summary(process));
+        let proxy_key = ProxyKey::of(&summary(process));
         let open = self
             .flows
             .iter_mut()
@@ -308,7 +354,7 @@ impl Engine {
         }
         let proxy = summary(process);
         let key = FlowKey {
-            proxy: flow_proxy(&proxy),
+            proxy: ProxyKey::of(&proxy),
             upstream,
         };
         if !self.flows.contains_key(&key) && self.flows.len() >= FLOW_CAPACITY {

@@ -237,7 +237,9 @@ pub fn summary(p: &ProcessRef) -> ProcessSummary {
         comm: p.comm.clone(),
         known_proxy: crate::model::proxy::known_proxy(&p.comm, exe.as_deref()).map(String::from),
         exe,
+        uid: info.and_then(|i| i.uid),
         unit: info.and_then(|i| i.unit.clone()),
+        cgroup: info.and_then(|i| i.cgroup.clone()),
         container: info.and_then(|i| i.container.clone()),
     }
 }

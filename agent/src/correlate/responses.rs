@@ -10,7 +10,7 @@ use std::{
     time::SystemTime,
 };
 
-use super::spike::WINDOW_CAP;
+use super::{engine::ProxyKey, spike::WINDOW_CAP};
 use crate::model::event::{Event, ProcessRef};
 
 /// The responses a proxy gives when it could not get one from its upstream.
@@ -35,14 +35,14 @@ pub struct Pending {
 /// Waiting responses, by proxy key.
 #[derive(Debug, Default)]
 pub struct PendingResponses {
-    by_proxy: HashMap<String, VecDeque<Pending>>,
+    by_proxy: HashMap<ProxyKey, VecDeque<Pending>>,
 }
 
 impl PendingResponses {
     /// Holds responses of `proxy` until an incident takes them or they age out.
     pub fn hold(
         &mut self,
-        proxy: String,
+        proxy: ProxyKey,
         event: &Event,
         process: &ProcessRef,
         (code, count): (u16, u64),
@@ -69,7 +69,7 @@ impl PendingResponses {
 
     /// The unjudged responses of `proxy` from `since_mono` on, taken by an incident that
     /// opens; the proxy's older ones are dropped with them.
-    pub fn take(&mut self, proxy: &str, since_mono: u64) -> Vec<(u16, u64)> {
+    pub fn take(&mut self, proxy: &ProxyKey, since_mono: u64) -> Vec<(u16, u64)> {
         self.by_proxy
             .remove(proxy)
             .into_iter()
@@ -81,7 +81,7 @@ impl PendingResponses {
 
     /// Proxies with unjudged responses past their grace at `now_mono`, each with those
     /// responses, oldest first.
-    pub fn due(&self, now_mono: u64) -> Vec<(String, Vec<Pending>)> {
+    pub fn due(&self, now_mono: u64) -> Vec<(ProxyKey, Vec<Pending>)> {
         self.by_proxy
             .iter()
             .filter_map(|(proxy, pending)| {
@@ -98,7 +98,7 @@ impl PendingResponses {
     /// Marks the responses of `proxy` that were due at `now_mono` (those [`Self::due`]
     /// returned) as judged; later ones still wait for their grace, or for an incident
     /// that opens to [`Self::take`] them.
-    pub fn judged(&mut self, proxy: &str, now_mono: u64) {
+    pub fn judged(&mut self, proxy: &ProxyKey, now_mono: u64) {
         if let Some(pending) = self.by_proxy.get_mut(proxy) {
             for r in pending
                 .iter_mut()

@@ -1114,3 +1114,174 @@ fn every_502_of_unix_workers_dying_one_after_the_other_is_counted() {
         last.causes[0].summary
     );
 }
+
+// ---- Proxies by identity (cgroup and uid), not by name: a forged unit is not the real one.
+
+const SYSTEM_NGINX: &str = "/system.slice/nginx.service";
+const USER_NGINX: &str = "/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service";
+
+/// An nginx process (a known proxy by name) with the uid and cgroup procfs gave it.
+fn nginx_as(pid: u32, ppid: u32, uid: u32, cgroup: &str) -> ProcessRef {
+    ProcessRef {
+        pid,
+        tid: pid,
+        comm: "nginx".into(),
+        thread: None,
+        cgroup_id: 7,
+        info: Some(Arc::new(ProcessInfo {
+            ppid: Some(ppid),
+            uid: Some(uid),
+            exe: Some("/usr/sbin/nginx".into()),
+            unit: crate::sources::enrich::cgroup::unit(cgroup),
+            cgroup: Some(cgroup.into()),
+            ..Default::default()
+        })),
+    }
+}
+
+fn refused_from(mono: u64, who: &ProcessRef) -> Event {
+    let mut e = refused(mono, BACKEND, libc::ECONNREFUSED);
+    e.process = Some(who.clone());
+    e
+}
+
+/// Feeds `events` (and a tick after them); each incident as last updated, by id.
+fn incidents_of(e: &mut Engine, events: &[Event]) -> std::collections::BTreeMap<u64, Incident> {
+    let mut by_id = std::collections::BTreeMap::new();
+    for event in events {
+        for update in e.observe(event) {
+            by_id.insert(update.incident().id, update.incident().clone());
+        }
+    }
+    let end = events.last().unwrap().mono_ns + 10 * MS;
+    for update in e.tick(end, at(end)) {
+        by_id.insert(update.incident().id, update.incident().clone());
+    }
+    by_id
+}
+
+#[test]
+fn proxies_of_one_name_and_unit_in_different_users_hands_are_apart() {
+    // (real, forged): each pair has the same name, and the same unit name or none.
+    let pairs = [
+        // `systemd-run --user --unit=nginx` next to the system's nginx.service.
+        (
+            nginx_as(501, 500, 33, SYSTEM_NGINX),
+            nginx_as(7001, 7000, 1000, USER_NGINX),
+        ),
+        // The same uid too (workers as nobody, a user manager of nobody's): the cgroup
+        // alone tells them apart.
+        (
+            nginx_as(501, 500, 65534, SYSTEM_NGINX),
+            nginx_as(
+                7001,
+                7000,
+                65534,
+                "/user.slice/user-65534.slice/user@65534.service/app.slice/nginx.service",
+            ),
+        ),
+        // No unit at all (no systemd: everything in the root cgroup), another user.
+        (nginx_as(501, 500, 0, "/"), nginx_as(7001, 7000, 1000, "/")),
+        // One login session: root's nginx (started with sudo) and the user's own.
+        (
+            nginx_as(501, 500, 0, "/user.slice/user-1000.slice/session-3.scope"),
+            nginx_as(
+                7001,
+                7000,
+                1000,
+                "/user.slice/user-1000.slice/session-3.scope",
+            ),
+        ),
+    ];
+    for (real, forged) in pairs {
+        let mut e = engine();
+        let mut events = vec![listening(SEC, fpm(), BACKEND, Source::Kernel)];
+        // Interleaved: 6 failures of the real one, 4 of the forged one, 10 ms apart.
+        for i in 0..10u64 {
+            let who = if i % 5 < 3 { &real } else { &forged };
+            events.push(refused_from(10 * SEC + i * 10 * MS, who));
+        }
+        let incidents = incidents_of(&mut e, &events);
+        let what = format!("{:?} and {:?}", real.info, forged.info);
+        assert_eq!(incidents.len(), 2, "{what}: {incidents:#?}");
+        for (who, failures) in [(&real, 6), (&forged, 4)] {
+            let info = who.info.as_deref().unwrap();
+            let mine: Vec<&Incident> = incidents
+                .values()
+                .filter(|i| i.proxy.pid == who.pid)
+                .collect();
+            assert_eq!(mine.len(), 1, "{what}: {incidents:#?}");
+            let incident = mine[0];
+            assert_eq!(incident.failures, failures, "{what}: {incident:#?}");
+            assert_eq!(incident.proxy.uid, info.uid, "{what}");
+            assert_eq!(incident.proxy.cgroup, info.cgroup, "{what}");
+            assert_eq!(incident.proxy.unit, info.unit, "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_user_managers_unit_is_named_after_its_manager() {
+    let mut e = engine();
+    let forged = nginx_as(7001, 7000, 1000, USER_NGINX);
+    let events: Vec<Event> = (0..5)
+        .map(|i| refused_from(10 * SEC + i * 10 * MS, &forged))
+        .collect();
+    let incident = run(&mut e, &events);
+    assert_eq!(
+        incident.proxy.unit.as_deref(),
+        Some("user@1000.service/nginx.service")
+    );
+    assert_eq!(incident.proxy.uid, Some(1000));
+}
+
+#[test]
+fn a_masters_and_its_workers_failures_in_one_system_unit_are_one_incident() {
+    let mut e = engine();
+    // The master as root, its workers as www-data (one in a sub-cgroup of the unit).
+    let master = nginx_as(500, 1, 0, SYSTEM_NGINX);
+    let workers = [
+        nginx_as(501, 500, 33, SYSTEM_NGINX),
+        nginx_as(502, 500, 33, &format!("{SYSTEM_NGINX}/worker")),
+    ];
+    let mut events = vec![listening(SEC, fpm(), BACKEND, Source::Kernel)];
+    for i in 0..9u64 {
+        let who = match i % 3 {
+            0 => &master,
+            n => &workers[n as usize - 1],
+        };
+        events.push(refused_from(10 * SEC + i * 10 * MS, who));
+    }
+    let incidents = incidents_of(&mut e, &events);
+    assert_eq!(incidents.len(), 1, "{incidents:#?}");
+    let incident = incidents.values().next().unwrap();
+    assert_eq!(incident.failures, 9, "{incident:#?}");
+    assert_eq!(incident.proxy.unit.as_deref(), Some("nginx.service"));
+}
+
+#[test]
+fn a_forged_proxys_bad_gateways_are_not_the_real_ones() {
+    let mut e = engine();
+    let real = nginx_as(501, 500, 33, SYSTEM_NGINX);
+    let forged = nginx_as(7001, 7000, 1000, USER_NGINX);
+    let mut events = vec![listening(SEC, fpm(), BACKEND, Source::Kernel)];
+    events.extend((0..5).map(|i| refused_from(10 * SEC + i * 10 * MS, &real)));
+    let with = |who: &ProcessRef, mut e: Event| {
+        e.process = Some(who.clone());
+        e
+    };
+    events.push(with(&real, responses(10 * SEC + 100 * MS, 502, 5)));
+    // The forged one answers 502 a thousand times while the real one's incident is open.
+    events.push(with(&forged, responses(10 * SEC + 100 * MS, 502, 1000)));
+    let incidents = incidents_of(&mut e, &events);
+    let real_incident = incidents
+        .values()
+        .find(|i| i.proxy.pid == real.pid)
+        .expect("the real nginx's incident");
+    assert_eq!(real_incident.failures, 5);
+    assert_eq!(
+        real_incident.responses.get(&502),
+        Some(&5),
+        "{real_incident:#?}"
+    );
+}

@@ -62,9 +62,17 @@ pub struct ProcessSummary {
     pub comm: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
-    /// systemd unit, if any.
+    /// The real uid. `None` when procfs did not say, and in incidents stored before it
+    /// was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// systemd unit, if any: `nginx.service`, or `user@1000.service/nginx.service` for
+    /// one that uid 1000's user manager runs (not the host's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// The cgroup path (`/system.slice/nginx.service`): with the uid, which proxy this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     /// `nginx`, `haproxy`, `envoy`, `apache`, `caddy`, `traefik` for known proxies.

@@ -89,7 +89,7 @@ fn serve_fixture() -> Served {
         recent,
         status: Arc::new(report),
     };
-    let server = serve(&socket, state).unwrap();
+    let server = serve(&socket, None, state).unwrap();
     Served {
         client: ApiClient::new(&socket),
         socket,
@@ -238,10 +238,10 @@ async fn status_reads_back() {
 }
 
 #[tokio::test]
-async fn the_socket_is_0660_in_a_created_directory() {
+async fn the_socket_is_root_only_in_a_created_directory() {
     let api = serve_fixture();
     let mode = std::fs::metadata(&api.socket).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o660, "socket mode {mode:o}");
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     let dir = api.socket.parent().unwrap();
     let mode = std::fs::metadata(dir).unwrap().permissions().mode();
     assert_eq!(mode & 0o027, 0, "directory mode {mode:o}");
@@ -258,7 +258,7 @@ fn empty_state(dir: &Path) -> ApiState {
 #[tokio::test]
 async fn a_live_socket_is_not_taken_over() {
     let api = serve_fixture();
-    let err = serve(&api.socket, empty_state(api._dir.path())).unwrap_err();
+    let err = serve(&api.socket, None, empty_state(api._dir.path())).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -276,7 +276,7 @@ async fn a_stale_socket_is_replaced_and_other_files_are_left_alone() {
     let socket = dir.path().join("why502.sock");
     // A socket file nobody listens on, as a killed agent leaves it.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    let server = serve(&socket, empty_state(dir.path())).unwrap();
+    let server = serve(&socket, None, empty_state(dir.path())).unwrap();
     let client = ApiClient::new(&socket);
     assert_eq!(
         client.incidents(&IncidentQuery::default()).await.unwrap(),
@@ -286,7 +286,7 @@ async fn a_stale_socket_is_replaced_and_other_files_are_left_alone() {
 
     let file = dir.path().join("not-a-socket");
     std::fs::write(&file, "keep me").unwrap();
-    let err = serve(&file, empty_state(dir.path())).unwrap_err();
+    let err = serve(&file, None, empty_state(dir.path())).unwrap_err();
     assert!(err.to_string().contains("is not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 }
@@ -314,6 +314,24 @@ async fn no_agent_means_not_running() {
 #[test]
 fn serving_outside_the_runtime_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let err = serve(&dir.path().join("s.sock"), empty_state(dir.path())).unwrap_err();
+    let err = serve(&dir.path().join("s.sock"), None, empty_state(dir.path())).unwrap_err();
     assert!(matches!(err, ApiError::NoRuntime));
+}
+
+#[test]
+fn the_socket_is_root_only_from_the_moment_it_exists() {
+    // Whatever the umask lets a plain bind create (0755 under the usual 022), the socket
+    // bind_owner_only makes is 0600 from the bind on: no window before the chmod.
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.sock");
+    let _plain = std::os::unix::net::UnixListener::bind(&plain).unwrap();
+    let plain_mode = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;
+    let socket = dir.path().join("why502.sock");
+    let _listener = super::bind_owner_only(&socket).unwrap();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a plain bind here gives {plain_mode:o}");
+    assert_ne!(
+        plain_mode, 0o600,
+        "the umask alone would not tell them apart"
+    );
 }
