@@ -102,27 +102,19 @@ pub enum ProxyKey {
 
 impl ProxyKey {
     pub fn of(proxy: &ProcessSummary) -> Self {
-        if let Some(path) = &proxy.cgroup {
-            let placement = cgroup::placement(path);
-            let unit_cgroup = placement.unit_cgroup.unwrap_or(path);
-            if placement.is_system_service() {
-                return ProxyKey::SystemService(unit_cgroup.to_string());
-            }
-            return ProxyKey::Process {
-                cgroup: Some(unit_cgroup.to_string()),
-                uid: proxy.uid,
-                comm: proxy.comm.clone(),
-            };
+        // The unit's cgroup (all of the unit's processes share it), else the cgroup, else
+        // the unit's name.
+        let place = match &proxy.cgroup {
+            Some(path) => Some(cgroup::placement(path).unit_cgroup.unwrap_or(path)),
+            None => proxy.unit.as_deref(),
+        };
+        if cgroup::in_system_service(proxy) {
+            return ProxyKey::SystemService(place.unwrap_or_default().to_string());
         }
-        match &proxy.unit {
-            Some(unit) if cgroup::is_system_service_unit(unit) => {
-                ProxyKey::SystemService(unit.clone())
-            }
-            unit => ProxyKey::Process {
-                cgroup: unit.clone(),
-                uid: proxy.uid,
-                comm: proxy.comm.clone(),
-            },
+        ProxyKey::Process {
+            cgroup: place.map(String::from),
+            uid: proxy.uid,
+            comm: proxy.comm.clone(),
         }
     }
 }

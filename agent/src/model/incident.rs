@@ -218,3 +218,27 @@ impl Update {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Incidents stored before the proxy's uid and cgroup were recorded still read, with
+    /// neither; new ones keep both.
+    #[test]
+    fn a_process_without_uid_or_cgroup_reads_back() {
+        let old = r#"{"pid": 812, "comm": "nginx", "unit": "nginx.service"}"#;
+        let read: ProcessSummary = serde_json::from_str(old).unwrap();
+        assert_eq!((read.uid, read.cgroup.as_deref()), (None, None));
+        assert_eq!(read.unit.as_deref(), Some("nginx.service"));
+        let new = ProcessSummary {
+            uid: Some(33),
+            cgroup: Some("/system.slice/nginx.service".into()),
+            ..read
+        };
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["uid"], 33);
+        assert_eq!(json["cgroup"], "/system.slice/nginx.service");
+        assert_eq!(serde_json::from_value::<ProcessSummary>(json).unwrap(), new);
+    }
+}

@@ -5,7 +5,7 @@ use super::{failure_span, route, text, Style};
 use crate::{
     model::{
         failure::FailureKind,
-        incident::{Incident, IncidentState},
+        incident::{Incident, IncidentState, ProcessSummary},
     },
     timefmt::duration,
 };
@@ -15,6 +15,8 @@ pub fn explain(incident: &Incident, style: &Style) -> String {
     // The header is wrapped too (rarely: a long unix socket path), between its parts.
     let header = text::hanging_indent("", "", &header(incident, style), style.width, 2);
     let mut out = vec![style.paint.bold(&header)];
+    let proxy = proxy_line(&incident.proxy);
+    out.push(text::hanging("Proxy: ", "Proxy: ", &proxy, style.width));
     if incident.failures > 0 || incident.responses.is_empty() {
         out.push(failures_line(incident));
     }
@@ -92,6 +94,38 @@ fn header(incident: &Incident, style: &Style) -> [String; 3] {
     ]
 }
 
+/// `nginx (pid 812, uid 33, nginx.service)`, in parts: which process failed, and who it
+/// is (`user@1000.service/nginx.service` is uid 1000's own, not the host's nginx). The
+/// cgroup is shown when no unit says where it runs (the root cgroup says nothing).
+fn proxy_line(proxy: &ProcessSummary) -> Vec<String> {
+    let mut inside = vec![format!("pid {}", proxy.pid)];
+    if let Some(uid) = proxy.uid {
+        inside.push(format!("uid {uid}"));
+    }
+    match (&proxy.unit, &proxy.cgroup) {
+        (Some(unit), _) => inside.push(unit.clone()),
+        (None, Some(cgroup)) if cgroup != "/" => inside.push(format!("cgroup {cgroup}")),
+        _ => {}
+    }
+    if let Some(container) = &proxy.container {
+        let short: String = container.chars().take(12).collect();
+        inside.push(format!("container {short}"));
+    }
+    let last = inside.len() - 1;
+    let mut parts = vec![format!("{} (", proxy.comm)];
+    for (i, part) in inside.into_iter().enumerate() {
+        parts.push(if i < last {
+            format!("{part},")
+        } else {
+            format!("{part})")
+        });
+    }
+    // The name and the first part are one word: no break right after "(".
+    let first = parts.remove(1);
+    parts[0].push_str(&first);
+    parts
+}
+
 /// `Clients got 502 ×287 (for 312 upstream failures)`: what the failures became.
 fn responses_line(incident: &Incident) -> Option<String> {
     if incident.responses.is_empty() {
@@ -145,6 +179,7 @@ mod tests {
         let text = explain(&incident, &style(88));
         let expected = "\
 Incident 17 · 14:02:03 → 14:02:09 (6.1 s) · nginx → 127.0.0.1:9000
+Proxy: nginx (pid 812, uid 33, nginx.service)
 312 connect failures: ECONNREFUSED ×312
 Clients got 502 ×287 (for 312 upstream failures)
 Cause (high): php-fpm (pid 1234, php8.2-fpm.service), listener of 127.0.0.1:9000, was
@@ -155,6 +190,43 @@ Timeline: 14:02:01.200 memory pressure 43% · 14:02:02.871 OOM kill pid 1234 ·
 Hint: raise the service's memory limit or lower pm.max_children.
 Other candidates: restart (medium) — php8.2-fpm.service's listener came back 6.1 s later";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn the_proxy_line_says_which_process_it_was() {
+        let line = |incident: &Incident| {
+            explain(incident, &style(120))
+                .lines()
+                .nth(1)
+                .unwrap()
+                .to_string()
+        };
+        let mut incident = testing::incident(17, testing::base_time());
+        assert_eq!(
+            line(&incident),
+            "Proxy: nginx (pid 812, uid 33, nginx.service)"
+        );
+        incident.proxy.pid = 7001;
+        incident.proxy.uid = Some(1000);
+        incident.proxy.unit = Some("user@1000.service/nginx.service".into());
+        assert_eq!(
+            line(&incident),
+            "Proxy: nginx (pid 7001, uid 1000, user@1000.service/nginx.service)"
+        );
+        // No unit: the cgroup, unless it is the root one.
+        incident.proxy.unit = None;
+        incident.proxy.cgroup = Some("/why502/app".into());
+        incident.proxy.container = Some("0123456789abcdef".into());
+        assert_eq!(
+            line(&incident),
+            "Proxy: nginx (pid 7001, uid 1000, cgroup /why502/app, container 0123456789ab)"
+        );
+        incident.proxy.cgroup = Some("/".into());
+        incident.proxy.container = None;
+        assert_eq!(line(&incident), "Proxy: nginx (pid 7001, uid 1000)");
+        // An incident stored before uids were recorded.
+        incident.proxy.uid = None;
+        assert_eq!(line(&incident), "Proxy: nginx (pid 7001)");
     }
 
     #[test]
@@ -227,6 +299,10 @@ Other candidates: restart (medium) — php8.2-fpm.service's listener came back 6
         assert_eq!(
             lines.next(),
             Some("Incident 3 · 14:02:03 → open (6.1 s) · nginx → 127.0.0.1:9000")
+        );
+        assert_eq!(
+            lines.next(),
+            Some("Proxy: nginx (pid 812, uid 33, nginx.service)")
         );
         assert_eq!(
             lines.next(),

@@ -14,8 +14,9 @@ pub use table::{incidents_table, watch_line, Change, NoIncidents};
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::model::incident::{Confidence, Incident};
+use crate::model::incident::{Confidence, Incident, ProcessSummary};
 use crate::model::text::{escape_controls, needs_escape};
+use crate::sources::enrich::cgroup::in_system_service;
 use crate::timefmt::{Clock, Zone};
 use text::Paint;
 
@@ -67,9 +68,23 @@ impl Style {
     }
 }
 
-/// `nginx → 127.0.0.1:9000`.
+/// `nginx → 127.0.0.1:9000`; `nginx (uid 1000) → 127.0.0.1:9000` for a proxy whose name
+/// alone could be anyone's (see [`proxy_name`]).
 fn route(incident: &Incident) -> String {
-    format!("{} → {}", incident.proxy.comm, incident.upstream)
+    format!("{} → {}", proxy_name(&incident.proxy), incident.upstream)
+}
+
+/// The proxy as a route names it: its name, and its uid when it runs outside the host's
+/// system services as a user other than root. Any user can name a process `nginx`, and
+/// their proxies are incidents of their own: the uid tells them apart from the real one
+/// at a glance (the service's own workers, www-data in `nginx.service`, need no mark).
+fn proxy_name(proxy: &ProcessSummary) -> String {
+    match proxy.uid {
+        Some(uid) if uid != 0 && !in_system_service(proxy) => {
+            format!("{} (uid {uid})", proxy.comm)
+        }
+        _ => proxy.comm.clone(),
+    }
 }
 
 /// How long the failures have lasted: first to last, not to the (later) close.
@@ -304,9 +319,10 @@ mod tests {
         assert!(table.contains(HOSTILE_SHOWN), "{table}");
         assert_eq!(table.lines().count(), 2, "{table}");
         let explained = explain(&hostile, &wide);
+        // (A cgroup path poisoned so is no system service's: the route shows the uid.)
         assert!(
             explained.contains(&format!(
-                "nginx{HOSTILE_SHOWN} → 127.0.0.1:9000{HOSTILE_SHOWN}"
+                "nginx{HOSTILE_SHOWN} (uid 33) → 127.0.0.1:9000{HOSTILE_SHOWN}"
             )),
             "{explained}"
         );

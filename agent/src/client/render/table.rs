@@ -234,6 +234,42 @@ ID  STARTED     DURATION  PROXY → UPSTREAM     FAILURES  CAUSE            STAT
     }
 
     #[test]
+    fn a_users_proxy_of_the_same_name_is_told_apart() {
+        let real = testing::incident(17, testing::base_time());
+        let mut forged = testing::incident(18, testing::base_time());
+        forged.proxy.pid = 7001;
+        forged.proxy.uid = Some(1000);
+        forged.proxy.unit = Some("user@1000.service/nginx.service".into());
+        forged.proxy.cgroup =
+            Some("/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service".into());
+        // Same name in a session scope, or with no cgroup known: marked too. Root's, or a
+        // system service's worker (www-data in nginx.service), is not.
+        let mut in_session = forged.clone();
+        in_session.proxy.unit = Some("session-3.scope".into());
+        in_session.proxy.cgroup = Some("/user.slice/user-1000.slice/session-3.scope".into());
+        let mut as_root = in_session.clone();
+        as_root.proxy.uid = Some(0);
+        let mut unit_only = forged.clone();
+        unit_only.proxy.cgroup = None;
+        for (incident, route) in [
+            (&real, "nginx → 127.0.0.1:9000"),
+            (&forged, "nginx (uid 1000) → 127.0.0.1:9000"),
+            (&in_session, "nginx (uid 1000) → 127.0.0.1:9000"),
+            (&as_root, "nginx → 127.0.0.1:9000"),
+            (&unit_only, "nginx (uid 1000) → 127.0.0.1:9000"),
+        ] {
+            assert_eq!(super::route(incident), route, "{:?}", incident.proxy);
+        }
+        let table = incidents_table(&[forged, real], &style(120));
+        let rows: Vec<&str> = table.lines().skip(1).collect();
+        assert!(
+            rows[0].contains("  nginx (uid 1000) → 127.0.0.1:9000  "),
+            "{table}"
+        );
+        assert!(rows[1].contains("  nginx → 127.0.0.1:9000  "), "{table}");
+    }
+
+    #[test]
     fn a_long_proxy_name_is_cut_whole() {
         assert_eq!(fit_route("nginx → 127.0.0.1:9000", 16), "nginx → ….1:9000");
         assert_eq!(

@@ -6,6 +6,8 @@
 //! delegated subtree: whatever its user runs there (`systemd-run --user --unit=nginx`) is
 //! named after the manager, never like the system unit of the same name.
 
+use crate::model::incident::ProcessSummary;
+
 /// Where a process sits in systemd's tree of units, read from its cgroup path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement<'a> {
@@ -89,6 +91,17 @@ pub fn unit(path: &str) -> Option<String> {
 pub fn is_system_service_unit(unit: &str) -> bool {
     let host = unit.split('/').next().unwrap_or(unit);
     user_manager_uid(host).is_none() && host.ends_with(".service")
+}
+
+/// Whether `process` runs in a service of the host's systemd outside any user manager
+/// (by its cgroup, else by its unit): then its name is that service's to give, and nobody
+/// else's.
+pub fn in_system_service(process: &ProcessSummary) -> bool {
+    match (&process.cgroup, &process.unit) {
+        (Some(path), _) => placement(path).is_system_service(),
+        (None, Some(unit)) => is_system_service_unit(unit),
+        (None, None) => false,
+    }
 }
 
 /// A 64-hex-digit container id anywhere in the path (`docker-<id>.scope`, `/docker/<id>`,
