@@ -80,7 +80,7 @@ fn assert_tp_btf(h: &Harness, probe: agent_common::config::Probe) {
 
 /// A proxy's thread: not in `PROXIES` as a process (where fork is `tp_btf`), not after
 /// it exited (either way); its exit leaves the process marked and watched, and is not
-/// reported as the process's exit.
+/// reported as the process's exit. The process's exit takes it out of both.
 #[test]
 fn a_proxys_thread_is_no_process() {
     let Some(h) = harness() else { return };
@@ -147,6 +147,10 @@ signal.pause()
         "the thread's exit unmarked proxy {pid}"
     );
     assert!(watched.contains(pid), "the thread's exit unwatched {pid}");
+    // The process's own exit deletes its entries (plain hashes: a leak would fill them).
+    script.kill();
+    proxies.wait_absent(pid, "the exited proxy");
+    watched.wait_absent(pid, "the exited listener owner");
 }
 
 fn signal_of(event: &Event) -> Option<&SignalSent> {

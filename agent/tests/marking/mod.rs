@@ -71,6 +71,22 @@ impl ProcessSet {
     }
 }
 
+impl ProcessSet {
+    /// Waits (bounded) until `tgid` has left the set: the kernel deletes entries at the
+    /// process's exit, or the plain hash would fill up.
+    pub fn wait_absent(&self, tgid: u32, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.contains(tgid) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} (pid {tgid}) is still in {}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// The ids of the BPF programs this process holds descriptors of (`/proc/self/fdinfo`).
 fn own_program_ids() -> BTreeSet<u32> {
     let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
@@ -153,6 +169,13 @@ impl Script {
         use std::io::Write;
         writeln!(self.stdin, "{line}").expect("write to the script");
         self.stdin.flush().unwrap();
+    }
+
+    /// Kills the script's process group (SIGKILL) and waits for its first process.
+    pub fn kill(&mut self) {
+        // SAFETY: kill(2) on the script's own process group.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 
     /// Waits (bounded) for the script to exit.

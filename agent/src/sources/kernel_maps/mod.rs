@@ -140,7 +140,8 @@ impl Poller {
         for (table, n) in growth.tables_full.iter().filter(|(_, n)| **n > 0) {
             log::warn!(
                 "kernel table {table} full: {n} entries refused; raise its size \
-                 (probes.connect_table_entries for tracked_connects)"
+                 (probes.connect_table_entries for tracked_connects; proxies and \
+                 listener_owners hold one entry per live process: that many are running)"
             );
         }
         for (probe, n) in growth.probe_errors.iter().filter(|(_, n)| **n > 0) {
