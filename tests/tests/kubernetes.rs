@@ -29,6 +29,12 @@ const SERVICE_MONITOR: &str = "servicemonitor.yaml";
 /// kustomize's, not an API object: checked to list every manifest.
 const KUSTOMIZATION: &str = "kustomization.yaml";
 
+/// The pod's capabilities beyond the systemd unit's, for what systemd does for the unit:
+/// SYS_ADMIN mounts tracefs where the node has not (the unit has sys-kernel-tracing.mount),
+/// SYS_RESOURCE raises RLIMIT_MEMLOCK for kernels before 5.11 (the unit's
+/// LimitMEMLOCK=infinity; a pod gets the runtime's limit).
+const POD_ONLY_CAPABILITIES: [&str; 2] = ["SYS_ADMIN", "SYS_RESOURCE"];
+
 fn venv() -> &'static Venv {
     static VENV: OnceLock<Venv> = OnceLock::new();
     VENV.get_or_init(|| {
@@ -301,9 +307,14 @@ fn daemonset_runs_with_the_systemd_units_capabilities_not_privileged() {
         .into_iter()
         .map(String::from)
         .collect();
+    let expected: BTreeSet<String> = unit
+        .iter()
+        .cloned()
+        .chain(POD_ONLY_CAPABILITIES.map(String::from))
+        .collect();
     assert_eq!(
-        added, unit,
-        "the container's capabilities are the systemd unit's CapabilityBoundingSet"
+        added, expected,
+        "the container's capabilities are the systemd unit's CapabilityBoundingSet and {POD_ONLY_CAPABILITIES:?}"
     );
     assert_eq!(
         strings(array_at(security, "/capabilities/drop")),
