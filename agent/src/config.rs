@@ -958,6 +958,59 @@ mod tests {
         assert_eq!(group_id("why502-no-such-group").unwrap(), None);
     }
 
+    /// The unit's directories are where the defaults put the store and the socket, with
+    /// modes that keep the store root's and let only the socket's own mode decide who
+    /// connects; and whatever the agent creates is its own only (`UMask`).
+    #[test]
+    fn the_unit_s_directories_and_modes_fit_the_defaults() {
+        let unit = include_str!("../../deploy/why502.service");
+        let setting = |key: &str| -> &str {
+            let values: Vec<&str> = unit
+                .lines()
+                .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .collect();
+            let [value] = values[..] else {
+                panic!("{key}= set once in deploy/why502.service: {values:?}");
+            };
+            value.trim()
+        };
+        let octal = |key: &str| {
+            u32::from_str_radix(setting(key), 8)
+                .unwrap_or_else(|_| panic!("{key}={} is not an octal mode", setting(key)))
+        };
+        assert_eq!(octal("UMask") & 0o077, 0o077, "files for the agent alone");
+
+        let defaults = Config::default();
+        let state = Path::new("/var/lib").join(setting("StateDirectory"));
+        assert_eq!(Some(state.as_path()), defaults.store.path.parent());
+        assert_eq!(
+            octal("StateDirectoryMode") & 0o077,
+            0,
+            "the store's directory is root's"
+        );
+
+        let runtime = Path::new("/run").join(setting("RuntimeDirectory"));
+        assert_eq!(Some(runtime.as_path()), defaults.api.socket.parent());
+        let mode = octal("RuntimeDirectoryMode");
+        assert_eq!(mode & 0o022, 0, "only root writes where the socket is");
+        assert_eq!(
+            mode & 0o001,
+            0o001,
+            "a socket group's members can reach the socket"
+        );
+        // Both are the agent's to write in, under ProtectSystem=strict.
+        let writable = setting("ReadWritePaths");
+        for dir in [&state, &runtime] {
+            assert!(
+                writable
+                    .split_whitespace()
+                    .any(|p| Path::new(p) == dir.as_path()),
+                "{} not in ReadWritePaths={writable}",
+                dir.display()
+            );
+        }
+    }
+
     #[test]
     fn missing_explicit_file_is_an_error() {
         let err = Config::load(Some(Path::new("/nonexistent/why502.toml"))).unwrap_err();
