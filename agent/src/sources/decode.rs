@@ -766,6 +766,7 @@ mod tests {
         assert_eq!(target(signal_record(5000, 5000, 1)), (5000, None));
         // Classic, another process's thread: procfs, while the thread is there. This
         // test's own threads: the one running it is not the process's first.
+        // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         let me = std::process::id() as i32;
         assert_ne!(tid, me, "libtest runs tests on threads of their own");
