@@ -3,13 +3,13 @@
 //! events change it.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
 
 use super::{
-    history::{Dated, ExitRecord, ProcessHistory, SignalRecord},
+    history::{Dated, ExitRecord, Holder, ProcessHistory, SignalRecord},
     listeners::{ListenerTable, Owner},
 };
 use crate::model::{
@@ -38,7 +38,7 @@ pub struct Knowledge {
     /// How far back before the first failure evidence counts.
     pub lookback_ns: u64,
     /// Processes that opened a listener, and when they last did.
-    listener_owners: HashMap<u32, u64>,
+    listener_owners: ListenerOwners,
 }
 
 impl Knowledge {
@@ -49,7 +49,7 @@ impl Knowledge {
             local_ips,
             watching_since,
             lookback_ns,
-            listener_owners: HashMap::new(),
+            listener_owners: ListenerOwners::new(LISTENER_OWNER_CAPACITY),
         }
     }
 
@@ -61,8 +61,8 @@ impl Knowledge {
         let known = crate::model::proxy::known_proxy(&process.comm, exe).is_some();
         let ppid = process.info.as_deref().and_then(|i| i.ppid);
         known
-            || self.listener_owners.contains_key(&process.pid)
-            || ppid.is_some_and(|ppid| ppid > 1 && self.listener_owners.contains_key(&ppid))
+            || self.listener_owners.contains(process.pid)
+            || ppid.is_some_and(|ppid| ppid > 1 && self.listener_owners.contains(ppid))
     }
 
     /// Whether what is known about `upstream` makes a single failure an incident: its
@@ -135,42 +135,68 @@ impl Knowledge {
             }
             EventDetail::ProcessExit(exit) => {
                 if let Some(p) = &event.process {
-                    self.history.exited(Dated {
-                        mono,
-                        time,
-                        value: ExitRecord {
-                            pid: p.pid,
-                            ppid: exit.ppid.or_else(|| p.info.as_deref().and_then(|i| i.ppid)),
-                            process: summary(p),
-                            exit: exit.clone(),
+                    let ppid = exit.ppid.or_else(|| p.info.as_deref().and_then(|i| i.ppid));
+                    let holder = Holder {
+                        uid: uid_of(p),
+                        serves: self.serves(Some(p), p.pid, ppid),
+                    };
+                    self.history.exited(
+                        holder,
+                        Dated {
+                            mono,
+                            time,
+                            value: ExitRecord {
+                                pid: p.pid,
+                                ppid,
+                                process: summary(p),
+                                exit: exit.clone(),
+                            },
                         },
-                    });
+                    );
                     self.listeners.owner_exited(p.pid, mono, time);
-                    self.listener_owners.remove(&p.pid);
+                    self.listener_owners.remove(p.pid);
                 }
                 false
             }
             EventDetail::OomKill(kill) => {
-                self.history.oom_killed(Dated {
-                    mono,
-                    time,
-                    value: kill.clone(),
-                });
+                let ppid = kill.victim.as_deref().and_then(|i| i.ppid);
+                let holder = Holder {
+                    uid: Some(kill.uid),
+                    serves: self.serves(None, kill.victim_pid, ppid),
+                };
+                self.history.oom_killed(
+                    holder,
+                    Dated {
+                        mono,
+                        time,
+                        value: kill.clone(),
+                    },
+                );
                 false
             }
             EventDetail::Signal(signal) => {
                 if let (Some(sender), Ok(target)) =
                     (&event.process, u32::try_from(signal.target_pid))
                 {
-                    self.history.signalled(Dated {
-                        mono,
-                        time,
-                        value: SignalRecord {
-                            target_pid: target,
-                            sender: summary(sender),
-                            signal: signal.clone(),
+                    // The sender's records: a user signalling its own processes in a loop
+                    // fills its own share.
+                    let ppid = signal.target.as_deref().and_then(|i| i.ppid);
+                    let holder = Holder {
+                        uid: uid_of(sender),
+                        serves: self.serves(None, target, ppid),
+                    };
+                    self.history.signalled(
+                        holder,
+                        Dated {
+                            mono,
+                            time,
+                            value: SignalRecord {
+                                target_pid: target,
+                                sender: summary(sender),
+                                signal: signal.clone(),
+                            },
                         },
-                    });
+                    );
                 }
                 false
             }
@@ -209,23 +235,83 @@ impl Knowledge {
 
     fn owner_listens(&mut self, process: Option<&ProcessRef>, mono: u64) {
         let Some(p) = process else { return };
-        if self.listener_owners.len() >= LISTENER_OWNER_CAPACITY
-            && !self.listener_owners.contains_key(&p.pid)
-        {
-            // The oldest half goes: owners that listened long ago and never exited are
-            // the least likely to be serving now.
-            let mut by_age: Vec<(u64, u32)> = self
-                .listener_owners
-                .iter()
-                .map(|(pid, m)| (*m, *pid))
-                .collect();
-            by_age.sort_unstable();
-            for (_, pid) in by_age.into_iter().take(LISTENER_OWNER_CAPACITY / 2) {
-                self.listener_owners.remove(&pid);
+        self.listener_owners.insert(p.pid, uid_of(p), mono);
+    }
+
+    /// Whether records about `pid` (of parent `ppid`) are about a process that serves
+    /// clients: a known proxy, a listener, or a listener's worker. Those are kept longest.
+    fn serves(&self, process: Option<&ProcessRef>, pid: u32, ppid: Option<u32>) -> bool {
+        let known = process.is_some_and(|p| {
+            let exe = p.info.as_deref().and_then(|i| i.exe.as_deref());
+            crate::model::proxy::known_proxy(&p.comm, exe).is_some()
+        });
+        known
+            || self.listener_owners.contains(pid)
+            || ppid.is_some_and(|ppid| ppid > 1 && self.listener_owners.contains(ppid))
+    }
+}
+
+/// Processes remembered as having listened, bounded and shared fairly between users: when
+/// full, the user with the most entries loses its oldest, so that one user forking
+/// listeners in a loop cannot push a real proxy out (it would stop being one).
+struct ListenerOwners {
+    /// When each pid last listened, and its uid.
+    by_pid: HashMap<u32, (u64, Option<u32>)>,
+    /// Each uid's pids, oldest listen first.
+    by_uid: HashMap<Option<u32>, BTreeSet<(u64, u32)>>,
+    capacity: usize,
+}
+
+impl ListenerOwners {
+    fn new(capacity: usize) -> Self {
+        Self {
+            by_pid: HashMap::new(),
+            by_uid: HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn contains(&self, pid: u32) -> bool {
+        self.by_pid.contains_key(&pid)
+    }
+
+    fn insert(&mut self, pid: u32, uid: Option<u32>, mono: u64) {
+        if !self.remove(pid) && self.by_pid.len() >= self.capacity {
+            let oldest_of_richest = self
+                .by_uid
+                .values()
+                .max_by_key(|pids| pids.len())
+                .and_then(|pids| pids.first().copied());
+            if let Some((_, victim)) = oldest_of_richest {
+                self.remove(victim);
             }
         }
-        self.listener_owners.insert(p.pid, mono);
+        self.by_pid.insert(pid, (mono, uid));
+        self.by_uid.entry(uid).or_default().insert((mono, pid));
     }
+
+    /// Forgets `pid`; whether it was there.
+    fn remove(&mut self, pid: u32) -> bool {
+        let Some((mono, uid)) = self.by_pid.remove(&pid) else {
+            return false;
+        };
+        if let Some(pids) = self.by_uid.get_mut(&uid) {
+            pids.remove(&(mono, pid));
+            if pids.is_empty() {
+                self.by_uid.remove(&uid);
+            }
+        }
+        true
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+}
+
+fn uid_of(p: &ProcessRef) -> Option<u32> {
+    p.info.as_deref().and_then(|i| i.uid)
 }
 
 /// A process as incidents name it.
@@ -251,8 +337,262 @@ fn owner_of(process: Option<&ProcessRef>, mono: u64, time: SystemTime, source: S
             ..Default::default()
         }),
         ppid: process.and_then(|p| p.info.as_ref()).and_then(|i| i.ppid),
+        uid: process.and_then(|p| p.info.as_ref()).and_then(|i| i.uid),
         since_mono: mono,
         since: time,
         from_snapshot: source == Source::Snapshot,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        sync::Arc,
+        time::{Duration, UNIX_EPOCH},
+    };
+
+    use super::*;
+    use crate::{
+        correlate::explain::{explain, Failures},
+        model::{
+            event::{Exit, Listener, OomKill, ProcessInfo, SignalSent},
+            failure::FailureKind,
+            incident::Cause,
+        },
+    };
+
+    const SEC: u64 = 1_000_000_000;
+    const NOBODY: u32 = 65534;
+    const WWW_DATA: u32 = 33;
+    const BACKEND: &str = "127.0.0.1:9000";
+
+    fn process(pid: u32, comm: &str, ppid: u32, uid: u32) -> ProcessRef {
+        ProcessRef {
+            pid,
+            tid: pid,
+            comm: comm.into(),
+            thread: None,
+            cgroup_id: 7,
+            info: Some(Arc::new(ProcessInfo {
+                ppid: Some(ppid),
+                uid: Some(uid),
+                exe: Some(format!("/usr/bin/{comm}")),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn event(mono: u64, process: Option<ProcessRef>, detail: EventDetail) -> Event {
+        Event {
+            time: UNIX_EPOCH + Duration::from_nanos(mono),
+            mono_ns: mono,
+            process,
+            detail,
+        }
+    }
+
+    fn listening(mono: u64, owner: &ProcessRef, addr: &str) -> Event {
+        event(
+            mono,
+            Some(owner.clone()),
+            EventDetail::ListenerOpened(Listener {
+                endpoint: addr.parse().unwrap(),
+                source: Source::Kernel,
+            }),
+        )
+    }
+
+    fn oom_kill(mono: u64, victim: &ProcessRef, uid: u32) -> Event {
+        event(
+            mono,
+            None,
+            EventDetail::OomKill(OomKill {
+                victim_pid: victim.pid,
+                victim_comm: victim.comm.clone(),
+                total_vm_kb: 3 << 20,
+                anon_rss_kb: 1 << 20,
+                file_rss_kb: 0,
+                shmem_rss_kb: 0,
+                pgtables_kb: 0,
+                uid,
+                oom_score_adj: 0,
+                victim: victim.info.clone(),
+            }),
+        )
+    }
+
+    fn killed(mono: u64, who: &ProcessRef) -> Event {
+        let mut exit = Exit::from_wait_status(libc::SIGKILL);
+        exit.ppid = who.info.as_deref().and_then(|i| i.ppid);
+        event(mono, Some(who.clone()), EventDetail::ProcessExit(exit))
+    }
+
+    fn signal(mono: u64, sender: &ProcessRef, target: u32) -> Event {
+        event(
+            mono,
+            Some(sender.clone()),
+            EventDetail::Signal(SignalSent {
+                signal: "SIGKILL".into(),
+                signal_number: libc::SIGKILL,
+                target_pid: target as i32,
+                target_tid: None,
+                target_comm: "junk".into(),
+                origin: "user",
+                group: true,
+                result: "delivered",
+                target: None,
+            }),
+        )
+    }
+
+    /// The top cause explaining failures to [`BACKEND`] from `first_mono` on.
+    fn top_cause(k: &Knowledge, first_mono: u64) -> Cause {
+        let kinds = BTreeMap::from([(FailureKind::ECONNREFUSED, 3)]);
+        let upstream = Endpoint::Tcp(BACKEND.parse().unwrap());
+        let proxy = summary(&process(500, "nginx", 1, 0));
+        let candidates = explain(
+            &Failures {
+                upstream: &upstream,
+                proxy: &proxy,
+                first_mono,
+                first_time: UNIX_EPOCH + Duration::from_nanos(first_mono),
+                count: 3,
+                kinds: &kinds,
+                responses: &BTreeMap::new(),
+            },
+            k,
+        );
+        candidates[0].cause
+    }
+
+    /// 100,000 deaths of user nobody's processes in the minute after a real backend was
+    /// OOM-killed (nobody's own processes OOM-killed in a cgroup of its own, SIGKILLed by
+    /// their parent, which listens too, so that its records count as a server's): the
+    /// backend's OOM kill still explains the refused connects, and a worker's death
+    /// still makes one failure strong evidence.
+    #[test]
+    fn a_flood_of_one_users_deaths_keeps_a_backends_oom_kill() {
+        let mut k = Knowledge::new(vec!["127.0.0.1".parse().unwrap()], UNIX_EPOCH, 300 * SEC);
+        let backend = process(100, "backend", 1, WWW_DATA);
+        let fpm = process(200, "php-fpm", 1, WWW_DATA);
+        let fpm_worker = process(201, "php-fpm", 200, WWW_DATA);
+        k.learn(&listening(SEC, &backend, BACKEND));
+        k.learn(&listening(SEC, &fpm, "127.0.0.1:9001"));
+        k.learn(&oom_kill(10 * SEC, &backend, WWW_DATA));
+        k.learn(&killed(10 * SEC + 1000, &backend));
+        k.learn(&event(
+            10 * SEC + 2000,
+            Some(backend.clone()),
+            EventDetail::ListenerClosed(Listener {
+                endpoint: BACKEND.parse().unwrap(),
+                source: Source::Kernel,
+            }),
+        ));
+        let first_failure = 70 * SEC;
+        assert_eq!(top_cause(&k, first_failure), Cause::OomKill, "before");
+
+        let parent = process(1000, "junk", 1, NOBODY);
+        k.learn(&listening(11 * SEC, &parent, "127.0.0.1:40000"));
+        const FLOOD: u64 = 100_000;
+        for n in 0..FLOOD {
+            let mono = 11 * SEC + n * (first_failure - 11 * SEC) / FLOOD;
+            let child = process(2000 + (n % 30_000) as u32, "junk", 1000, NOBODY);
+            k.learn(&signal(mono, &parent, child.pid));
+            if n % 4 == 0 {
+                k.learn(&oom_kill(mono, &child, NOBODY));
+            }
+            k.learn(&killed(mono + 1, &child));
+        }
+        // The worker dies in the thick of the flood, just before the failure.
+        k.learn(&killed(first_failure - SEC, &fpm_worker));
+
+        assert_eq!(top_cause(&k, first_failure), Cause::OomKill);
+        assert_eq!(
+            k.history.oom_kill_of(100, u64::MAX).map(|d| d.mono),
+            Some(10 * SEC)
+        );
+        assert!(k.history.exit_of(100, u64::MAX).is_some());
+        let death = k
+            .worker_death(200, first_failure)
+            .expect("the worker's death");
+        assert_eq!(death.value.pid, 201);
+        assert!(k.strong_evidence(
+            &Endpoint::Tcp("127.0.0.1:9001".parse().unwrap()),
+            first_failure
+        ));
+        // Nobody's records are still there, within their share.
+        let newest = 2000 + ((FLOOD - 1) % 30_000) as u32;
+        assert!(k.history.exit_of(newest, u64::MAX).is_some());
+    }
+
+    /// A server whose workers die often (php-fpm recycling them: 3,000 in a minute) holds
+    /// more records than a flooding user whose processes serve nobody: its workers'
+    /// deaths are kept over the junk, every one of them.
+    #[test]
+    fn a_servers_worker_deaths_outlive_a_flood_of_junk_deaths() {
+        let mut k = Knowledge::new(vec![], UNIX_EPOCH, 300 * SEC);
+        let fpm = process(200, "php-fpm", 1, WWW_DATA);
+        k.learn(&listening(SEC, &fpm, "127.0.0.1:9001"));
+        const WORKERS: u32 = 3_000;
+        for n in 0..WORKERS {
+            let worker = process(10_000 + n, "php-fpm", 200, WWW_DATA);
+            k.learn(&killed(2 * SEC + u64::from(n), &worker));
+        }
+        let junk_parent = process(1000, "junk", 1, NOBODY);
+        for n in 0..100_000u32 {
+            let child = process(100_000 + n, "junk", junk_parent.pid, NOBODY);
+            k.learn(&killed(10 * SEC + u64::from(n), &child));
+        }
+        assert!((0..WORKERS).all(|n| k.history.exit_of(10_000 + n, u64::MAX).is_some()));
+    }
+
+    /// One user forking listeners in a loop (each stays alive) fills its share of the
+    /// listener owners, not the table: the proxy that listened first is still one.
+    #[test]
+    fn a_flood_of_one_users_listeners_keeps_other_listener_owners() {
+        let mut k = Knowledge::new(vec![], UNIX_EPOCH, 300 * SEC);
+        // Not a known proxy: a proxy only because it listens.
+        let proxy = process(300, "gateway", 1, WWW_DATA);
+        let worker = process(301, "gateway", 300, WWW_DATA);
+        k.learn(&listening(SEC, &proxy, "0.0.0.0:8080"));
+        assert!(k.is_proxy(&worker));
+        for n in 0..(2 * LISTENER_OWNER_CAPACITY as u32) {
+            let junk = process(10_000 + n, "junk", 1, NOBODY);
+            k.learn(&listening(2 * SEC + u64::from(n), &junk, "127.0.0.1:40000"));
+        }
+        assert!(k.listener_owners.len() <= LISTENER_OWNER_CAPACITY);
+        assert!(k.is_proxy(&proxy));
+        assert!(k.is_proxy(&worker));
+        // Nobody keeps its newest.
+        let newest = 10_000 + 2 * LISTENER_OWNER_CAPACITY as u32 - 1;
+        assert!(k.is_proxy(&process(newest, "junk", 1, NOBODY)));
+        assert!(!k.is_proxy(&process(10_000, "junk", 1, NOBODY)));
+    }
+
+    /// The listener table through `learn`: one user's current listeners fill its share,
+    /// another user's current listener opened before is still looked up, and the refused
+    /// ones are counted.
+    #[test]
+    fn a_flood_of_one_users_listeners_keeps_the_listener_table_for_others() {
+        let mut k = Knowledge::new(vec![], UNIX_EPOCH, 300 * SEC);
+        let backend = process(100, "backend", 1, WWW_DATA);
+        k.learn(&listening(SEC, &backend, BACKEND));
+        for n in 0..(2 * LISTENER_CAPACITY as u32) {
+            let junk = process(10_000 + n, "junk", 1, NOBODY);
+            let port = 10_000 + n % 50_000;
+            k.learn(&listening(
+                2 * SEC + u64::from(n),
+                &junk,
+                &format!("127.0.0.2:{port}"),
+            ));
+        }
+        let (_, record) = k
+            .listeners
+            .lookup(&Endpoint::Tcp(BACKEND.parse().unwrap()))
+            .expect("the backend");
+        assert_eq!(record.current.as_ref().map(|o| o.process.pid), Some(100));
+        assert!(k.listeners.refused() > 0);
+        assert!(k.listeners.len() < LISTENER_CAPACITY);
     }
 }

@@ -3,7 +3,7 @@
 //! listened there until a moment ago.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::SystemTime,
 };
@@ -13,11 +13,17 @@ use crate::model::{event::Endpoint, incident::ProcessSummary};
 /// Owners remembered per endpoint after they stopped listening.
 const HISTORY: usize = 8;
 
+/// The share of the table one user's records may take: a user opening listeners in a loop
+/// fills its share, never the table, so that other users' listeners still find room.
+const USER_SHARE_DIVISOR: usize = 4;
+
 /// A process listening on an endpoint, from `since`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Owner {
     pub process: ProcessSummary,
     pub ppid: Option<u32>,
+    /// Its real uid, when procfs knew it: whose share of the table the record takes.
+    pub uid: Option<u32>,
     pub since_mono: u64,
     pub since: SystemTime,
     /// Seen in the start-up snapshot rather than as it happened.
@@ -37,6 +43,8 @@ pub struct ListenerRecord {
     pub current: Option<Owner>,
     pub past: VecDeque<PastOwner>,
     last_change_mono: u64,
+    /// The uid of its latest owner (current, else the last past one): whose share it takes.
+    holder: Option<u32>,
 }
 
 impl ListenerRecord {
@@ -52,52 +60,90 @@ impl ListenerRecord {
 }
 
 /// Bounded map of endpoints to their listeners.
+///
+/// A record with a current owner is never evicted: that listener is serving, and a
+/// refused connect to it must find it. Room is made from records with past owners only,
+/// taken from the user holding the most records, oldest first; a user at its share gives up
+/// its own oldest. When only current listeners are left the newcomer is refused, and
+/// counted ([`ListenerTable::refused`]).
 pub struct ListenerTable {
     records: HashMap<Endpoint, ListenerRecord>,
+    /// Records with no current owner, by holder, oldest change first: what may be evicted.
+    idle: HashMap<Option<u32>, BTreeSet<(u64, Endpoint)>>,
+    /// How many records each holder has.
+    held: HashMap<Option<u32>, usize>,
+    /// The unix endpoints each pid currently listens on: an exit finds them without a scan
+    /// of the table (exits come in floods).
+    unix_by_pid: HashMap<u32, BTreeSet<Endpoint>>,
     capacity: usize,
+    user_share: usize,
+    refused: u64,
 }
 
 impl ListenerTable {
     pub fn new(capacity: usize) -> Self {
         Self {
             records: HashMap::new(),
+            idle: HashMap::new(),
+            held: HashMap::new(),
+            unix_by_pid: HashMap::new(),
             capacity,
+            user_share: (capacity / USER_SHARE_DIVISOR).max(1),
+            refused: 0,
         }
     }
 
-    pub fn opened(&mut self, endpoint: Endpoint, owner: Owner) {
-        self.make_room();
-        let record = self.records.entry(endpoint).or_default();
+    /// Records `owner` listening on `endpoint`. False when the table had no room for a new
+    /// endpoint (counted in [`ListenerTable::refused`]).
+    pub fn opened(&mut self, endpoint: Endpoint, owner: Owner) -> bool {
+        let Some(mut record) = self.detach(&endpoint) else {
+            if !self.make_room(owner.uid) {
+                self.refused += 1;
+                return false;
+            }
+            let record = ListenerRecord {
+                last_change_mono: owner.since_mono,
+                holder: owner.uid,
+                current: Some(owner),
+                past: VecDeque::new(),
+            };
+            self.attach(endpoint, record);
+            return true;
+        };
         record.last_change_mono = owner.since_mono;
+        record.holder = owner.uid;
         if let Some(previous) = record.current.take() {
             // A second listen on the same endpoint (SO_REUSEPORT, or a close we missed):
             // the previous owner is history from now.
-            push_past(record, previous, owner.since_mono, owner.since);
+            push_past(&mut record, previous, owner.since_mono, owner.since);
         }
         record.current = Some(owner);
+        self.attach(endpoint, record);
+        true
     }
 
     pub fn closed(&mut self, endpoint: &Endpoint, mono: u64, time: SystemTime) {
-        if let Some(record) = self.records.get_mut(endpoint) {
-            if let Some(owner) = record.current.take() {
-                push_past(record, owner, mono, time);
-                record.last_change_mono = mono;
-            }
+        if self
+            .records
+            .get(endpoint)
+            .is_none_or(|r| r.current.is_none())
+        {
+            return;
         }
+        let Some(mut record) = self.detach(endpoint) else {
+            return;
+        };
+        if let Some(owner) = record.current.take() {
+            push_past(&mut record, owner, mono, time);
+            record.last_change_mono = mono;
+        }
+        self.attach(endpoint.clone(), record);
     }
 
     /// Closes the unix listeners of a process that exited: unix sockets have no close
     /// tracepoint, the owner's death is when they stop being served.
     pub fn owner_exited(&mut self, pid: u32, mono: u64, time: SystemTime) {
-        let endpoints: Vec<Endpoint> = self
-            .records
-            .iter()
-            .filter(|(e, r)| {
-                matches!(e, Endpoint::Unix(_))
-                    && r.current.as_ref().is_some_and(|o| o.process.pid == pid)
-            })
-            .map(|(e, _)| e.clone())
-            .collect();
+        let endpoints = self.unix_by_pid.get(&pid).cloned().unwrap_or_default();
         for endpoint in endpoints {
             self.closed(&endpoint, mono, time);
         }
@@ -123,11 +169,10 @@ impl ListenerTable {
 
     /// A unix socket path currently listened on by a process `owned_by` accepts.
     pub fn unix_endpoint_of(&self, owned_by: impl Fn(u32) -> bool) -> Option<Endpoint> {
-        self.records.iter().find_map(|(endpoint, record)| {
-            let owner = record.current.as_ref()?;
-            (matches!(endpoint, Endpoint::Unix(_)) && owned_by(owner.process.pid))
-                .then(|| endpoint.clone())
-        })
+        self.unix_by_pid
+            .iter()
+            .filter(|(pid, _)| owned_by(**pid))
+            .find_map(|(_, endpoints)| endpoints.first().cloned())
     }
 
     pub fn len(&self) -> usize {
@@ -138,21 +183,93 @@ impl ListenerTable {
         self.records.is_empty()
     }
 
-    /// Evicts the endpoint with no current listener that changed longest ago.
-    fn make_room(&mut self) {
+    /// New endpoints refused since the start because every record left was a current
+    /// listener (of the table, or of the newcomer's user at its share).
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Makes room for a new record of `holder`: false when none can be made without
+    /// evicting a current listener.
+    fn make_room(&mut self, holder: Option<u32>) -> bool {
+        if self.held.get(&holder).copied().unwrap_or(0) >= self.user_share {
+            // At its share a user pays with its own records only.
+            return self.evict_oldest_idle_of(holder);
+        }
         if self.records.len() < self.capacity {
-            return;
+            return true;
         }
-        let victim = self
-            .records
+        let richest = self
+            .idle
             .iter()
-            .filter(|(_, r)| r.current.is_none())
-            .min_by_key(|(_, r)| r.last_change_mono)
-            .or_else(|| self.records.iter().min_by_key(|(_, r)| r.last_change_mono))
-            .map(|(e, _)| e.clone());
-        if let Some(victim) = victim {
-            self.records.remove(&victim);
+            .filter(|(_, idle)| !idle.is_empty())
+            .max_by_key(|(h, _)| self.held.get(*h).copied().unwrap_or(0))
+            .map(|(h, _)| *h);
+        richest.is_some_and(|h| self.evict_oldest_idle_of(h))
+    }
+
+    fn evict_oldest_idle_of(&mut self, holder: Option<u32>) -> bool {
+        let Some(oldest) = self
+            .idle
+            .get(&holder)
+            .and_then(|idle| idle.first().cloned())
+        else {
+            return false;
+        };
+        self.detach(&oldest.1);
+        true
+    }
+
+    /// Takes `endpoint`'s record out of the table and its indexes.
+    fn detach(&mut self, endpoint: &Endpoint) -> Option<ListenerRecord> {
+        let record = self.records.remove(endpoint)?;
+        if let Some(held) = self.held.get_mut(&record.holder) {
+            *held -= 1;
+            if *held == 0 {
+                self.held.remove(&record.holder);
+            }
         }
+        match &record.current {
+            None => {
+                if let Some(idle) = self.idle.get_mut(&record.holder) {
+                    idle.remove(&(record.last_change_mono, endpoint.clone()));
+                    if idle.is_empty() {
+                        self.idle.remove(&record.holder);
+                    }
+                }
+            }
+            Some(owner) if matches!(endpoint, Endpoint::Unix(_)) => {
+                if let Some(endpoints) = self.unix_by_pid.get_mut(&owner.process.pid) {
+                    endpoints.remove(endpoint);
+                    if endpoints.is_empty() {
+                        self.unix_by_pid.remove(&owner.process.pid);
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+        Some(record)
+    }
+
+    /// Puts a record into the table and its indexes.
+    fn attach(&mut self, endpoint: Endpoint, record: ListenerRecord) {
+        *self.held.entry(record.holder).or_default() += 1;
+        match &record.current {
+            None => {
+                self.idle
+                    .entry(record.holder)
+                    .or_default()
+                    .insert((record.last_change_mono, endpoint.clone()));
+            }
+            Some(owner) if matches!(endpoint, Endpoint::Unix(_)) => {
+                self.unix_by_pid
+                    .entry(owner.process.pid)
+                    .or_default()
+                    .insert(endpoint.clone());
+            }
+            Some(_) => {}
+        }
+        self.records.insert(endpoint, record);
     }
 }
 
@@ -173,6 +290,10 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     fn owner(pid: u32, mono: u64) -> Owner {
+        owned_by(pid, None, mono)
+    }
+
+    fn owned_by(pid: u32, uid: Option<u32>, mono: u64) -> Owner {
         Owner {
             process: ProcessSummary {
                 pid,
@@ -180,6 +301,7 @@ mod tests {
                 ..Default::default()
             },
             ppid: Some(1),
+            uid,
             since_mono: mono,
             since: UNIX_EPOCH + Duration::from_nanos(mono),
             from_snapshot: false,
@@ -225,11 +347,142 @@ mod tests {
         let mut table = ListenerTable::new(4);
         for port in 0..100u16 {
             let e = tcp(&format!("127.0.0.1:{}", 1000 + port));
-            table.opened(e.clone(), owner(port.into(), port.into()));
+            // Four users, so that their shares (a quarter each) fill the table.
+            let uid = Some(u32::from(port % 4));
+            table.opened(e.clone(), owned_by(port.into(), uid, port.into()));
             table.closed(&e, u64::from(port) + 1, UNIX_EPOCH);
         }
-        assert!(table.len() <= 4);
+        assert_eq!(table.len(), 4);
         // The newest endpoints survive.
         assert!(table.lookup(&tcp("127.0.0.1:1099")).is_some());
+        assert!(table.lookup(&tcp("127.0.0.1:1096")).is_some());
+        assert_eq!(table.refused(), 0, "past records always make room");
+    }
+
+    const NOBODY: Option<u32> = Some(65534);
+    const WWW_DATA: Option<u32> = Some(33);
+
+    fn current_pid(table: &ListenerTable, endpoint: &Endpoint) -> Option<u32> {
+        let (_, record) = table.lookup(endpoint)?;
+        record.current.as_ref().map(|o| o.process.pid)
+    }
+
+    /// One user opening listeners in a loop (and keeping them open) fills its share and is
+    /// refused beyond it, counted; another user's listener still finds room, and the
+    /// first one's current listener opened before the flood is still looked up.
+    #[test]
+    fn one_user_cannot_fill_the_table_with_current_listeners() {
+        let mut table = ListenerTable::new(64);
+        let backend = tcp("127.0.0.1:9000");
+        assert!(table.opened(backend.clone(), owned_by(10, WWW_DATA, 1)));
+        for port in 0..10_000u32 {
+            let junk = tcp(&format!("127.0.0.1:{}", 20_000 + port));
+            table.opened(junk, owned_by(50_000 + port, NOBODY, 10 + u64::from(port)));
+        }
+        let share = 64 / USER_SHARE_DIVISOR;
+        assert_eq!(table.len(), 1 + share, "nobody holds its share, no more");
+        assert_eq!(table.refused(), 10_000 - share as u64);
+        assert_eq!(current_pid(&table, &backend), Some(10));
+
+        let late = tcp("127.0.0.1:9001");
+        assert!(table.opened(late.clone(), owned_by(11, WWW_DATA, 20_000)));
+        assert_eq!(current_pid(&table, &late), Some(11));
+    }
+
+    /// A table full of current listeners (many users, each within its share) evicts none
+    /// of them for a newcomer: the newcomer is refused and counted.
+    #[test]
+    fn a_current_listener_is_never_evicted_to_make_room() {
+        let mut table = ListenerTable::new(8);
+        for k in 0..8u32 {
+            let e = tcp(&format!("127.0.0.1:{}", 9000 + k));
+            assert!(table.opened(e, owned_by(100 + k, Some(k % 4), u64::from(k))));
+        }
+        assert!(!table.opened(tcp("127.0.0.1:10000"), owned_by(200, Some(7), 100)));
+        assert_eq!(table.refused(), 1);
+        for k in 0..8u32 {
+            let e = tcp(&format!("127.0.0.1:{}", 9000 + k));
+            assert_eq!(current_pid(&table, &e), Some(100 + k), "{e}");
+        }
+        // Once one closes, its past record makes room.
+        table.closed(&tcp("127.0.0.1:9003"), 200, UNIX_EPOCH);
+        assert!(table.opened(tcp("127.0.0.1:10000"), owned_by(200, Some(7), 300)));
+        assert_eq!(current_pid(&table, &tcp("127.0.0.1:10000")), Some(200));
+        assert!(table.lookup(&tcp("127.0.0.1:9003")).is_none());
+    }
+
+    /// A user opening and closing listeners in a loop evicts its own past records, not the
+    /// backend's that died before the flood: the evidence a refused connect needs ("the
+    /// listener went away").
+    #[test]
+    fn a_flood_of_closed_listeners_keeps_other_users_past_owners() {
+        let mut table = ListenerTable::new(64);
+        let backend = tcp("127.0.0.1:9000");
+        let unix_backend = Endpoint::Unix("/run/php/fpm.sock".into());
+        table.opened(backend.clone(), owned_by(10, WWW_DATA, 1));
+        table.opened(unix_backend.clone(), owned_by(12, WWW_DATA, 1));
+        table.closed(&backend, 2, UNIX_EPOCH);
+        table.owner_exited(12, 2, UNIX_EPOCH);
+        for port in 0..10_000u32 {
+            let junk = tcp(&format!("127.0.0.1:{}", 20_000 + port));
+            let mono = 10 + 2 * u64::from(port);
+            table.opened(junk.clone(), owned_by(50_000 + port, NOBODY, mono));
+            table.closed(&junk, mono + 1, UNIX_EPOCH);
+        }
+        for endpoint in [&backend, &unix_backend] {
+            let (_, record) = table.lookup(endpoint).expect("the backend's record");
+            assert!(record.current.is_none());
+            assert_eq!(record.last_past_before(u64::MAX).unwrap().closed_mono, 2);
+        }
+        assert_eq!(table.refused(), 0);
+        // Nobody's newest endpoints are the ones it kept.
+        assert!(table.lookup(&tcp("127.0.0.1:29999")).is_some());
+        assert!(table.len() <= 64);
+    }
+
+    /// A full table of users within their shares makes room from the user holding the
+    /// most records, not from the oldest record: a backend's one past owner outlives the
+    /// churn of users with more.
+    #[test]
+    fn a_full_table_makes_room_from_the_user_holding_the_most() {
+        let mut table = ListenerTable::new(8);
+        let backend = tcp("127.0.0.1:9000");
+        table.opened(backend.clone(), owned_by(10, WWW_DATA, 1));
+        table.closed(&backend, 2, UNIX_EPOCH);
+        let mut mono = 10;
+        let mut churn = |table: &mut ListenerTable, uid: u32, port: u32| {
+            let e = tcp(&format!("127.0.0.1:{}", 20_000 + port));
+            table.opened(e.clone(), owned_by(1000 + port, Some(uid), mono));
+            table.closed(&e, mono + 1, UNIX_EPOCH);
+            mono += 2;
+        };
+        for port in 0..100u32 {
+            // Users 1 to 4 take turns: each within its share of two, together more than
+            // the table holds.
+            churn(&mut table, 1 + port % 4, port);
+        }
+        assert_eq!(table.len(), 8);
+        let (_, record) = table.lookup(&backend).expect("the backend's past owner");
+        assert_eq!(record.past.back().unwrap().owner.process.pid, 10);
+        assert_eq!(table.refused(), 0);
+    }
+
+    /// Unix listeners are found by owner without a scan, and leave that index when they
+    /// close or change hands.
+    #[test]
+    fn unix_listeners_are_indexed_by_owner() {
+        let mut table = ListenerTable::new(16);
+        let sock = Endpoint::Unix("/run/app.sock".into());
+        table.opened(sock.clone(), owner(42, 100));
+        assert_eq!(table.unix_endpoint_of(|pid| pid == 42), Some(sock.clone()));
+        // Taken over by another process (a close we missed): the old owner's exit does not
+        // close the new owner's listener.
+        table.opened(sock.clone(), owner(43, 200));
+        assert_eq!(table.unix_endpoint_of(|pid| pid == 42), None);
+        table.owner_exited(42, 300, UNIX_EPOCH);
+        assert_eq!(current_pid(&table, &sock), Some(43));
+        table.owner_exited(43, 400, UNIX_EPOCH);
+        assert_eq!(current_pid(&table, &sock), None);
+        assert_eq!(table.unix_endpoint_of(|_| true), None);
     }
 }
