@@ -332,8 +332,12 @@ impl Store {
     }
 
     /// Deletes closed incidents that closed more than `max_age` ago, then closed ones
-    /// beyond the newest `max_incidents`. Open incidents are kept: the engine still
-    /// updates them. Returns how many were deleted.
+    /// beyond `max_incidents`, kept in this order: incidents of known proxies first, then
+    /// each proxy's newest before any proxy's older ones (a proxy is its name, unit and
+    /// uid), then the newest. A flood of junk incidents (a user's own "proxy" failing to
+    /// its own ports) so pushes out its own older incidents, not nginx's of last week.
+    /// Open incidents are kept: the engine still updates them. Returns how many were
+    /// deleted.
     pub fn prune(&self, max_age: Duration, max_incidents: u32) -> Result<usize, StoreError> {
         let failed = |source| StoreError::Query {
             action: "prune old incidents".into(),
@@ -349,11 +353,22 @@ impl Store {
             )
             .map_err(failed)?;
         // Ids increase with time (also across restarts) and, unlike timestamps, do not
-        // move when the clock is set.
+        // move when the clock is set. The proxy's known family and uid are in the body
+        // only (older rows have no uid: NULL, one key with the name and unit).
         let by_count = tx
             .execute(
                 "DELETE FROM incidents WHERE closed_at_ns IS NOT NULL
-                   AND id NOT IN (SELECT id FROM incidents ORDER BY id DESC LIMIT ?1)",
+                   AND id NOT IN (
+                     SELECT id FROM (
+                       SELECT id,
+                         json_extract(body, '$.proxy.known_proxy') IS NOT NULL AS known,
+                         ROW_NUMBER() OVER (
+                           PARTITION BY proxy_comm, proxy_unit,
+                                        json_extract(body, '$.proxy.uid')
+                           ORDER BY id DESC) AS nth
+                       FROM incidents)
+                     ORDER BY known DESC, nth ASC, id DESC
+                     LIMIT ?1)",
                 [i64::from(max_incidents)],
             )
             .map_err(failed)?;

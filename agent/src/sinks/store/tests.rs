@@ -1,7 +1,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{testing, IncidentFilter, Store, StoreWriter};
-use crate::model::incident::{Cause, IncidentState};
+use crate::model::incident::{Cause, Incident, IncidentState};
 
 fn temp_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -441,4 +441,128 @@ mod agent_fallback {
         assert_eq!(errors.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(opened.store.max_id().unwrap(), 5);
     }
+}
+
+/// A closed incident of the proxy `comm` (a known proxy when `known`) started
+/// `minutes_ago`.
+fn closed_incident(id: u64, minutes_ago: u64, comm: &str, known: bool) -> Incident {
+    let mut incident = testing::recent_incident(id, minutes_ago);
+    incident.proxy.comm = comm.into();
+    incident.proxy.unit = None;
+    incident.proxy.known_proxy = known.then(|| comm.to_string());
+    incident
+}
+
+/// A user's own "proxy" opening 2,000 incidents in the last hour (well above the count
+/// kept) does not push out nginx's of three days ago, nor another proxy's two: its own
+/// oldest go.
+#[test]
+fn a_flood_of_junk_incidents_keeps_known_proxies_and_other_proxies_incidents() {
+    let (_dir, store) = temp_store();
+    let day = 24 * 60;
+    let mut batch = Vec::new();
+    for id in 1..=5 {
+        batch.push(closed_incident(id, 3 * day, "nginx", true));
+    }
+    for id in 6..=7 {
+        batch.push(closed_incident(id, 2 * day, "gateway", false));
+    }
+    const JUNK: u64 = 2_000;
+    for id in 8..8 + JUNK {
+        batch.push(closed_incident(id, 60, "junk", false));
+    }
+    store.upsert_all(&batch).unwrap();
+
+    let month = Duration::from_secs(30 * 86_400);
+    let kept = 100;
+    assert_eq!(store.prune(month, kept).unwrap() as u64, 7 + JUNK - 100);
+    let all = IncidentFilter {
+        limit: super::MAX_LIMIT,
+        ..Default::default()
+    };
+    let left = ids(&store, &all);
+    assert_eq!(left.len(), kept as usize);
+    for id in 1..=7 {
+        assert!(left.contains(&id), "incident {id} kept: {left:?}");
+    }
+    // The junk kept its newest.
+    let junk_kept: Vec<u64> = left.iter().copied().filter(|id| *id >= 8).collect();
+    let newest_junk: Vec<u64> = (8 + JUNK - 93..8 + JUNK).rev().collect();
+    assert_eq!(junk_kept, newest_junk);
+}
+
+/// Age goes first: a known proxy's incident older than the maximum age is deleted
+/// whatever the count.
+#[test]
+fn known_proxies_incidents_still_age_out() {
+    let (_dir, store) = temp_store();
+    store
+        .upsert(&closed_incident(1, 40 * 24 * 60, "nginx", true))
+        .unwrap();
+    store
+        .upsert(&closed_incident(2, 60, "junk", false))
+        .unwrap();
+    assert_eq!(
+        store.prune(Duration::from_secs(30 * 86_400), 100).unwrap(),
+        1
+    );
+    assert_eq!(ids(&store, &IncidentFilter::default()), [2]);
+}
+
+/// A burst of new incidents is pruned as it comes, not at the next hourly round: the
+/// file holds the bound and at most a tenth of it more.
+#[test]
+fn the_writer_prunes_after_a_burst_of_new_incidents() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("why502.db");
+    let max_incidents = 20;
+    let writer =
+        StoreWriter::spawn(&path, (Duration::from_secs(30 * 86_400), max_incidents)).unwrap();
+    for id in 1..=500 {
+        writer.save(closed_incident(id, 5, "junk", false));
+    }
+    writer.save(closed_incident(501, 5, "nginx", true));
+    assert_eq!(writer.dropped_writes(), 0);
+    // Closing joins the thread: every save and the prune after it are done.
+    writer.close();
+    let store = Store::open(&path).unwrap();
+    let left = ids(
+        &store,
+        &IncidentFilter {
+            limit: super::MAX_LIMIT,
+            ..Default::default()
+        },
+    );
+    let slack = (max_incidents / 10) as usize;
+    assert!(
+        left.len() <= max_incidents as usize + slack,
+        "{} incidents left",
+        left.len()
+    );
+    assert!(left.contains(&501) && left.contains(&500), "{left:?}");
+}
+
+/// Junk under a new name for each incident (each name's newest is its only one) still
+/// does not push out a known proxy's incidents: those are kept first.
+#[test]
+fn junk_under_many_names_does_not_push_out_known_proxies_incidents() {
+    let (_dir, store) = temp_store();
+    let mut batch: Vec<Incident> = (1..=5)
+        .map(|id| closed_incident(id, 3 * 24 * 60, "nginx", true))
+        .collect();
+    for id in 6..1006 {
+        batch.push(closed_incident(id, 60, &format!("junk{id}"), false));
+    }
+    store.upsert_all(&batch).unwrap();
+    store.prune(Duration::from_secs(30 * 86_400), 50).unwrap();
+    let left = ids(
+        &store,
+        &IncidentFilter {
+            limit: super::MAX_LIMIT,
+            ..Default::default()
+        },
+    );
+    assert_eq!(left.len(), 50);
+    assert!((1..=5).all(|id| left.contains(&id)), "{left:?}");
+    assert!(left.contains(&1005));
 }

@@ -28,6 +28,10 @@ pub const QUEUE_CAPACITY: usize = 1024;
 /// How often old incidents are deleted (and once at start).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// New incidents, as a share of `max_incidents`, after which the store is pruned before
+/// the hour is up: a flood of incidents grows the file by a tenth of the bound at most.
+const PRUNE_AFTER_NEW_DIVISOR: u32 = 10;
+
 /// The writer thread's side.
 pub struct StoreWriter {
     store: Arc<Store>,
@@ -85,10 +89,15 @@ impl StoreWriter {
 
     fn run(self) {
         let mut next_prune = Instant::now();
+        // Incidents are numbered upwards: a save above the highest id seen is a new one.
+        let mut highest_id = self.store.max_id().unwrap_or(0);
+        let mut new_since_prune = 0u32;
+        let prune_after_new = (self.max_incidents / PRUNE_AFTER_NEW_DIVISOR).max(1);
         loop {
-            if Instant::now() >= next_prune {
+            if Instant::now() >= next_prune || new_since_prune >= prune_after_new {
                 self.prune();
                 next_prune = Instant::now() + PRUNE_INTERVAL;
+                new_since_prune = 0;
             }
             let first = match self
                 .queue
@@ -99,6 +108,12 @@ impl StoreWriter {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             let batch = coalesce(first, self.queue.try_iter().take(QUEUE_CAPACITY));
+            for incident in &batch {
+                if incident.id > highest_id {
+                    highest_id = incident.id;
+                    new_since_prune = new_since_prune.saturating_add(1);
+                }
+            }
             self.save(&batch);
         }
     }
