@@ -98,6 +98,16 @@ impl ListenerTable {
     pub fn opened(&mut self, endpoint: Endpoint, owner: Owner) -> bool {
         let Some(mut record) = self.detach(&endpoint) else {
             if !self.make_room(owner.uid) {
+                // One line per thousand: a user's loop of listeners would flood the log.
+                if self.refused.is_multiple_of(1000) {
+                    log::warn!(
+                        "listener table: no room for {endpoint} of {} (pid {}) without \
+                         evicting a current listener: not tracked ({} refused so far)",
+                        owner.process.comm,
+                        owner.process.pid,
+                        self.refused + 1
+                    );
+                }
                 self.refused += 1;
                 return false;
             }
