@@ -1285,3 +1285,23 @@ fn a_forged_proxys_bad_gateways_are_not_the_real_ones() {
         "{real_incident:#?}"
     );
 }
+
+#[test]
+fn a_forged_proxys_successes_do_not_hide_the_real_ones_failures() {
+    let mut e = engine();
+    let real = nginx_as(501, 500, 33, SYSTEM_NGINX);
+    let forged = nginx_as(7001, 7000, 1000, USER_NGINX);
+    // Nobody's nginx connects to the same upstream a million times, and it works: were it
+    // the real one's flow, 5 failures would be far under 1 % of its attempts.
+    let mut reading = succeeded(9 * SEC, BACKEND, 1_000_000);
+    reading.connects[0].process = forged.clone();
+    e.observe_reading(&reading);
+    let events: Vec<Event> = (0..5)
+        .map(|i| refused_from(10 * SEC + i * 10 * MS, &real))
+        .collect();
+    let incidents = incidents_of(&mut e, &events);
+    let opened: Vec<&Incident> = incidents.values().collect();
+    assert_eq!(opened.len(), 1, "{incidents:#?}");
+    assert_eq!(opened[0].proxy.pid, real.pid);
+    assert_eq!(opened[0].failures, 5);
+}
