@@ -4,7 +4,10 @@
 use std::{collections::HashMap, time::SystemTime};
 
 use axum::{
-    extract::{rejection::QueryRejection, Path, Query, State},
+    extract::{
+        rejection::{PathRejection, QueryRejection},
+        Path, Query, State,
+    },
     http::{Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::get,
@@ -137,7 +140,12 @@ async fn list_incidents(State(state): State<ApiState>, query: RawQuery) -> Answe
     Ok(Json(json!({ "incidents": incidents })))
 }
 
-async fn get_incident(State(state): State<ApiState>, Path(id): Path<String>) -> Answer {
+async fn get_incident(
+    State(state): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    // axum's own rejection (an id that percent-decodes to invalid UTF-8) is plain text.
+    let Path(id) = id.map_err(|err| Failure::bad_request(err.body_text()))?;
     let id: u64 = id
         .parse()
         .map_err(|_| Failure::bad_request(format!("bad incident id {id:?}: not a number")))?;
