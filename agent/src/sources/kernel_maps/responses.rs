@@ -1,7 +1,9 @@
 //! HTTP responses of proxies: the kernel's per-(process, status) counts, as growth since
 //! the last poll. The kernel marks proxies itself as they show themselves (exec of a known
-//! proxy, a failed or reset upstream connection, a fork of a proxy); the agent only marks
-//! those already running when it starts ([`running_proxies`]).
+//! proxy, a fork of a proxy, a failed or reset upstream connection of a process that
+//! listens or whose parent does); the agent only marks the known proxies already running
+//! when it starts ([`running_proxies`]); the listeners it finds then are the kernel's
+//! listener owners from the start.
 
 use agent_common::http::ResponseKey;
 
