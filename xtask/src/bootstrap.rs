@@ -60,6 +60,7 @@ pub fn run(level: Level) -> Result<()> {
     nightly_rust_src()?;
     if level == Level::Test {
         rustfmt_and_clippy()?;
+        cargo_fuzz()?;
     }
     bpf_linker()
 }
@@ -165,6 +166,29 @@ fn bpf_linker() -> Result<()> {
             "bpf-linker",
             "--version",
             BPF_LINKER_VERSION,
+            "--locked",
+        ]),
+    )
+}
+
+/// Pinned like bpf-linker, so that every run fuzzes with the same libFuzzer driver.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// The fuzz step of `cargo xtask test` and `cargo xtask fuzz` run `cargo fuzz`.
+pub fn cargo_fuzz() -> Result<()> {
+    let present = cmd::stdout(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_some_and(|version| version.split_whitespace().last() == Some(CARGO_FUZZ_VERSION));
+    report(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}"), present);
+    if present {
+        return Ok(());
+    }
+    cmd::run(
+        &format!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (takes about a minute)"),
+        Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
             "--locked",
         ]),
     )

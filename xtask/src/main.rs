@@ -1,8 +1,9 @@
-//! Development tasks for why502: `cargo xtask bootstrap | run | test | bench | lab`.
+//! Development tasks for why502: `cargo xtask bootstrap | run | test | bench | lab | fuzz`.
 
 mod bench;
 mod bootstrap;
 mod cmd;
+mod fuzz;
 mod lab;
 mod run;
 mod test;
@@ -38,7 +39,7 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Check formatting, run clippy, then run unit, kernel and end-to-end tests.
+    /// Check formatting, run clippy, fuzz briefly, then run unit, kernel and end-to-end tests.
     Test {
         /// Arguments passed to the test binaries (after `cargo test ... --`).
         #[arg(last = true)]
@@ -64,6 +65,17 @@ enum Task {
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<bench::Section>,
     },
+    /// Fuzz the ring-record decoder, the config loader and the API's query parsing for
+    /// longer than `cargo xtask test` does, adding what is new to `fuzz/corpus/` and
+    /// minimising it (review and commit it).
+    Fuzz {
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u32,
+        /// The targets to fuzz (default: all of them).
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +97,15 @@ fn try_main() -> Result<()> {
         Task::Test { args } => test::run(&root, &args),
         Task::Lab { list, scenario } => lab::run(&root, list, scenario.as_deref()),
         Task::Bench { quick, only } => bench::run(&root, &bench::Options { quick, only }),
+        Task::Fuzz { seconds, targets } => {
+            bootstrap::cargo_fuzz()?;
+            let targets = if targets.is_empty() {
+                fuzz::TARGETS.iter().map(|t| t.to_string()).collect()
+            } else {
+                targets
+            };
+            fuzz::run(&root, &targets, seconds, fuzz::Mode::Grow)
+        }
     }
 }
 

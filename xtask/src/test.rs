@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use crate::bootstrap::{self, Level};
 use crate::cmd;
+use crate::fuzz;
 
 /// The host crates; agent-ebpf only builds for the BPF target, via agent/build.rs.
 const CLIPPY_PACKAGES: &[&str] = &[
@@ -16,6 +17,9 @@ const CLIPPY_PACKAGES: &[&str] = &[
     "why502-e2e",
     "why502-bench",
 ];
+/// Seconds of fuzzing per target in the suite: short enough for every run (about a minute
+/// for the three), long enough to find a shallow panic; `cargo xtask fuzz` goes deeper.
+const FUZZ_SECONDS: u32 = 20;
 const TEST_PACKAGES: &[&str] = &[
     "why502",
     "agent-common",
@@ -41,9 +45,9 @@ fn steps(root: &Path, args: &[String]) -> Result<()> {
         bootstrap::run(Level::Test)
     })?;
 
-    step("step 1/4: checking formatting (cargo fmt)", || {
+    step("step 1/5: checking formatting (cargo fmt)", || {
         cmd::run(
-            "step 1/4: checking formatting (cargo fmt)",
+            "step 1/5: checking formatting (cargo fmt)",
             cmd::cargo(root).args(["fmt", "--all", "--check"]),
         )
     })?;
@@ -54,9 +58,18 @@ fn steps(root: &Path, args: &[String]) -> Result<()> {
         clippy.args(["-p", package]);
     }
     clippy.args(["--all-targets", "--", "-D", "warnings"]);
-    step("step 2/4: linting (cargo clippy)", || {
-        cmd::run("step 2/4: linting (cargo clippy)", &mut clippy)
+    step("step 2/5: linting (cargo clippy)", || {
+        cmd::run("step 2/5: linting (cargo clippy)", &mut clippy)
     })?;
+
+    // Before the long suites: it needs no root and fails in about a minute.
+    step(
+        &format!("step 3/5: fuzzing each target for {FUZZ_SECONDS} s (cargo fuzz)"),
+        || {
+            let targets: Vec<String> = fuzz::TARGETS.iter().map(|t| t.to_string()).collect();
+            fuzz::run(root, &targets, FUZZ_SECONDS, fuzz::Mode::Check)
+        },
+    )?;
 
     if !crate::is_root() {
         println!("warning: not running as root: kernel integration and end-to-end tests will skip");
@@ -69,8 +82,8 @@ fn steps(root: &Path, args: &[String]) -> Result<()> {
     if !args.is_empty() {
         test.arg("--").args(args);
     }
-    step("step 3/4: testing (cargo test)", || {
-        cmd::run("step 3/4: testing (cargo test)", &mut test)
+    step("step 4/5: testing (cargo test)", || {
+        cmd::run("step 4/5: testing (cargo test)", &mut test)
     })?;
     if args.is_empty() {
         classic_tracepoints(root)?;
@@ -118,7 +131,7 @@ fn classic_tracepoints(root: &Path) -> Result<()> {
             test.args(["--test", name]);
         }
         let what = format!(
-            "step 4/4 ({}/{}): {package} tests {} again on classic tracepoints only",
+            "step 5/5 ({}/{}): {package} tests {} again on classic tracepoints only",
             i + 1,
             suites.len(),
             tests.join(", ")
