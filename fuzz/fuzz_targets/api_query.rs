@@ -74,6 +74,9 @@ fuzz_target!(|input: &[u8]| {
     );
     let json: serde_json::Value = serde_json::from_slice(&body).expect("a JSON answer");
     if status != StatusCode::OK {
-        assert!(json["error"].is_string(), "an error answer without a message: {json}");
+        assert!(
+            json["error"].is_string(),
+            "an error answer without a message: {json}"
+        );
     }
 });
