@@ -46,8 +46,10 @@ fn ten_thousand_closed_ports_stay_under_the_cap() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let cap = why502::config::Config::default().metrics.max_upstreams;
-    // Every upstream label of every series shares the one cap: exactly `cap` names were
-    // kept, whoever on the host took them, since this test alone brought 10,000.
+    // Every upstream label of every series shares the one cap: its first-come pool holds
+    // exactly `cap` names, whoever on the host took them, since this test alone brought
+    // 10,000; the second pool, as large, only favoured ones (a known proxy's upstream, an
+    // incident's: host noise here, none of this test's).
     let mut upstreams: std::collections::BTreeSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -57,7 +59,11 @@ fn ten_thousand_closed_ports_stay_under_the_cap() {
         })
         .collect();
     assert!(upstreams.remove("other"), "no upstream folded into other");
-    assert_eq!(upstreams.len(), cap, "{upstreams:?}");
+    assert!(
+        (cap..=2 * cap).contains(&upstreams.len()),
+        "{} names: {upstreams:?}",
+        upstreams.len()
+    );
     let series = text.lines().filter(ours).count();
     assert!(series <= cap + 1, "{series} series of connect errors");
     let all_series = text.lines().filter(|l| !l.starts_with('#')).count();
