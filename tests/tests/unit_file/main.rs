@@ -100,28 +100,46 @@ fn every_remaining_exposure_is_justified_in_the_unit() {
     );
 }
 
-/// The drop-in the unit's last comment offers for hosts without tracefs, uncommented.
-fn tracefs_drop_in() -> String {
+/// A drop-in the unit's comments offer, uncommented: the lines after `intro` that start
+/// with `#` and `indent`.
+fn drop_in(intro: &str, indent: &str) -> String {
     let text = unit::text();
     let block = text
-        .split_once("with a drop-in")
-        .expect("the unit's tracefs drop-in")
+        .split_once(intro)
+        .unwrap_or_else(|| panic!("no drop-in after {intro:?} in the unit"))
         .1;
     let lines: Vec<&str> = block
         .lines()
         .skip(1)
-        .map_while(|line| line.strip_prefix("#   "))
+        .map_while(|line| line.strip_prefix('#')?.strip_prefix(indent))
         .collect();
-    assert!(lines.len() > 2, "the drop-in's lines: {lines:?}");
+    assert!(
+        lines.first() == Some(&"[Service]") && lines.len() > 1,
+        "the drop-in after {intro:?}: {lines:?}"
+    );
     format!("\n{}\n", lines.join("\n"))
 }
 
+/// For hosts without tracefs at boot: the agent mounts it.
+fn tracefs_drop_in() -> String {
+    drop_in("with a drop-in, `systemctl edit why502`:", "   ")
+}
+
+/// For `api.socket_group`: the agent in that group.
+fn socket_group_drop_in() -> String {
+    drop_in(
+        "the group here is an example):",
+        "                           ",
+    )
+}
+
 #[test]
-fn verify_says_nothing_about_the_unit_or_its_drop_in() {
+fn verify_says_nothing_about_the_unit_or_its_drop_ins() {
     let binary = why502_e2e::sibling_binary("why502");
     for (what, extra) in [
         ("the unit", String::new()),
         ("with the tracefs drop-in", tracefs_drop_in()),
+        ("with the socket group drop-in", socket_group_drop_in()),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let copy = unit::copy_with_binary(dir.path(), &binary, &extra);
@@ -214,18 +232,10 @@ fn the_agent_works_under_the_units_capabilities_and_system_call_filter() {
     if !root() {
         return;
     }
-    let Some(allowed) = unit::allowed_syscalls() else {
+    let Some(sandbox) = filtered_sandbox() else {
         return;
     };
-    let errno = match unit::single("SystemCallErrorNumber").as_str() {
-        "EPERM" => libc::EPERM,
-        other => panic!("SystemCallErrorNumber={other}: map it here"),
-    };
-    let mut sandbox = unit_sandbox();
-    if !sandbox.with_syscall_filter(&allowed, errno) {
-        eprintln!("no system call table for this architecture: the filter is not applied");
-    }
-    let agent = RunningAgent::start(sandbox, false);
+    let agent = RunningAgent::start(sandbox, false, "");
     let status = agent.cli(&["status", "--json"]);
     assert!(status.0.success(), "why502 status --json: {}", status.0);
     let report: serde_json::Value = serde_json::from_str(&status.1).expect("status is JSON");
@@ -285,6 +295,53 @@ fn the_agent_works_under_the_units_capabilities_and_system_call_filter() {
     );
 }
 
+/// The unit's sandbox with its system call filter.
+fn filtered_sandbox() -> Option<Sandbox> {
+    let allowed = unit::allowed_syscalls()?;
+    let errno = match unit::single("SystemCallErrorNumber").as_str() {
+        "EPERM" => libc::EPERM,
+        other => panic!("SystemCallErrorNumber={other}: map it here"),
+    };
+    let mut sandbox = unit_sandbox();
+    if !sandbox.with_syscall_filter(&allowed, errno) {
+        eprintln!("no system call table for this architecture: the filter is not applied");
+    }
+    Some(sandbox)
+}
+
+#[test]
+fn a_socket_group_works_with_the_drop_in_the_unit_offers() {
+    if !root() {
+        return;
+    }
+    // The unit has no CAP_CHOWN: the drop-in's SupplementaryGroups= is what lets root give
+    // the socket to the group. Debian's nogroup stands in for the example's group.
+    assert!(socket_group_drop_in().contains("\nSupplementaryGroups="));
+    let group = c"nogroup";
+    // SAFETY: a NUL-terminated name; the result is read before any other getgr* call.
+    let gid = unsafe {
+        let entry = libc::getgrnam(group.as_ptr());
+        assert!(!entry.is_null(), "no group nogroup on this host");
+        (*entry).gr_gid
+    };
+    let Some(mut sandbox) = filtered_sandbox() else {
+        return;
+    };
+    sandbox.with_groups(&[gid]);
+    let agent = RunningAgent::start(sandbox, false, "socket_group = \"nogroup\"");
+    let meta = std::fs::symlink_metadata(agent.socket()).expect("the API socket");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.gid(), meta.mode() & 0o777),
+        (gid, 0o660),
+        "the socket's group and mode"
+    );
+    let (status, text) = agent.cli(&["status"]);
+    assert!(status.success(), "why502 status: {status}\n{text}");
+    let (exit, _) = agent.stop();
+    assert!(exit.success(), "the agent's exit after SIGTERM: {exit}");
+}
+
 #[test]
 fn a_real_run_makes_only_calls_the_unit_allows() {
     if !root() {
@@ -301,7 +358,7 @@ fn a_real_run_makes_only_calls_the_unit_allows() {
     let Some(allowed) = unit::allowed_syscalls() else {
         return;
     };
-    let agent = RunningAgent::start(unit_sandbox(), true);
+    let agent = RunningAgent::start(unit_sandbox(), true, "");
     exercise(&agent);
     let log = agent.log();
     let dir = agent.dir.path().to_path_buf();

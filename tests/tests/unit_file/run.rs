@@ -35,12 +35,12 @@ pub struct RunningAgent {
 
 impl RunningAgent {
     /// Starts the agent under `sandbox`, straced into `<dir>/trace` when `strace` is set,
-    /// and waits until it says it is running.
-    pub fn start(sandbox: Sandbox, strace: bool) -> Self {
+    /// with `api` added to its `[api]` section, and waits until it says it is running.
+    pub fn start(sandbox: Sandbox, strace: bool, api: &str) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = dir.path().join("why502.toml");
-        std::fs::write(&config, config_text(dir.path(), metrics)).expect("write the config");
+        std::fs::write(&config, config_text(dir.path(), metrics, api)).expect("write the config");
         let agent = sibling_binary("why502");
         let mut command = if strace {
             let mut command = Command::new("strace");
@@ -231,9 +231,9 @@ fn first_traced_pid(trace: &Path) -> i32 {
 
 /// Store, socket and metrics of the test's own; the metrics sampled often so that a short
 /// run makes its sampling calls (sock_diag, procfs, cgroups) too.
-fn config_text(dir: &Path, metrics: SocketAddr) -> String {
+fn config_text(dir: &Path, metrics: SocketAddr, api: &str) -> String {
     format!(
-        "[store]\npath = \"{}\"\n\n[api]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"{metrics}\"\nsample_interval_ms = 200\n\n[probes]\nbtf_tracepoints = {}\n",
+        "[store]\npath = \"{}\"\n\n[api]\nsocket = \"{}\"\n{api}\n\n[metrics]\nlisten = \"{metrics}\"\nsample_interval_ms = 200\n\n[probes]\nbtf_tracepoints = {}\n",
         dir.join("why502.db").display(),
         dir.join("why502.sock").display(),
         !why502_e2e::classic_tracepoints_only(),

@@ -57,6 +57,8 @@ pub struct Sandbox {
     umask: u32,
     /// `Limit*=` of the unit: resource, soft = hard.
     limits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
+    /// `SupplementaryGroups=`, as gids.
+    groups: Vec<libc::gid_t>,
     seccomp: Option<Vec<libc::sock_filter>>,
 }
 
@@ -73,6 +75,7 @@ impl Sandbox {
             drop: (0..=last).filter(|cap| !keep.contains(cap)).collect(),
             umask,
             limits: Vec::new(),
+            groups: Vec::new(),
             seccomp: None,
         }
     }
@@ -104,6 +107,11 @@ impl Sandbox {
         self.limits.push((resource, limit));
     }
 
+    /// Adds supplementary groups, as `SupplementaryGroups=` does.
+    pub fn with_groups(&mut self, groups: &[libc::gid_t]) {
+        self.groups.extend_from_slice(groups);
+    }
+
     /// Adds a seccomp filter that allows `allowed` and fails every other call with
     /// `errno`; `false` (nothing added) where this test knows no system call table.
     pub fn with_syscall_filter(&mut self, allowed: &BTreeSet<String>, errno: i32) -> bool {
@@ -132,6 +140,7 @@ impl Sandbox {
             drop,
             umask,
             limits,
+            groups,
             seccomp,
         } = self;
         // SAFETY: the closure only makes system calls (no allocation, no locks), as
@@ -146,6 +155,9 @@ impl Sandbox {
                     }
                 };
                 libc::umask(umask as libc::mode_t);
+                if !groups.is_empty() {
+                    check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+                }
                 // Before the bounding set loses CAP_SYS_RESOURCE, as systemd does (it
                 // sets the limits as PID 1).
                 for &(resource, value) in &limits {
