@@ -34,6 +34,9 @@ const TEST_PACKAGES: &[&str] = &[
     "curl",
     "psmisc",
     "prometheus",
+    // The unit's test (tests/tests/unit_file/): systemd-analyze, and strace for its calls.
+    "systemd",
+    "strace",
 ];
 
 /// Debian packages `cargo xtask bench` needs: the load generator, the reference tracer, a
