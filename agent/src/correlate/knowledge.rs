@@ -327,6 +327,8 @@ pub fn summary(p: &ProcessRef) -> ProcessSummary {
         unit: info.and_then(|i| i.unit.clone()),
         cgroup: info.and_then(|i| i.cgroup.clone()),
         container: info.and_then(|i| i.container.clone()),
+        runtime: info.and_then(|i| i.runtime).map(|r| r.name().to_string()),
+        pod: info.and_then(|i| i.pod.clone()),
     }
 }
 

@@ -67,6 +67,13 @@ pub struct ProcessInfo {
     /// The container id (docker, containerd, CRI-O, podman), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// The runtime that made the container, when its cgroup path says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<super::incident::Runtime>,
+    /// The Kubernetes pod, from the cgroup path (UID, QoS class), named when the API was
+    /// asked (see `sources::enrich::kubernetes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<super::incident::Pod>,
 }
 
 #[derive(Debug, Clone, Serialize)]

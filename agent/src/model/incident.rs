@@ -75,9 +75,87 @@ pub struct ProcessSummary {
     pub cgroup: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// The runtime that made the container (`docker`, `containerd`, `cri-o`, `podman`),
+    /// when its cgroup says. A string, not [`Runtime`], so that an incident stored by a
+    /// later agent that knows more runtimes still reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// The Kubernetes pod the process runs in, from its cgroup (its UID and QoS class) and,
+    /// where the API was reachable, its namespace and name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
     /// `nginx`, `haproxy`, `envoy`, `apache`, `caddy`, `traefik` for known proxies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_proxy: Option<String>,
+}
+
+/// A container runtime, as the cgroup path names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Runtime {
+    #[serde(rename = "docker")]
+    Docker,
+    #[serde(rename = "containerd")]
+    Containerd,
+    #[serde(rename = "cri-o")]
+    CriO,
+    #[serde(rename = "podman")]
+    Podman,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+            Runtime::CriO => "cri-o",
+            Runtime::Podman => "podman",
+        }
+    }
+}
+
+/// A pod's Kubernetes QoS class, which the kubelet puts in its cgroup path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Qos {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+impl Qos {
+    pub fn name(self) -> &'static str {
+        match self {
+            Qos::Guaranteed => "guaranteed",
+            Qos::Burstable => "burstable",
+            Qos::BestEffort => "besteffort",
+        }
+    }
+}
+
+/// A Kubernetes pod, as the process's cgroup path and, optionally, the API name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Pod {
+    /// `metadata.uid` with dashes (`9b1d…-…`), however the cgroup driver spelled it.
+    pub uid: String,
+    /// `None` where the path no longer shows it (read from inside a cgroup namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<Qos>,
+    /// From the Kubernetes API, when the agent may ask it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Pod {
+    /// `namespace/name` when the API named the pod, else `pod <uid>`.
+    pub fn label(&self) -> String {
+        match (&self.namespace, &self.name) {
+            (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+            (None, Some(name)) => name.clone(),
+            _ => format!("pod {}", self.uid),
+        }
+    }
 }
 
 /// One possible explanation, with the events that support it.
@@ -240,5 +318,34 @@ mod tests {
         assert_eq!(json["uid"], 33);
         assert_eq!(json["cgroup"], "/system.slice/nginx.service");
         assert_eq!(serde_json::from_value::<ProcessSummary>(json).unwrap(), new);
+    }
+
+    /// Incidents stored before pods and runtimes were recorded read with neither; a pod's
+    /// identity round-trips, and a runtime this agent does not know still reads.
+    #[test]
+    fn a_pod_and_its_runtime_round_trip() {
+        let old = r#"{"pid": 812, "comm": "nginx", "container": "abc"}"#;
+        let read: ProcessSummary = serde_json::from_str(old).unwrap();
+        assert_eq!((read.runtime.as_deref(), read.pod.as_ref()), (None, None));
+        let new = ProcessSummary {
+            runtime: Some(Runtime::Containerd.name().into()),
+            pod: Some(Pod {
+                uid: "0b7f2c8e-1d3a-4c5b-9e6f-7a8b9c0d1e2f".into(),
+                qos: Some(Qos::BestEffort),
+                namespace: Some("shop".into()),
+                name: Some("web-7d9f".into()),
+            }),
+            ..read
+        };
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["runtime"], "containerd");
+        assert_eq!(json["pod"]["qos"], "besteffort");
+        assert_eq!(json["pod"]["uid"], "0b7f2c8e-1d3a-4c5b-9e6f-7a8b9c0d1e2f");
+        assert_eq!(serde_json::from_value::<ProcessSummary>(json).unwrap(), new);
+        let future = r#"{"pid": 1, "comm": "x", "runtime": "kata", "pod": {"uid": "u"}}"#;
+        let read: ProcessSummary = serde_json::from_str(future).unwrap();
+        assert_eq!(read.runtime.as_deref(), Some("kata"));
+        assert_eq!(read.pod.unwrap().label(), "pod u");
+        assert_eq!(new.pod.unwrap().label(), "shop/web-7d9f");
     }
 }

@@ -34,6 +34,8 @@ pub(crate) fn incident(id: u64, started_at: SystemTime) -> Incident {
         unit: Some("php8.2-fpm.service".into()),
         cgroup: Some("/system.slice/php8.2-fpm.service".into()),
         container: None,
+        runtime: None,
+        pod: None,
         known_proxy: None,
     };
     Incident {
@@ -50,6 +52,8 @@ pub(crate) fn incident(id: u64, started_at: SystemTime) -> Incident {
             unit: Some("nginx.service".into()),
             cgroup: Some("/system.slice/nginx.service".into()),
             container: None,
+            runtime: None,
+            pod: None,
             known_proxy: Some("nginx".into()),
         },
         upstream: "127.0.0.1:9000".into(),

@@ -93,14 +93,17 @@ pub fn read(pid: u32, redactor: &Redactor) -> Option<(Identity, ProcessInfo)> {
             .collect();
         cgroup::path_from_proc_lines(lines.iter().map(|(h, c, p)| (*h, c.as_str(), *p)))
     });
+    let placed = cgroup.as_deref().map(cgroup::identity).unwrap_or_default();
     let info = ProcessInfo {
         name: Some(identity.comm.clone()),
         ppid: Some(identity.ppid),
         uid,
         exe,
         cmdline,
-        unit: cgroup.as_deref().and_then(cgroup::unit),
-        container: cgroup.as_deref().and_then(cgroup::container_id),
+        unit: placed.unit,
+        container: placed.container,
+        runtime: placed.runtime,
+        pod: placed.pod,
         cgroup,
     };
     Some((identity, info))
