@@ -37,6 +37,13 @@ pub enum Command {
     Agent(AgentArgs),
     #[command(flatten)]
     Client(ClientCommand),
+    /// Write the man pages and shell completions into DIR (for packaging: hidden, so
+    /// neither the pages nor the completions list it).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Where to write man/ and completions/.
+        dir: PathBuf,
+    },
 }
 
 /// The commands that ask a running agent, over its API socket.

@@ -1,5 +1,7 @@
 //! The `why502` binary: parses the command line and hands over to the library.
 
+mod generate;
+
 use std::io::Write;
 
 use anyhow::Context;
@@ -16,6 +18,11 @@ fn main() {
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Client(command) => std::process::exit(why502::client::run(command).code()),
+        Command::GenerateAssets { dir } => generate::write_assets(&dir).map(|written| {
+            for path in written {
+                println!("{}", dir.join(path).display());
+            }
+        }),
     };
     if let Err(err) = result {
         eprintln!("why502: {}", error_chain(err.as_ref()));
@@ -52,6 +59,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         .filter_level(config::log_level(&config.agent.log_level).unwrap_or(log::LevelFilter::Info))
         .format_timestamp_millis()
         .init();
+    // Before any other thread exists: setns changes only the calling thread's namespace.
+    why502::sources::enrich::cgroup_ns::enter_host_and_log();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
