@@ -26,7 +26,7 @@ fn refused_connect_on_a_closed_port() {
     let report = matcher(|e| {
         matches!(&e.detail, EventDetail::TcpConnectFailure(f) if f.dst.port() == port)
             || matches!(&e.detail, EventDetail::ConnectSyscallError(s)
-                if matches!(&s.dst, Endpoint::Tcp(dst)
+                if matches!(&s.dst, Endpoint::Tcp(_, dst)
                     if dst.port() == port && dst.ip() == Ipv4Addr::LOCALHOST))
     });
     let mut reports = h.collect(&mut events, WAIT, 1, &report);
@@ -113,7 +113,7 @@ fn a_non_blocking_refused_connect_asked_again_is_one_failure() {
     let report = matcher(|e| {
         matches!(&e.detail, EventDetail::TcpConnectFailure(f) if f.dst.port() == port)
             || matches!(&e.detail, EventDetail::ConnectSyscallError(s)
-                if matches!(&s.dst, Endpoint::Tcp(dst) if dst.port() == port))
+                if matches!(&s.dst, Endpoint::Tcp(_, dst) if dst.port() == port))
     });
     let mut reports = h.collect(&mut events, WAIT, 1, &report);
     reports.extend(h.collect(&mut events, Duration::from_millis(500), 10, &report));
@@ -170,7 +170,7 @@ fn unix_connect_to_a_missing_path() {
     let path = dir.path().join("missing.sock");
     let err = std::os::unix::net::UnixStream::connect(&path).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
-    let expected = Endpoint::Unix(path.display().to_string());
+    let expected = Endpoint::own_unix(path.display().to_string());
     let event = h.wait_for(
         &mut events,
         WAIT,
@@ -210,7 +210,7 @@ fn unix_connect_to_a_full_backlog() {
         }
     }
     assert!(saw_eagain, "the backlog never filled");
-    let expected = Endpoint::Unix(path.display().to_string());
+    let expected = Endpoint::own_unix(path.display().to_string());
     let event = h.wait_for(
         &mut events,
         WAIT,

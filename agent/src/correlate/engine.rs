@@ -23,7 +23,7 @@ use crate::{
     },
     sources::{
         enrich::cgroup,
-        kernel_maps::{connects::destination, KernelReading},
+        kernel_maps::{connects::upstream, KernelReading},
     },
 };
 
@@ -149,7 +149,7 @@ impl Engine {
                 let kind = FailureKind::of_connect(f);
                 return self.failure(
                     event,
-                    Some(Endpoint::Tcp(f.dst)),
+                    Some(Endpoint::Tcp(f.netns, f.dst)),
                     Observed::Failure(kind),
                     1,
                 );
@@ -163,14 +163,14 @@ impl Engine {
             }
             EventDetail::TcpResetReceived(r) => {
                 let kind = Observed::Failure(FailureKind::Reset);
-                return self.failure(event, Some(Endpoint::Tcp(r.dst)), kind, 1);
+                return self.failure(event, Some(Endpoint::Tcp(r.netns, r.dst)), kind, 1);
             }
             EventDetail::UpstreamEnd(end) => {
                 let kind = match end.how {
                     EndHow::ClosedByUpstream => FailureKind::ClosedBeforeResponse,
                     EndHow::ProxyGaveUp => FailureKind::ResponseTimeout,
                 };
-                let upstream = Some(Endpoint::Tcp(end.dst));
+                let upstream = Some(Endpoint::Tcp(end.netns, end.dst));
                 return self.failure(event, upstream, Observed::Failure(kind), 1);
             }
             EventDetail::HttpResponses(r) if BAD_GATEWAY_CODES.contains(&r.code) => {
@@ -195,7 +195,7 @@ impl Engine {
             let proxy = summary(&c.process);
             let key = FlowKey {
                 proxy: ProxyKey::of(&proxy),
-                upstream: Some(Endpoint::Tcp(destination(&c.growth.key))),
+                upstream: Some(upstream(&c.growth.key)),
             };
             if !self.flows.contains_key(&key) && self.flows.len() >= FLOW_CAPACITY {
                 continue;

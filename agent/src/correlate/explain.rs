@@ -233,7 +233,7 @@ fn alive_listener(
         ),
     };
     let evidence = vec![listening, first.clone()];
-    let unix = matches!(f.upstream, Endpoint::Unix(_));
+    let unix = matches!(f.upstream, Endpoint::Unix(..));
     // Requests that were in flight when their connection ended, or that the proxy got
     // no answer to: for a unix socket the kernel sees no end, only the proxy's 5xx.
     let mid_request = count(FailureKind::ClosedBeforeResponse) + count(FailureKind::Reset);
@@ -310,7 +310,7 @@ fn alive_listener(
     }
     let timeouts = count(FailureKind::Timeout) + count(FailureKind::ETIMEDOUT);
     let full_queue = match endpoint {
-        Endpoint::Tcp(addr) if timeouts > 0 => k.history.queue_full_on(
+        Endpoint::Tcp(_, addr) if timeouts > 0 => k.history.queue_full_on(
             addr.port(),
             f.first_mono.saturating_sub(k.lookback_ns),
             u64::MAX,
@@ -492,7 +492,7 @@ fn slow_upstream(
     let mut evidence = listening.to_vec();
     let mut seen = Vec::new();
     let since = f.first_mono.saturating_sub(k.lookback_ns);
-    if let Endpoint::Tcp(addr) = endpoint {
+    if let Endpoint::Tcp(_, addr) = endpoint {
         if let Some(full) = k.history.queue_full_on(addr.port(), since, u64::MAX) {
             seen.push(format!(
                 "its accept queue was full ({}/{}) at {}",
@@ -756,7 +756,7 @@ fn exit_evidence(exit: &Exit, time: SystemTime, pid: u32) -> Evidence {
 
 fn is_local(endpoint: &Endpoint, local_ips: &[IpAddr]) -> bool {
     match endpoint {
-        Endpoint::Unix(_) => true,
-        Endpoint::Tcp(addr) => addr.ip().is_loopback() || local_ips.contains(&addr.ip()),
+        Endpoint::Unix(..) => true,
+        Endpoint::Tcp(_, addr) => addr.ip().is_loopback() || local_ips.contains(&addr.ip()),
     }
 }

@@ -119,18 +119,20 @@ impl Knowledge {
             EventDetail::ListenerOpened(l) => {
                 self.owner_listens(event.process.as_ref(), mono);
                 let owner = owner_of(event.process.as_ref(), mono, time, l.source);
-                self.listeners.opened(Endpoint::Tcp(l.endpoint), owner);
+                self.listeners
+                    .opened(Endpoint::Tcp(l.netns, l.endpoint), owner);
                 true
             }
             EventDetail::UnixListenerOpened(l) => {
                 self.owner_listens(event.process.as_ref(), mono);
                 let owner = owner_of(event.process.as_ref(), mono, time, l.source);
-                self.listeners.opened(Endpoint::Unix(l.path.clone()), owner);
+                self.listeners
+                    .opened(Endpoint::Unix(l.mntns, l.path.clone()), owner);
                 true
             }
             EventDetail::ListenerClosed(l) => {
                 self.listeners
-                    .closed(&Endpoint::Tcp(l.endpoint), mono, time);
+                    .closed(&Endpoint::Tcp(l.netns, l.endpoint), mono, time);
                 true
             }
             EventDetail::ProcessExit(exit) => {
@@ -361,6 +363,7 @@ mod tests {
             event::{Exit, Listener, OomKill, ProcessInfo, SignalSent},
             failure::FailureKind,
             incident::Cause,
+            namespace::NetNs,
         },
     };
 
@@ -399,6 +402,7 @@ mod tests {
             mono,
             Some(owner.clone()),
             EventDetail::ListenerOpened(Listener {
+                netns: NetNs::own(),
                 endpoint: addr.parse().unwrap(),
                 source: Source::Kernel,
             }),
@@ -451,7 +455,7 @@ mod tests {
     /// The top cause explaining failures to [`BACKEND`] from `first_mono` on.
     fn top_cause(k: &Knowledge, first_mono: u64) -> Cause {
         let kinds = BTreeMap::from([(FailureKind::ECONNREFUSED, 3)]);
-        let upstream = Endpoint::Tcp(BACKEND.parse().unwrap());
+        let upstream = Endpoint::own_tcp(BACKEND.parse().unwrap());
         let proxy = summary(&process(500, "nginx", 1, 0));
         let candidates = explain(
             &Failures {
@@ -487,6 +491,7 @@ mod tests {
             10 * SEC + 2000,
             Some(backend.clone()),
             EventDetail::ListenerClosed(Listener {
+                netns: NetNs::own(),
                 endpoint: BACKEND.parse().unwrap(),
                 source: Source::Kernel,
             }),
@@ -520,7 +525,7 @@ mod tests {
             .expect("the worker's death");
         assert_eq!(death.value.pid, 201);
         assert!(k.strong_evidence(
-            &Endpoint::Tcp("127.0.0.1:9001".parse().unwrap()),
+            &Endpoint::own_tcp("127.0.0.1:9001".parse().unwrap()),
             first_failure
         ));
         // Nobody's records are still there, within their share.
@@ -591,7 +596,7 @@ mod tests {
         }
         let (_, record) = k
             .listeners
-            .lookup(&Endpoint::Tcp(BACKEND.parse().unwrap()))
+            .lookup(&Endpoint::own_tcp(BACKEND.parse().unwrap()))
             .expect("the backend");
         assert_eq!(record.current.as_ref().map(|o| o.process.pid), Some(100));
         assert!(k.listeners.refused() > 0);

@@ -165,7 +165,7 @@ impl ListenerTable {
         if let Some(found) = self.records.get_key_value(target) {
             return Some(found);
         }
-        let Endpoint::Tcp(addr) = target else {
+        let Endpoint::Tcp(netns, addr) = target else {
             return None;
         };
         let wildcards = [
@@ -174,7 +174,7 @@ impl ListenerTable {
         ];
         wildcards
             .iter()
-            .find_map(|w| self.records.get_key_value(&Endpoint::Tcp(*w)))
+            .find_map(|w| self.records.get_key_value(&Endpoint::Tcp(*netns, *w)))
     }
 
     /// A unix socket path currently listened on by a process `owned_by` accepts.
@@ -248,7 +248,7 @@ impl ListenerTable {
                     }
                 }
             }
-            Some(owner) if matches!(endpoint, Endpoint::Unix(_)) => {
+            Some(owner) if matches!(endpoint, Endpoint::Unix(..)) => {
                 if let Some(endpoints) = self.unix_by_pid.get_mut(&owner.process.pid) {
                     endpoints.remove(endpoint);
                     if endpoints.is_empty() {
@@ -271,7 +271,7 @@ impl ListenerTable {
                     .or_default()
                     .insert((record.last_change_mono, endpoint.clone()));
             }
-            Some(owner) if matches!(endpoint, Endpoint::Unix(_)) => {
+            Some(owner) if matches!(endpoint, Endpoint::Unix(..)) => {
                 self.unix_by_pid
                     .entry(owner.process.pid)
                     .or_default()
@@ -319,7 +319,7 @@ mod tests {
     }
 
     fn tcp(s: &str) -> Endpoint {
-        Endpoint::Tcp(s.parse().unwrap())
+        Endpoint::own_tcp(s.parse().unwrap())
     }
 
     #[test]
@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn unix_listeners_close_when_their_owner_exits() {
         let mut table = ListenerTable::new(16);
-        let sock = Endpoint::Unix("/run/php/fpm.sock".into());
+        let sock = Endpoint::own_unix("/run/php/fpm.sock");
         table.opened(sock.clone(), owner(42, 100));
         table.owner_exited(41, 150, UNIX_EPOCH);
         assert!(table.lookup(&sock).unwrap().1.current.is_some());
@@ -428,7 +428,7 @@ mod tests {
     fn a_flood_of_closed_listeners_keeps_other_users_past_owners() {
         let mut table = ListenerTable::new(64);
         let backend = tcp("127.0.0.1:9000");
-        let unix_backend = Endpoint::Unix("/run/php/fpm.sock".into());
+        let unix_backend = Endpoint::own_unix("/run/php/fpm.sock");
         table.opened(backend.clone(), owned_by(10, WWW_DATA, 1));
         table.opened(unix_backend.clone(), owned_by(12, WWW_DATA, 1));
         table.closed(&backend, 2, UNIX_EPOCH);
@@ -482,7 +482,7 @@ mod tests {
     #[test]
     fn unix_listeners_are_indexed_by_owner() {
         let mut table = ListenerTable::new(16);
-        let sock = Endpoint::Unix("/run/app.sock".into());
+        let sock = Endpoint::own_unix("/run/app.sock");
         table.opened(sock.clone(), owner(42, 100));
         assert_eq!(table.unix_endpoint_of(|pid| pid == 42), Some(sock.clone()));
         // Taken over by another process (a close we missed): the old owner's exit does not

@@ -16,6 +16,7 @@ use crate::{
     model::{
         failure::FailureKind,
         incident::{Cause, Confidence, Incident, IncidentState, Update},
+        namespace::{MntNs, NetNs},
     },
     sources::kernel_maps::{connects::Growth, ConnectGrowth, KernelReading},
 };
@@ -66,6 +67,7 @@ fn listening(mono: u64, owner: ProcessRef, addr: &str, source: Source) -> Event 
         mono,
         Some(owner),
         EventDetail::ListenerOpened(Listener {
+            netns: NetNs::own(),
             endpoint: addr.parse().unwrap(),
             source,
         }),
@@ -77,6 +79,7 @@ fn closed(mono: u64, owner: ProcessRef, addr: &str) -> Event {
         mono,
         Some(owner),
         EventDetail::ListenerClosed(Listener {
+            netns: NetNs::own(),
             endpoint: addr.parse().unwrap(),
             source: Source::Kernel,
         }),
@@ -114,6 +117,7 @@ fn refused(mono: u64, dst: &str, errno: i32) -> Event {
         mono,
         Some(nginx()),
         EventDetail::TcpConnectFailure(ConnectFailure {
+            netns: NetNs::own(),
             src: "127.0.0.1:40000".parse().unwrap(),
             dst: dst.parse().unwrap(),
             errno: Errno(errno),
@@ -389,11 +393,12 @@ fn syn_timeouts_with_a_live_listener() {
 #[test]
 fn unix_backlog_full() {
     let mut e = engine();
-    let sock = Endpoint::Unix("/run/php/php-fpm.sock".into());
+    let sock = Endpoint::own_unix("/run/php/php-fpm.sock");
     let mut events = vec![event(
         SEC,
         Some(fpm()),
         EventDetail::UnixListenerOpened(UnixListener {
+            mntns: MntNs::own(),
             path: "/run/php/php-fpm.sock".into(),
             source: Source::Kernel,
         }),
@@ -407,12 +412,13 @@ fn unix_backlog_full() {
 #[test]
 fn unix_socket_of_a_dead_owner() {
     let mut e = engine();
-    let sock = Endpoint::Unix("/run/php/php-fpm.sock".into());
+    let sock = Endpoint::own_unix("/run/php/php-fpm.sock");
     let mut events = vec![
         event(
             SEC,
             Some(fpm()),
             EventDetail::UnixListenerOpened(UnixListener {
+                mntns: MntNs::own(),
                 path: "/run/php/php-fpm.sock".into(),
                 source: Source::Snapshot,
             }),
@@ -438,7 +444,7 @@ fn port_exhaustion() {
         .map(|i| {
             syscall_error(
                 5 * SEC + i * MS,
-                Endpoint::Tcp(BACKEND.parse().unwrap()),
+                Endpoint::own_tcp(BACKEND.parse().unwrap()),
                 libc::EADDRNOTAVAIL,
             )
         })
@@ -456,6 +462,7 @@ fn resets_on_established_connections() {
             5 * SEC + i * 20 * MS,
             Some(nginx()),
             EventDetail::TcpResetReceived(TcpReset {
+                netns: NetNs::own(),
                 traffic: None,
                 src: "127.0.0.1:40000".parse().unwrap(),
                 dst: BACKEND.parse().unwrap(),
@@ -573,7 +580,7 @@ fn processes_that_are_not_proxies_open_no_incident() {
         assert!(e.observe(&probe).is_empty());
         let mut log = syscall_error(
             SEC + i * 10 * MS,
-            Endpoint::Unix("/dev/log".into()),
+            Endpoint::own_unix("/dev/log"),
             libc::ENOENT,
         );
         log.process = Some(runuser.clone());
@@ -662,7 +669,7 @@ fn failures_during_an_incident_are_counted_once_and_updated_by_tick() {
 #[test]
 fn nscd_probes_are_ignored() {
     let mut e = engine();
-    let nscd = Endpoint::Unix("/var/run/nscd/socket".into());
+    let nscd = Endpoint::own_unix("/var/run/nscd/socket");
     for i in 0..50 {
         assert!(e
             .observe(&syscall_error(SEC + i * MS, nscd.clone(), libc::ENOENT))
@@ -869,6 +876,7 @@ fn an_in_flight_reset_just_before_the_listener_closes_still_blames_the_crash() {
         10 * SEC + 50_000,
         Some(nginx()),
         EventDetail::TcpResetReceived(TcpReset {
+            netns: NetNs::own(),
             traffic: None,
             src: "127.0.0.1:40000".parse().unwrap(),
             dst: BACKEND.parse().unwrap(),
@@ -896,6 +904,7 @@ fn an_in_flight_reset_just_before_the_listener_closes_still_blames_the_crash() {
 #[test]
 fn a_connect_given_up_after_the_initial_rto_is_a_timeout() {
     let failure = |duration_ms, retransmits| ConnectFailure {
+        netns: NetNs::own(),
         src: "127.0.0.1:40000".parse().unwrap(),
         dst: BACKEND.parse().unwrap(),
         errno: Errno(0),
@@ -913,6 +922,7 @@ fn ended(mono: u64, how: EndHow, received: u64) -> Event {
         mono,
         Some(nginx()),
         EventDetail::UpstreamEnd(UpstreamEnd {
+            netns: NetNs::own(),
             src: "127.0.0.1:40000".parse().unwrap(),
             dst: BACKEND.parse().unwrap(),
             how,
@@ -992,6 +1002,7 @@ fn a_unix_worker_oom_killed_mid_request_takes_the_proxys_502s() {
             SEC,
             Some(fpm()),
             EventDetail::UnixListenerOpened(UnixListener {
+                mntns: MntNs::own(),
                 path: sock.into(),
                 source: Source::Kernel,
             }),
@@ -1070,6 +1081,7 @@ fn every_502_of_unix_workers_dying_one_after_the_other_is_counted() {
         SEC,
         Some(fpm()),
         EventDetail::UnixListenerOpened(UnixListener {
+            mntns: MntNs::own(),
             path: sock.into(),
             source: Source::Kernel,
         }),

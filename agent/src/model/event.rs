@@ -11,6 +11,8 @@ use std::{
 
 use serde::{Serialize, Serializer};
 
+use super::namespace::{MntNs, NetNs};
+
 /// One event, as later stages see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -134,19 +136,38 @@ pub struct ListenQueueFull {
     pub backlog: u32,
 }
 
-/// Where a proxy connects to: a TCP address or a unix socket path.
+/// Where a proxy connects to: a TCP address in a network namespace, or a unix socket path
+/// in a mount namespace. Two pods listening on the same `0.0.0.0:8080` are two endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Endpoint {
-    Tcp(SocketAddr),
-    /// A filesystem path, or `@name` for an abstract socket.
-    Unix(String),
+    Tcp(NetNs, SocketAddr),
+    /// A filesystem path, or `@name` for an abstract socket (abstract names belong to the
+    /// network namespace, but a path's is the usual case and both are per container).
+    Unix(MntNs, String),
 }
 
+impl Endpoint {
+    /// A TCP address in the agent's own network namespace.
+    pub fn own_tcp(addr: SocketAddr) -> Self {
+        Endpoint::Tcp(NetNs::own(), addr)
+    }
+
+    /// A unix socket path in the agent's own mount namespace.
+    pub fn own_unix(path: impl Into<String>) -> Self {
+        Endpoint::Unix(MntNs::own(), path.into())
+    }
+}
+
+/// As before namespaces for the agent's own (`127.0.0.1:9000`, `unix:/run/php/fpm.sock`),
+/// so that output and stored incidents of a host without containers do not change; with
+/// the namespace for another (`10.0.0.2:8080 [netns 4026532398]`).
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Endpoint::Tcp(addr) => write!(f, "{addr}"),
-            Endpoint::Unix(path) => write!(f, "unix:{path}"),
+            Endpoint::Tcp(ns, addr) if ns.is_own() => write!(f, "{addr}"),
+            Endpoint::Tcp(ns, addr) => write!(f, "{addr} [{ns}]"),
+            Endpoint::Unix(ns, path) if ns.is_own() => write!(f, "unix:{path}"),
+            Endpoint::Unix(ns, path) => write!(f, "unix:{path} [{ns}]"),
         }
     }
 }
@@ -155,6 +176,16 @@ impl Serialize for Endpoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
+}
+
+/// Events' `netns`/`mntns` fields appear in JSON only for another namespace than the
+/// agent's: the output of a host without containers does not change.
+fn own_netns(ns: &NetNs) -> bool {
+    ns.is_own()
+}
+
+fn own_mntns(ns: &MntNs) -> bool {
+    ns.is_own()
 }
 
 /// An errno with its name, serialized as both.
@@ -182,6 +213,9 @@ impl Serialize for Errno {
 pub struct ConnectFailure {
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// The socket's network namespace.
+    #[serde(skip_serializing_if = "own_netns")]
+    pub netns: NetNs,
     pub errno: Errno,
     /// `sk_err`, `error_report`, or `none` (the process gave up: its own connect timeout).
     pub errno_source: &'static str,
@@ -204,7 +238,7 @@ impl ConnectSyscallError {
     /// glibc probes nscd's socket whenever a program sets up name lookups; its absence is
     /// normal and says nothing about an upstream.
     pub fn is_benign(&self) -> bool {
-        matches!(&self.dst, Endpoint::Unix(path)
+        matches!(&self.dst, Endpoint::Unix(_, path)
             if self.errno.0 == libc::ENOENT
                 && (path == "/var/run/nscd/socket" || path == "/run/nscd/socket"))
     }
@@ -214,6 +248,9 @@ impl ConnectSyscallError {
 pub struct TcpReset {
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// The socket's network namespace.
+    #[serde(skip_serializing_if = "own_netns")]
+    pub netns: NetNs,
     /// TCP state when the RST was sent or received (`ESTABLISHED`, `FIN_WAIT1`…).
     pub state: &'static str,
     /// `tcp_send_reset`'s `enum sk_rst_reason` number (Linux 6.10+).
@@ -253,6 +290,9 @@ pub enum EndHow {
 pub struct UpstreamEnd {
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// The socket's network namespace.
+    #[serde(skip_serializing_if = "own_netns")]
+    pub netns: NetNs,
     pub how: EndHow,
     #[serde(flatten)]
     pub traffic: Traffic,
@@ -262,6 +302,9 @@ pub struct UpstreamEnd {
 pub struct HandshakeRetransmit {
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// The socket's network namespace.
+    #[serde(skip_serializing_if = "own_netns")]
+    pub netns: NetNs,
     /// Retransmissions of this SYN so far (0 for SYN-ACKs, which are not counted).
     pub count: u32,
 }
@@ -279,12 +322,18 @@ pub enum Source {
 #[derive(Debug, Clone, Serialize)]
 pub struct Listener {
     pub endpoint: SocketAddr,
+    /// The socket's network namespace.
+    #[serde(skip_serializing_if = "own_netns")]
+    pub netns: NetNs,
     pub source: Source,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UnixListener {
     pub path: String,
+    /// The mount namespace the path resolves in.
+    #[serde(skip_serializing_if = "own_mntns")]
+    pub mntns: MntNs,
     pub source: Source,
 }
 
@@ -440,12 +489,43 @@ mod tests {
     #[test]
     fn endpoints_display() {
         assert_eq!(
-            Endpoint::Tcp("127.0.0.1:9000".parse().unwrap()).to_string(),
+            Endpoint::own_tcp("127.0.0.1:9000".parse().unwrap()).to_string(),
             "127.0.0.1:9000"
         );
         assert_eq!(
-            Endpoint::Unix("/run/php/php-fpm.sock".into()).to_string(),
+            Endpoint::Tcp(NetNs(0), "127.0.0.1:9000".parse().unwrap()).to_string(),
+            "127.0.0.1:9000"
+        );
+        assert_eq!(
+            Endpoint::own_unix("/run/php/php-fpm.sock").to_string(),
             "unix:/run/php/php-fpm.sock"
+        );
+        let other = NetNs(NetNs::own().0.wrapping_add(1));
+        assert_eq!(
+            Endpoint::Tcp(other, "10.0.0.2:8080".parse().unwrap()).to_string(),
+            format!("10.0.0.2:8080 [netns {}]", other.0)
+        );
+        let mnt = MntNs(MntNs::own().0.wrapping_add(1));
+        assert_eq!(
+            Endpoint::Unix(mnt, "/run/app.sock".into()).to_string(),
+            format!("unix:/run/app.sock [mntns {}]", mnt.0)
+        );
+        assert_eq!(
+            serde_json::to_string(&Endpoint::Tcp(other, "10.0.0.2:8080".parse().unwrap())).unwrap(),
+            format!("\"10.0.0.2:8080 [netns {}]\"", other.0)
+        );
+    }
+
+    #[test]
+    fn endpoints_differ_by_namespace() {
+        let addr: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let (a, b) = (Endpoint::Tcp(NetNs(1), addr), Endpoint::Tcp(NetNs(2), addr));
+        assert_ne!(a, b);
+        let set: std::collections::HashSet<_> = [a.clone(), b, a].into_iter().collect();
+        assert_eq!(set.len(), 2);
+        assert_ne!(
+            Endpoint::Unix(MntNs(1), "/s".into()),
+            Endpoint::Unix(MntNs(2), "/s".into())
         );
     }
 }

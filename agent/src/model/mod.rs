@@ -6,6 +6,7 @@ pub mod clock;
 pub mod event;
 pub mod failure;
 pub mod incident;
+pub mod namespace;
 pub mod proxy;
 pub mod signal;
 pub mod text;

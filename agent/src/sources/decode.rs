@@ -19,6 +19,7 @@ use crate::model::{
         Exit, HandshakeRetransmit, Listener, OomKill, ProcessRef, SignalSent, Source, TcpReset,
         Traffic, UpstreamEnd,
     },
+    namespace::{MntNs, NetNs},
     signal,
 };
 
@@ -48,6 +49,8 @@ pub enum Decoded {
         process: ProcessRef,
         mono_ns: u64,
         fd: i32,
+        /// The caller's mount namespace, where the socket's path resolves.
+        mntns: MntNs,
     },
 }
 
@@ -81,6 +84,8 @@ fn read_pod<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError>
 pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let header = read_header(bytes)?;
     let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    // The socket's namespace for records about a socket, the task's for the others.
+    let netns = NetNs::from_kernel(header._pad);
     let detail = match kind {
         EventKind::TcpConnectFailure => {
             let r = read::<connect::TcpConnectFailure>(bytes)?;
@@ -91,6 +96,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                 EventDetail::TcpConnectFailure(ConnectFailure {
                     src,
                     dst,
+                    netns,
                     errno: Errno(r.errno),
                     errno_source: match r.errno_source {
                         errno_source::SK_ERR => "sk_err",
@@ -105,7 +111,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         EventKind::ConnectSyscallError => {
             let r = read::<connect::ConnectSyscallError>(bytes)?;
             EventDetail::ConnectSyscallError(ConnectSyscallError {
-                dst: sockaddr_endpoint(&r.addr)?,
+                dst: sockaddr_endpoint(&r.addr, netns, MntNs::own())?,
                 errno: Errno(r.errno),
                 fd: r.fd,
                 duration: Duration::from_nanos(r.duration_ns),
@@ -120,6 +126,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                 EventDetail::TcpResetReceived(TcpReset {
                     src,
                     dst,
+                    netns,
                     state: tcp_state_name(r.state),
                     reason: None,
                     // Only a followed connection (a proxy's upstream) has its traffic.
@@ -136,6 +143,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                 EventDetail::TcpResetSent(TcpReset {
                     src,
                     dst,
+                    netns,
                     state: tcp_state_name(r.state),
                     reason: (r.reason >= 0).then_some(r.reason),
                     traffic: None,
@@ -144,21 +152,21 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         }
         EventKind::TcpSynRetransmit => {
             let tcp::TcpSynRetransmit(r) = read(bytes)?;
-            let (header, retransmit) = handshake_retransmit(header, &r);
+            let (header, retransmit) = handshake_retransmit(header, netns, &r);
             return Ok(event(header, EventDetail::TcpSynRetransmit(retransmit)));
         }
         EventKind::TcpSynAckRetransmit => {
             let tcp::TcpSynAckRetransmit(r) = read(bytes)?;
-            let (header, retransmit) = handshake_retransmit(header, &r);
+            let (header, retransmit) = handshake_retransmit(header, netns, &r);
             return Ok(event(header, EventDetail::TcpSynackRetransmit(retransmit)));
         }
         EventKind::ListenerOpened => {
             let listener::ListenerOpened(r) = read(bytes)?;
-            EventDetail::ListenerOpened(kernel_listener(&r))
+            EventDetail::ListenerOpened(kernel_listener(&r, netns))
         }
         EventKind::ListenerClosed => {
             let listener::ListenerClosed(r) = read(bytes)?;
-            EventDetail::ListenerClosed(kernel_listener(&r))
+            EventDetail::ListenerClosed(kernel_listener(&r, netns))
         }
         EventKind::ListenCall => {
             let r = read::<listener::ListenCall>(bytes)?;
@@ -166,6 +174,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                 process: process_ref(&header),
                 mono_ns: header.ts_ns,
                 fd: r.fd,
+                mntns: MntNs::own(),
             });
         }
         EventKind::ProcessExec => {
@@ -224,6 +233,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             EventDetail::UpstreamEnd(UpstreamEnd {
                 src,
                 dst,
+                netns,
                 how: match r.how {
                     end_how::CLOSED_BY_UPSTREAM => EndHow::ClosedByUpstream,
                     end_how::PROXY_GAVE_UP => EndHow::ProxyGaveUp,
@@ -247,21 +257,24 @@ fn traffic(t: &connect::Traffic) -> Traffic {
 /// A SYN or SYN-ACK retransmission, with its owner if the kernel knew it.
 fn handshake_retransmit(
     header: EventHeader,
+    netns: NetNs,
     r: &tcp::TcpHandshakeRetransmit,
 ) -> (EventHeader, HandshakeRetransmit) {
     let (src, dst) = tuple_addrs(&r.tuple);
     let retransmit = HandshakeRetransmit {
         src,
         dst,
+        netns,
         count: r.count,
     };
     (owned(header, r.owner_known != 0), retransmit)
 }
 
 /// A TCP listener the kernel saw open or close.
-fn kernel_listener(r: &listener::ListenerChange) -> Listener {
+fn kernel_listener(r: &listener::ListenerChange, netns: NetNs) -> Listener {
     Listener {
         endpoint: tuple_addrs(&r.tuple).0,
+        netns,
         source: Source::Kernel,
     }
 }
@@ -315,33 +328,38 @@ fn tuple_addrs(t: &net::SockTuple) -> (SocketAddr, SocketAddr) {
     )
 }
 
-fn sockaddr_endpoint(addr: &net::RawSockAddr) -> Result<Endpoint, DecodeError> {
+/// A `connect(2)` address: an IP one in `netns`, a unix path in `mntns` (the caller's).
+fn sockaddr_endpoint(
+    addr: &net::RawSockAddr,
+    netns: NetNs,
+    mntns: MntNs,
+) -> Result<Endpoint, DecodeError> {
     let b = &addr.bytes;
     let port = u16::from_be_bytes([b[2], b[3]]);
     match addr.family {
-        net::AF_INET => Ok(Endpoint::Tcp(SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(b[4], b[5], b[6], b[7])),
-            port,
-        ))),
+        net::AF_INET => Ok(Endpoint::Tcp(
+            netns,
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(b[4], b[5], b[6], b[7])), port),
+        )),
         net::AF_INET6 => {
             let mut ip6 = [0u8; 16];
             ip6.copy_from_slice(&b[8..24]);
-            Ok(Endpoint::Tcp(SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::from(ip6)),
-                port,
-            )))
+            Ok(Endpoint::Tcp(
+                netns,
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip6)), port),
+            ))
         }
         net::AF_UNIX => {
             let path = &b[2..110];
             if path[0] == 0 {
                 // Abstract: the name is the bytes after the NUL, as long as addrlen says.
                 let len = (addr.len as usize).saturating_sub(3).min(path.len() - 1);
-                Ok(Endpoint::Unix(format!(
-                    "@{}",
-                    String::from_utf8_lossy(&path[1..1 + len])
-                )))
+                Ok(Endpoint::Unix(
+                    mntns,
+                    format!("@{}", String::from_utf8_lossy(&path[1..1 + len])),
+                ))
             } else {
-                Ok(Endpoint::Unix(c_string(path)))
+                Ok(Endpoint::Unix(mntns, c_string(path)))
             }
         }
         other => Err(DecodeError::Family(other)),
@@ -504,28 +522,28 @@ mod tests {
     fn sockaddrs_decode() {
         let v4 = raw_addr(net::AF_INET, &[0x23, 0x28, 10, 0, 0, 7], 16);
         assert_eq!(
-            sockaddr_endpoint(&v4).unwrap(),
-            Endpoint::Tcp("10.0.0.7:9000".parse().unwrap())
+            sockaddr_endpoint(&v4, NetNs(7), MntNs(8)).unwrap(),
+            Endpoint::Tcp(NetNs(7), "10.0.0.7:9000".parse().unwrap())
         );
         let mut v6body = vec![0x00, 0x50, 0, 0, 0, 0];
         v6body.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
         let v6 = raw_addr(net::AF_INET6, &v6body, 28);
         assert_eq!(
-            sockaddr_endpoint(&v6).unwrap(),
-            Endpoint::Tcp("[::1]:80".parse().unwrap())
+            sockaddr_endpoint(&v6, NetNs(7), MntNs(8)).unwrap(),
+            Endpoint::Tcp(NetNs(7), "[::1]:80".parse().unwrap())
         );
         let unix = raw_addr(net::AF_UNIX, b"/run/php/fpm.sock\0", 110);
         assert_eq!(
-            sockaddr_endpoint(&unix).unwrap(),
-            Endpoint::Unix("/run/php/fpm.sock".into())
+            sockaddr_endpoint(&unix, NetNs(7), MntNs(8)).unwrap(),
+            Endpoint::Unix(MntNs(8), "/run/php/fpm.sock".into())
         );
         let abstract_ = raw_addr(net::AF_UNIX, b"\0backend", 2 + 8);
         assert_eq!(
-            sockaddr_endpoint(&abstract_).unwrap(),
-            Endpoint::Unix("@backend".into())
+            sockaddr_endpoint(&abstract_, NetNs(7), MntNs(8)).unwrap(),
+            Endpoint::Unix(MntNs(8), "@backend".into())
         );
         assert_eq!(
-            sockaddr_endpoint(&raw_addr(16, &[], 12)).unwrap_err(),
+            sockaddr_endpoint(&raw_addr(16, &[], 12), NetNs(7), MntNs(8)).unwrap_err(),
             DecodeError::Family(16)
         );
     }

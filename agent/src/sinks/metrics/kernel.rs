@@ -13,10 +13,7 @@ use super::{
     registry::{counter, registered, ArcCollector},
     MetricsError,
 };
-use crate::{
-    model::event::Endpoint,
-    sources::kernel_maps::{connects::destination, KernelReading},
-};
+use crate::sources::kernel_maps::{connects::upstream, KernelReading};
 
 pub struct KernelMetrics {
     connects: IntCounterVec,
@@ -95,7 +92,7 @@ impl KernelMetrics {
 }
 
 fn key_upstream(key: &ConnectKey) -> String {
-    Endpoint::Tcp(destination(key)).to_string()
+    upstream(key).to_string()
 }
 
 #[cfg(test)]

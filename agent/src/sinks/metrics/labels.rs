@@ -253,6 +253,7 @@ mod tests {
     }
 
     mod through_the_metrics {
+        use crate::model::namespace::NetNs;
         use std::{collections::BTreeSet, sync::Arc, time::Duration, time::UNIX_EPOCH};
 
         use crate::{
@@ -337,6 +338,7 @@ mod tests {
                 metrics.event(&event(
                     process(format!("proxy{}", k % PROXIES), None),
                     EventDetail::TcpConnectFailure(ConnectFailure {
+                        netns: NetNs::own(),
                         src: "127.0.0.1:40000".parse().unwrap(),
                         dst: format!("127.0.0.1:{}", 9000 + k).parse().unwrap(),
                         errno: Errno(libc::ECONNREFUSED),
@@ -388,6 +390,7 @@ mod tests {
             event(
                 process,
                 EventDetail::TcpConnectFailure(ConnectFailure {
+                    netns: NetNs::own(),
                     src: "127.0.0.1:40000".parse().unwrap(),
                     dst: dst.parse().unwrap(),
                     errno: Errno(libc::ECONNREFUSED),

@@ -19,6 +19,7 @@ use super::decode::Decoded;
 use crate::model::{
     clock,
     event::{Event, EventDetail, Listener, ProcessRef, Source, UnixListener},
+    namespace::{MntNs, NetNs},
 };
 
 pub struct Enricher {
@@ -39,6 +40,7 @@ impl Enricher {
                 process,
                 mono_ns,
                 fd,
+                mntns,
             } => {
                 let path = listeners::unix_path_of_fd(process.pid, fd)?;
                 Event {
@@ -47,6 +49,7 @@ impl Enricher {
                     process: Some(process),
                     detail: EventDetail::UnixListenerOpened(UnixListener {
                         path,
+                        mntns,
                         source: Source::Kernel,
                     }),
                 }
@@ -86,6 +89,8 @@ impl Enricher {
                 l.pid,
                 EventDetail::ListenerOpened(Listener {
                     endpoint: l.address,
+                    // The snapshot's namespaces are not carried yet: the agent's own.
+                    netns: NetNs::own(),
                     source: Source::Snapshot,
                 }),
             )
@@ -95,6 +100,7 @@ impl Enricher {
                 l.pid,
                 EventDetail::UnixListenerOpened(UnixListener {
                     path: l.address.clone(),
+                    mntns: MntNs::own(),
                     source: Source::Snapshot,
                 }),
             )

@@ -9,9 +9,17 @@ use std::{
 
 use agent_common::connect::{ConnectKey, LATENCY_BUCKETS};
 
-use crate::sources::probes::maps::ConnectAggregate;
+use crate::{
+    model::{event::Endpoint, namespace::NetNs},
+    sources::probes::maps::ConnectAggregate,
+};
 
-/// Where the connects of `key` went.
+/// Where the connects of `key` went, in the connecting socket's network namespace.
+pub fn upstream(key: &ConnectKey) -> Endpoint {
+    Endpoint::Tcp(NetNs::own(), destination(key))
+}
+
+/// Where the connects of `key` went (the address alone).
 pub fn destination(key: &ConnectKey) -> SocketAddr {
     let ip = if key.family == agent_common::net::AF_INET6 {
         IpAddr::V6(Ipv6Addr::from(key.daddr))
