@@ -103,8 +103,8 @@ pub fn run(root: &Path, targets: &[String], seconds: u32, mode: Mode) -> Result<
     Ok(())
 }
 
-/// What `cargo fuzz cmin` does, with the binary already built: the inputs of `corpus` that
-/// add coverage, merged into it afresh.
+/// Like `cargo fuzz cmin`, with the binary already built and libFuzzer's smaller set-cover
+/// merge: the fewest inputs of `corpus` that keep its coverage, merged into it afresh.
 fn minimise(fuzz_dir: &Path, target: &str, corpus: &Path) -> Result<()> {
     let previous = fuzz_dir.join("target/cmin").join(target);
     let _ = fs::remove_dir_all(&previous);
@@ -113,10 +113,10 @@ fn minimise(fuzz_dir: &Path, target: &str, corpus: &Path) -> Result<()> {
         .with_context(|| format!("cannot move {} aside", corpus.display()))?;
     fs::create_dir_all(corpus).with_context(|| format!("cannot create {}", corpus.display()))?;
     cmd::run(
-        &format!("minimising the {target} corpus (libFuzzer -merge=1)"),
+        &format!("minimising the {target} corpus (libFuzzer -set_cover_merge=1)"),
         Command::new(binary(fuzz_dir, target))
             .env("ASAN_OPTIONS", "detect_odr_violation=0")
-            .arg("-merge=1")
+            .arg("-set_cover_merge=1")
             .arg(corpus)
             .arg(&previous),
     )

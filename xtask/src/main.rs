@@ -72,6 +72,10 @@ enum Task {
         /// Seconds of fuzzing per target.
         #[arg(long, default_value_t = 300)]
         seconds: u32,
+        /// Run as `cargo xtask test` does: new inputs to a scratch directory, the corpus
+        /// left as it is.
+        #[arg(long)]
+        check: bool,
         /// The targets to fuzz (default: all of them).
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
         targets: Vec<String>,
@@ -97,14 +101,23 @@ fn try_main() -> Result<()> {
         Task::Test { args } => test::run(&root, &args),
         Task::Lab { list, scenario } => lab::run(&root, list, scenario.as_deref()),
         Task::Bench { quick, only } => bench::run(&root, &bench::Options { quick, only }),
-        Task::Fuzz { seconds, targets } => {
+        Task::Fuzz {
+            seconds,
+            check,
+            targets,
+        } => {
             bootstrap::cargo_fuzz()?;
             let targets = if targets.is_empty() {
                 fuzz::TARGETS.iter().map(|t| t.to_string()).collect()
             } else {
                 targets
             };
-            fuzz::run(&root, &targets, seconds, fuzz::Mode::Grow)
+            let mode = if check {
+                fuzz::Mode::Check
+            } else {
+                fuzz::Mode::Grow
+            };
+            fuzz::run(&root, &targets, seconds, mode)
         }
     }
 }
