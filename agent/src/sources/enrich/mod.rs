@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod cgroup;
+pub mod cgroup_ns;
 pub mod interfaces;
 pub mod listeners;
 pub mod process;
