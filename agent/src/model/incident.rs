@@ -148,12 +148,12 @@ pub struct Pod {
 }
 
 impl Pod {
-    /// `namespace/name` when the API named the pod, else `pod <uid>`.
+    /// `namespace/name` when the API named the pod, else its UID.
     pub fn label(&self) -> String {
         match (&self.namespace, &self.name) {
             (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
             (None, Some(name)) => name.clone(),
-            _ => format!("pod {}", self.uid),
+            _ => self.uid.clone(),
         }
     }
 }
@@ -345,7 +345,7 @@ mod tests {
         let future = r#"{"pid": 1, "comm": "x", "runtime": "kata", "pod": {"uid": "u"}}"#;
         let read: ProcessSummary = serde_json::from_str(future).unwrap();
         assert_eq!(read.runtime.as_deref(), Some("kata"));
-        assert_eq!(read.pod.unwrap().label(), "pod u");
+        assert_eq!(read.pod.unwrap().label(), "u");
         assert_eq!(new.pod.unwrap().label(), "shop/web-7d9f");
     }
 }

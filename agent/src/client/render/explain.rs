@@ -31,6 +31,9 @@ pub fn explain(incident: &Incident, style: &Style) -> String {
     let styled = format!("Cause ({}): ", style.confidence(top.confidence));
     let words: Vec<&str> = top.summary.split_whitespace().collect();
     out.push(text::hanging(&label, &styled, &words, style.width));
+    if let Some(owner) = top.process.as_ref().and_then(owner_line) {
+        out.push(text::hanging("Owner: ", "Owner: ", &owner, style.width));
+    }
 
     if !top.evidence.is_empty() {
         let last = top.evidence.len() - 1;
@@ -103,16 +106,63 @@ fn proxy_line(proxy: &ProcessSummary) -> Vec<String> {
         inside.push(format!("uid {uid}"));
     }
     match (&proxy.unit, &proxy.cgroup) {
+        // A container's own scope (`cri-containerd-<id>.scope`) says no more than the
+        // container part below.
+        (Some(unit), _) if is_container_scope(unit, proxy) => {}
         (Some(unit), _) => inside.push(unit.clone()),
         (None, Some(cgroup)) if cgroup != "/" => inside.push(format!("cgroup {cgroup}")),
         _ => {}
     }
-    if let Some(container) = &proxy.container {
-        let short: String = container.chars().take(12).collect();
-        inside.push(format!("container {short}"));
+    inside.extend(container_parts(proxy));
+    described(proxy, inside)
+}
+
+fn is_container_scope(unit: &str, process: &ProcessSummary) -> bool {
+    !unit.contains('/')
+        && process
+            .container
+            .as_ref()
+            .is_some_and(|id| unit.contains(id.as_str()))
+}
+
+/// `burstable pod shop/web-7d9f` (`pod <uid>` until the API named it) and `container
+/// containerd://0123456789ab`, as Kubernetes writes a container id.
+fn container_parts(process: &ProcessSummary) -> Vec<String> {
+    let mut parts = Vec::new();
+    if let Some(pod) = &process.pod {
+        let qos = pod
+            .qos
+            .map(|q| format!("{} ", q.name()))
+            .unwrap_or_default();
+        parts.push(format!("{qos}pod {}", pod.label()));
     }
+    if let Some(container) = &process.container {
+        let short: String = container.chars().take(12).collect();
+        match &process.runtime {
+            Some(runtime) => parts.push(format!("container {runtime}://{short}")),
+            None => parts.push(format!("container {short}")),
+        }
+    }
+    parts
+}
+
+/// `Owner: php-fpm (pid 1234, burstable pod shop/php-0, container cri-o://0123456789ab)`:
+/// which container and pod the process the top cause is about runs in, shown only when
+/// it runs in one (the cause's sentence already names host processes fully).
+fn owner_line(owner: &ProcessSummary) -> Option<Vec<String>> {
+    let parts = container_parts(owner);
+    if parts.is_empty() {
+        return None;
+    }
+    let mut inside = vec![format!("pid {}", owner.pid)];
+    inside.extend(parts);
+    Some(described(owner, inside))
+}
+
+/// `name (a, b, c)` in words that break only after a comma.
+fn described(process: &ProcessSummary, inside: Vec<String>) -> Vec<String> {
     let last = inside.len() - 1;
-    let mut parts = vec![format!("{} (", proxy.comm)];
+    let mut parts = vec![format!("{} (", process.comm)];
     for (i, part) in inside.into_iter().enumerate() {
         parts.push(if i < last {
             format!("{part},")
@@ -166,8 +216,36 @@ mod tests {
     use super::*;
     use crate::{
         client::render::text::{color_wanted, Paint},
+        model::incident::{Pod, Qos},
         sinks::store::testing,
     };
+
+    /// The top cause's process in a pod gets an Owner line after the cause; a host
+    /// process does not (the example above has none).
+    #[test]
+    fn the_owner_in_a_pod_is_named_after_the_cause() {
+        let mut incident = testing::incident(17, testing::base_time());
+        let owner = incident.causes[0].process.as_mut().unwrap();
+        owner.container = Some("fedcba9876543210".repeat(4));
+        owner.runtime = Some("cri-o".into());
+        owner.pod = Some(Pod {
+            uid: "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d".into(),
+            qos: Some(Qos::Guaranteed),
+            namespace: Some("shop".into()),
+            name: Some("php-0".into()),
+        });
+        let text = explain(&incident, &style(240));
+        let lines: Vec<&str> = text.lines().collect();
+        let cause = lines.iter().position(|l| l.starts_with("Cause")).unwrap();
+        assert_eq!(
+            lines[cause + 1],
+            "Owner: php-fpm8.2 (pid 1234, guaranteed pod shop/php-0, container cri-o://fedcba987654)"
+        );
+        incident.causes[0].process.as_mut().unwrap().pod = None;
+        incident.causes[0].process.as_mut().unwrap().container = None;
+        let text = explain(&incident, &style(240));
+        assert!(!text.contains("Owner:"), "{text}");
+    }
 
     fn style(width: usize) -> Style {
         Style::plain(width, testing::base_time() + Duration::from_secs(3600))
@@ -195,7 +273,7 @@ Other candidates: restart (medium) — php8.2-fpm.service's listener came back 6
     #[test]
     fn the_proxy_line_says_which_process_it_was() {
         let line = |incident: &Incident| {
-            explain(incident, &style(120))
+            explain(incident, &style(240))
                 .lines()
                 .nth(1)
                 .unwrap()
@@ -224,6 +302,38 @@ Other candidates: restart (medium) — php8.2-fpm.service's listener came back 6
         incident.proxy.cgroup = Some("/".into());
         incident.proxy.container = None;
         assert_eq!(line(&incident), "Proxy: nginx (pid 7001, uid 1000)");
+        // In a pod: the QoS and the pod (its UID until the API names it), the container
+        // with its runtime, and not the container's own scope again.
+        let id = "0123456789abcdef".repeat(4);
+        incident.proxy.unit = Some(format!("cri-containerd-{id}.scope"));
+        incident.proxy.container = Some(id.clone());
+        incident.proxy.runtime = Some("containerd".into());
+        incident.proxy.pod = Some(Pod {
+            uid: "6f3b1c2a-4e5d-4a7b-9c8d-0e1f2a3b4c5d".into(),
+            qos: Some(Qos::Burstable),
+            ..Pod::default()
+        });
+        assert_eq!(
+            line(&incident),
+            "Proxy: nginx (pid 7001, uid 1000, burstable pod 6f3b1c2a-4e5d-4a7b-9c8d-0e1f2a3b4c5d, \
+             container containerd://0123456789ab)"
+        );
+        let pod = incident.proxy.pod.as_mut().unwrap();
+        pod.namespace = Some("ingress".into());
+        pod.name = Some("nginx-5c9f".into());
+        // A container with systemd inside keeps its inner unit.
+        incident.proxy.unit = Some(format!("docker-{id}.scope/nginx.service"));
+        incident.proxy.runtime = None;
+        assert_eq!(
+            line(&incident),
+            format!(
+                "Proxy: nginx (pid 7001, uid 1000, docker-{id}.scope/nginx.service, burstable pod \
+                 ingress/nginx-5c9f, container 0123456789ab)"
+            )
+        );
+        incident.proxy.unit = None;
+        incident.proxy.container = None;
+        incident.proxy.pod = None;
         // An incident stored before uids were recorded.
         incident.proxy.uid = None;
         assert_eq!(line(&incident), "Proxy: nginx (pid 7001)");
