@@ -6,9 +6,12 @@ pub mod agent;
 pub mod backend;
 pub mod cgroup;
 pub mod http;
+pub mod incident_query;
 pub mod lab;
 pub mod netns;
 pub mod nginx;
+pub mod node_net;
+pub mod pods;
 pub mod prometheus;
 pub mod python;
 
