@@ -2,6 +2,7 @@
 //! hands out their maps), the event ring buffer ([`ring`]: [`decode`], then [`enrich`]), the
 //! pollers of the kernel's aggregate maps ([`kernel_maps`]) and host sampling ([`host`]).
 
+pub mod conntrack;
 pub mod decode;
 pub mod enrich;
 pub mod host;
