@@ -293,6 +293,18 @@ pub struct KernelOffsets {
     pub task_comm: u16,
     /// `kernel_siginfo.si_code`, for `signal_generate` as `tp_btf`.
     pub siginfo_code: u16,
+    /// Namespaces, by inode number: a socket's network namespace
+    /// (`sock.__sk_common.skc_net.net`, then `net.ns.inum`), a task's network and mount
+    /// namespaces (`task_struct.nsproxy`, `nsproxy.net_ns`/`mnt_ns`, `net.ns.inum`,
+    /// `mnt_namespace.ns.inum`). Without them, records carry namespace 0.
+    pub sock_net: u16,
+    pub net_inum: u16,
+    pub task_nsproxy: u16,
+    pub nsproxy_net_ns: u16,
+    pub nsproxy_mnt_ns: u16,
+    pub mnt_ns_inum: u16,
+    /// Keeps `KernelConfig` free of hidden padding.
+    pub _pad: [u16; 2],
 }
 
 /// `struct sock` fields the `tp_btf` programs read where a classic tracepoint's record
@@ -468,6 +480,13 @@ impl KernelConfig {
             task_pid: NO,
             task_comm: NO,
             siginfo_code: NO,
+            sock_net: NO,
+            net_inum: NO,
+            task_nsproxy: NO,
+            nsproxy_net_ns: NO,
+            nsproxy_mnt_ns: NO,
+            mnt_ns_inum: NO,
+            _pad: [0; 2],
         },
         sock: SockOffsets {
             protocol: NO,

@@ -67,6 +67,10 @@ pub struct ConnectSyscallError {
     pub fd: i32,
     /// Positive errno.
     pub errno: i32,
+    /// The caller's mount namespace (`ns.inum`), where a unix socket path resolves; 0 when
+    /// not known (no BTF).
+    pub mntns: u32,
+    pub _pad: u32,
 }
 
 /// Kernel bookkeeping for one TCP socket from CLOSE→SYN_SENT until CLOSE, keyed by the
@@ -174,6 +178,9 @@ pub mod call_outcome {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnectKey {
     pub tgid: u32,
+    /// The socket's network namespace (`ns.inum`, 0 without BTF): two pods' `10.0.0.2:80`
+    /// are two destinations.
+    pub netns: u32,
     pub family: u16,
     pub dport: u16,
     pub daddr: [u8; 16],

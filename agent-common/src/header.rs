@@ -17,7 +17,9 @@ pub struct EventHeader {
     pub pid: u32,
     /// Process id (the kernel's `tgid`).
     pub tgid: u32,
-    pub _pad: u32,
+    /// The network namespace's inode number (`ns.inum`): the socket's for records about a
+    /// socket, the task's for the others; 0 when the kernel could not read it (no BTF).
+    pub netns: u32,
     /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`).
     pub ts_ns: u64,
     /// cgroup v2 id of the process (the inode number of its cgroup directory).

@@ -63,7 +63,7 @@ macro_rules! assert_no_padding {
 
 // The record header and payload building blocks.
 assert_no_padding! {
-    EventHeader { kind, pid, tgid, _pad, ts_ns, cgroup_id, comm }
+    EventHeader { kind, pid, tgid, netns, ts_ns, cgroup_id, comm }
     SockTuple { family, sport, dport, _pad, saddr, daddr }
     RawSockAddr { len, family, _pad, bytes }
     Traffic { duration_ns, bytes_sent, bytes_received }
@@ -75,7 +75,7 @@ assert_no_padding! {
     TcpConnectFailure {
         header, tuple, duration_ns, errno, syn_retransmits, errno_source, owner_known
     }
-    ConnectSyscallError { header, addr, duration_ns, fd, errno }
+    ConnectSyscallError { header, addr, duration_ns, fd, errno, mntns, _pad }
     TcpResetReceived { header, tuple, state, owner_known, traffic, followed, _pad }
     TcpResetSent { header, tuple, state, reason, owner_known, _pad }
     TcpHandshakeRetransmit { header, tuple, count, owner_known }
@@ -84,7 +84,7 @@ assert_no_padding! {
     ListenerChange { header, tuple }
     ListenerOpened { 0 }
     ListenerClosed { 0 }
-    ListenCall { header, fd, _pad }
+    ListenCall { header, fd, mntns }
     ProcessExec { header, ppid, _pad, filename }
     ProcessExit { header, exit_code, ppid }
     Signal { header, signal, code, target_pid, group, result, target_tgid, target_comm }
@@ -118,7 +118,7 @@ const RECORD_SIZES: [(EventKind, usize); EventKind::COUNT] = [
 ];
 const _: () = {
     const EXPECTED: [usize; EventKind::COUNT] = [
-        104, 184, 128, 104, 96, 96, 88, 88, 56, 312, 56, 88, 120, 120,
+        104, 192, 128, 104, 96, 96, 88, 88, 56, 312, 56, 88, 120, 120,
     ];
     let mut i = 0;
     while i < RECORD_SIZES.len() {
@@ -134,7 +134,7 @@ const _: () = {
 
 // Map keys (compared bytewise by the kernel) and values, and the `CONFIG` global.
 assert_no_padding! {
-    ConnectKey { tgid, family, dport, daddr }
+    ConnectKey { tgid, netns, family, dport, daddr }
     ConnectStats { established, latency_sum_ns, retransmits, closed_ok, latency_hist }
     TrackedConnect {
         start_ns, established_ns, cgroup_id, pid, tgid, ppid, _pad_ppid, comm,
@@ -162,7 +162,8 @@ assert_no_padding! {
     KernelOffsets {
         sock_sk_err, sock_state, task_real_parent, task_tgid, task_exit_code,
         tcp_bytes_received, tcp_bytes_acked, task_files, files_fdt, fdtable_fd,
-        file_private_data, socket_sk, task_pid, task_comm, siginfo_code
+        file_private_data, socket_sk, task_pid, task_comm, siginfo_code, sock_net, net_inum,
+        task_nsproxy, nsproxy_net_ns, nsproxy_mnt_ns, mnt_ns_inum, _pad
     }
     SockOffsets { protocol, family, daddr, saddr, dport, sport, v6_daddr, v6_rcv_saddr }
     MsgOffsets {
@@ -176,9 +177,9 @@ assert_no_padding! {
 }
 
 // The `CONFIG` global the agent writes through `EbpfLoader::override_global`.
-const _: () = assert!(size_of::<KernelConfig>() == 280 && align_of::<KernelConfig>() == 8);
-const _: () = assert!(offset_of!(KernelConfig, signal_mask) == 264);
-const _: () = assert!(offset_of!(KernelConfig, response_timeout_ns) == 272);
+const _: () = assert!(size_of::<KernelConfig>() == 296 && align_of::<KernelConfig>() == 8);
+const _: () = assert!(offset_of!(KernelConfig, signal_mask) == 280);
+const _: () = assert!(offset_of!(KernelConfig, response_timeout_ns) == 288);
 
 // Counter slots: per-kind drops, then per-kind throttled records, below the probe errors,
 // probe errors within the array.

@@ -32,7 +32,9 @@ pub struct ListenerClosed(pub ListenerChange);
 pub struct ListenCall {
     pub header: EventHeader,
     pub fd: i32,
-    pub _pad: u32,
+    /// The caller's mount namespace (`ns.inum`), where the socket's path resolves; 0 when
+    /// not known (no BTF).
+    pub mntns: u32,
 }
 
 #[cfg(feature = "user")]

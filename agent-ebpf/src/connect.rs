@@ -38,7 +38,7 @@ use crate::{
     maps::{add_process, config, insert_or_count, stats_for, CALLS, SOCK_ERRORS, TRACKED, WATCHED},
     read::{
         anonymous_header_at, current_comm_to, current_header, field, kernel_field, parent_tgid,
-        required, reserve, tuple,
+        required, reserve, sock_netns, task_mntns, tuple,
     },
     sock::{KernelSock, SetStateRecord, SockView},
     upstream,
@@ -109,8 +109,8 @@ fn state_changed<S: SockView>(sock: &S, skaddr: u64, old: i32, new: i32) {
         (state::CLOSE, state::SYN_SENT) => track(skaddr),
         (state::SYN_SENT, state::ESTABLISHED) => established(sock, skaddr),
         (state::SYN_SENT, state::CLOSE) => failed(sock, skaddr),
-        (state::CLOSE, state::LISTEN) => listener(sock, ListenerOpened),
-        (state::LISTEN, state::CLOSE) => listener(sock, ListenerClosed),
+        (state::CLOSE, state::LISTEN) => listener(sock, skaddr, ListenerOpened),
+        (state::LISTEN, state::CLOSE) => listener(sock, skaddr, ListenerClosed),
         (state::ESTABLISHED, state::CLOSE_WAIT) => upstream::fin_received(sock, skaddr),
         (state::ESTABLISHED, state::FIN_WAIT1) => upstream::fin_sent(sock, skaddr),
         (_, state::CLOSE) => upstream::closed(sock, skaddr),
@@ -184,6 +184,7 @@ fn established<S: SockView>(sock: &S, skaddr: u64) {
     let latency = now.saturating_sub(tracked.start_ns);
     let key = ConnectKey {
         tgid: tracked.tgid,
+        netns: sock_netns(skaddr),
         family: t.family,
         dport: t.dport,
         daddr: t.daddr,
@@ -256,7 +257,7 @@ fn failed<S: SockView>(sock: &S, skaddr: u64) {
     // Filled in place: the record is too large to assemble on the BPF stack next to the rest.
     let event = entry.as_mut_ptr();
     unsafe {
-        (*event).header = anonymous_header_at::<TcpConnectFailure>(now);
+        (*event).header = anonymous_header_at::<TcpConnectFailure>(now, sock_netns(skaddr));
         (*event).tuple = t;
         (*event).duration_ns = 0;
         (*event).errno = errno;
@@ -284,11 +285,18 @@ fn failed<S: SockView>(sock: &S, skaddr: u64) {
 /// Reports a listener change as the record `record` wraps it in ([`ListenerOpened`] or
 /// [`ListenerClosed`]).
 #[inline(always)]
-fn listener<S: SockView, T: Record>(sock: &S, record: impl FnOnce(ListenerChange) -> T) {
+fn listener<S: SockView, T: Record>(
+    sock: &S,
+    skaddr: u64,
+    record: impl FnOnce(ListenerChange) -> T,
+) {
     let Some(t) = sock.tuple() else {
         return;
     };
-    let header = current_header::<T>();
+    let mut header = current_header::<T>();
+    // The socket's namespace: a listener closes in whatever task frees it (an exiting
+    // process's, a timer's), and a task can create a socket in another namespace (setns).
+    header.netns = sock_netns(skaddr);
     if matches!(T::KIND, EventKind::ListenerOpened) {
         add_process(&WATCHED, Table::Watched, header.tgid);
     }
@@ -402,8 +410,9 @@ fn report_syscall_error(call: *const ConnectCall, errno: i32, deferred: bool) {
         return;
     }
     let header = current_header::<ConnectSyscallError>();
-    // In the calling task: its parent is at hand.
-    let ppid = parent_tgid(unsafe { bpf_get_current_task() });
+    // In the calling task: its parent and its mount namespace are at hand.
+    let task = unsafe { bpf_get_current_task() };
+    let ppid = parent_tgid(task);
     let Some(mut entry) = reserve::<ConnectSyscallError>() else {
         crate::http::mark_if_serving(header.tgid, ppid);
         return;
@@ -416,6 +425,8 @@ fn report_syscall_error(call: *const ConnectCall, errno: i32, deferred: bool) {
         (*event).header = header;
         (*event).fd = fd;
         (*event).errno = errno;
+        (*event).mntns = task_mntns(task);
+        (*event)._pad = 0;
         (*event).addr.len = addrlen;
         (*event).addr.family = family;
         (*event).addr._pad = 0;

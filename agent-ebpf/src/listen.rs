@@ -19,7 +19,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{add_process, config, insert_or_count, LISTEN_CALLS, WATCHED},
-    read::{current_header, kernel_field, required, reserve_budgeted},
+    read::{current_header, kernel_field, required, reserve_budgeted, task_mntns},
 };
 
 /// Whether the calling task's `fd` is a socket that already listens: the state is read
@@ -90,7 +90,8 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     entry.write(ListenCall {
         header,
         fd,
-        _pad: 0,
+        // The caller's: its unix socket path resolves in its mount namespace.
+        mntns: task_mntns(unsafe { bpf_get_current_task() }),
     });
     entry.submit(0);
     0

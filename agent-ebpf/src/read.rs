@@ -13,8 +13,8 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
     },
     maps::ring_buf::RingBufEntry,
     programs::TracePointContext,
@@ -59,6 +59,38 @@ pub fn parent_tgid(task: u64) -> u32 {
     let parent =
         kernel_field::<u64>(task, crate::maps::config!(kernel.task_real_parent)).unwrap_or(0);
     kernel_field::<u32>(parent, crate::maps::config!(kernel.task_tgid)).unwrap_or(0)
+}
+
+/// The network namespace of socket `sk` (`sk->__sk_common.skc_net.net->ns.inum`), 0
+/// when unknown (no BTF): sockets in two pods share addresses, not namespaces.
+#[inline(always)]
+pub fn sock_netns(sk: u64) -> u32 {
+    let k = crate::maps::config!(kernel);
+    let net = kernel_field::<u64>(sk, k.sock_net).unwrap_or(0);
+    kernel_field::<u32>(net, k.net_inum).unwrap_or(0)
+}
+
+/// `task->nsproxy`, 0 when unknown (or the task is past `exit_task_namespaces`).
+#[inline(always)]
+fn nsproxy(task: u64) -> u64 {
+    kernel_field::<u64>(task, crate::maps::config!(kernel.task_nsproxy)).unwrap_or(0)
+}
+
+/// The network namespace of `task` (`task->nsproxy->net_ns->ns.inum`), 0 when unknown.
+#[inline(always)]
+pub fn task_netns(task: u64) -> u32 {
+    let k = crate::maps::config!(kernel);
+    let net = kernel_field::<u64>(nsproxy(task), k.nsproxy_net_ns).unwrap_or(0);
+    kernel_field::<u32>(net, k.net_inum).unwrap_or(0)
+}
+
+/// The mount namespace of `task` (`task->nsproxy->mnt_ns->ns.inum`), where its unix
+/// socket paths resolve; 0 when unknown.
+#[inline(always)]
+pub fn task_mntns(task: u64) -> u32 {
+    let k = crate::maps::config!(kernel);
+    let mnt = kernel_field::<u64>(nsproxy(task), k.nsproxy_mnt_ns).unwrap_or(0);
+    kernel_field::<u32>(mnt, k.mnt_ns_inum).unwrap_or(0)
 }
 
 /// Reads a connection's addresses in whichever layout the tracepoint has.
@@ -119,7 +151,8 @@ pub unsafe fn current_comm_to(dst: *mut [u8; COMM_LEN]) {
     unsafe { generated::bpf_get_current_comm(dst.cast(), COMM_LEN as u32) };
 }
 
-/// The current task as the subject of a `T` record; the kind comes from the type.
+/// The current task as the subject of a `T` record, in its network namespace; the kind
+/// comes from the type.
 #[inline(always)]
 pub fn current_header<T: Record>() -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -129,7 +162,7 @@ pub fn current_header<T: Record>() -> EventHeader {
         (*p).kind = T::KIND as u32;
         (*p).pid = pid_tgid as u32;
         (*p).tgid = (pid_tgid >> 32) as u32;
-        (*p)._pad = 0;
+        (*p).netns = task_netns(bpf_get_current_task());
         (*p).ts_ns = bpf_ktime_get_ns();
         (*p).cgroup_id = bpf_get_current_cgroup_id();
         current_comm_to(addr_of_mut!((*p).comm));
@@ -137,34 +170,37 @@ pub fn current_header<T: Record>() -> EventHeader {
     }
 }
 
-/// A `T` header with no known process (events from softirq context on untracked sockets).
+/// A `T` header with no known process (events from softirq context on untracked sockets),
+/// in the socket's network namespace `netns`.
 #[inline(always)]
-pub fn anonymous_header<T: Record>() -> EventHeader {
-    anonymous_header_at::<T>(unsafe { bpf_ktime_get_ns() })
+pub fn anonymous_header<T: Record>(netns: u32) -> EventHeader {
+    anonymous_header_at::<T>(unsafe { bpf_ktime_get_ns() }, netns)
 }
 
 /// [`anonymous_header`] with a timestamp the caller already took.
 #[inline(always)]
-pub fn anonymous_header_at<T: Record>(ts_ns: u64) -> EventHeader {
+pub fn anonymous_header_at<T: Record>(ts_ns: u64, netns: u32) -> EventHeader {
     EventHeader {
         kind: T::KIND as u32,
         pid: 0,
         tgid: 0,
-        _pad: 0,
+        netns,
         ts_ns,
         cgroup_id: 0,
         comm: [0; COMM_LEN],
     }
 }
 
-/// A `T` header about the process that opened a tracked connection, at `ts_ns`.
+/// A `T` header about the process that opened a tracked connection, at `ts_ns`, in the
+/// socket's network namespace `netns` (the process may have moved since: the socket
+/// did not).
 #[inline(always)]
-pub fn owner_header_at<T: Record>(tracked: &TrackedConnect, ts_ns: u64) -> EventHeader {
+pub fn owner_header_at<T: Record>(tracked: &TrackedConnect, ts_ns: u64, netns: u32) -> EventHeader {
     EventHeader {
         kind: T::KIND as u32,
         pid: tracked.pid,
         tgid: tracked.tgid,
-        _pad: 0,
+        netns,
         ts_ns,
         cgroup_id: tracked.cgroup_id,
         comm: tracked.comm,

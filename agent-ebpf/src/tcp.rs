@@ -16,19 +16,24 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePoi
 
 use crate::{
     maps::{config, CONNECT_STATS, TRACKED},
-    read::{anonymous_header, field, kernel_field, owner_header_at, required, reserve, tuple},
+    read::{
+        anonymous_header, field, kernel_field, owner_header_at, required, reserve, sock_netns,
+        tuple,
+    },
     upstream,
 };
 
-/// The header of a `T` record on a socket: its connecting process if known.
+/// The header of a `T` record on socket `skaddr`: its connecting process if known, the
+/// socket's network namespace.
 #[inline(always)]
-fn owner_header<T: Record>(tracked: Option<&TrackedConnect>) -> (EventHeader, u32) {
+fn owner_header<T: Record>(tracked: Option<&TrackedConnect>, skaddr: u64) -> (EventHeader, u32) {
+    let netns = sock_netns(skaddr);
     match tracked {
         Some(tracked) => (
-            owner_header_at::<T>(tracked, unsafe { bpf_ktime_get_ns() }),
+            owner_header_at::<T>(tracked, unsafe { bpf_ktime_get_ns() }, netns),
             1,
         ),
-        None => (anonymous_header::<T>(), 0),
+        None => (anonymous_header::<T>(netns), 0),
     }
 }
 
@@ -64,7 +69,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (header, owner_known) =
-        owner_header::<TcpResetReceived>(tracked.map(|tracked| unsafe { &*tracked }));
+        owner_header::<TcpResetReceived>(tracked.map(|tracked| unsafe { &*tracked }), skaddr);
     // A process serving clients whose upstream connections get reset is a proxy: its
     // 502s count. (Without a tracked connect the owner is unknown.)
     if let Some(tracked) = tracked {
@@ -104,7 +109,8 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         .or_else(|| kernel_field::<u8>(skaddr, config!(kernel.sock_state)).map(i32::from))
         .unwrap_or(-1);
     let reason = field::<i32>(&ctx, fields.reason).unwrap_or(-1);
-    let (header, owner_known) = owner_header::<TcpResetSent>(unsafe { TRACKED.get(skaddr) });
+    let (header, owner_known) =
+        owner_header::<TcpResetSent>(unsafe { TRACKED.get(skaddr) }, skaddr);
     let Some(mut entry) = reserve::<TcpResetSent>() else {
         return 0;
     };
@@ -131,7 +137,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     };
     let Some(tracked) = TRACKED.get_ptr_mut(skaddr) else {
         if sk_state == state::SYN_SENT {
-            emit_handshake_retransmit(TcpSynRetransmit, t, None, 0);
+            emit_handshake_retransmit(TcpSynRetransmit, skaddr, t, None, 0);
         }
         return 0;
     };
@@ -139,12 +145,13 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     if sk_state == state::SYN_SENT {
         tracked.syn_retransmits = tracked.syn_retransmits.saturating_add(1);
         let count = tracked.syn_retransmits as u32;
-        emit_handshake_retransmit(TcpSynRetransmit, t, Some(tracked), count);
+        emit_handshake_retransmit(TcpSynRetransmit, skaddr, t, Some(tracked), count);
         return 0;
     }
     // Data retransmits are frequent on lossy paths: only counted, per destination.
     let key = ConnectKey {
         tgid: tracked.tgid,
+        netns: sock_netns(skaddr),
         family: t.family,
         dport: t.dport,
         daddr: t.daddr,
@@ -158,10 +165,10 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
 pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
     let fields = config!(retransmit_synack);
-    let Some((_, t)) = skaddr_and_tuple(&ctx, &fields, Probe::TcpRetransmitSynack) else {
+    let Some((skaddr, t)) = skaddr_and_tuple(&ctx, &fields, Probe::TcpRetransmitSynack) else {
         return 0;
     };
-    emit_handshake_retransmit(TcpSynAckRetransmit, t, None, 0);
+    emit_handshake_retransmit(TcpSynAckRetransmit, skaddr, t, None, 0);
     0
 }
 
@@ -170,11 +177,12 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn emit_handshake_retransmit<T: Record>(
     record: impl FnOnce(TcpHandshakeRetransmit) -> T,
+    skaddr: u64,
     t: SockTuple,
     tracked: Option<&TrackedConnect>,
     count: u32,
 ) {
-    let (header, owner_known) = owner_header::<T>(tracked);
+    let (header, owner_known) = owner_header::<T>(tracked, skaddr);
     let Some(mut entry) = reserve::<T>() else {
         return;
     };

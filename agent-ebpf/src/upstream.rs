@@ -17,7 +17,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
     maps::{config, TRACKED},
-    read::{kernel_field, owner_header_at, reserve},
+    read::{kernel_field, owner_header_at, reserve, sock_netns},
     sock::SockView,
 };
 
@@ -68,7 +68,14 @@ pub fn fin_received<S: SockView>(sock: &S, skaddr: u64) {
         bytes_sent: bytes_acked(skaddr).unwrap_or(0).saturating_sub(1),
         bytes_received: received.saturating_sub(1),
     };
-    report(sock, tracked, now, traffic, end_how::CLOSED_BY_UPSTREAM);
+    report(
+        sock,
+        skaddr,
+        tracked,
+        now,
+        traffic,
+        end_how::CLOSED_BY_UPSTREAM,
+    );
 }
 
 /// ESTABLISHED→FIN_WAIT1: the proxy closes first (its own `close(2)` or `shutdown(2)`).
@@ -99,12 +106,13 @@ pub fn fin_sent<S: SockView>(sock: &S, skaddr: u64) {
         bytes_sent: acked - 1,
         bytes_received: 0,
     };
-    report(sock, tracked, now, traffic, end_how::PROXY_GAVE_UP);
+    report(sock, skaddr, tracked, now, traffic, end_how::PROXY_GAVE_UP);
 }
 
 #[inline(always)]
 fn report<S: SockView>(
     sock: &S,
+    skaddr: u64,
     tracked: &mut TrackedConnect,
     now: u64,
     traffic: Traffic,
@@ -121,7 +129,7 @@ fn report<S: SockView>(
     // Filled in place, like the other records too large for the BPF stack next to the rest.
     let event = entry.as_mut_ptr();
     unsafe {
-        (*event).header = owner_header_at::<UpstreamEnd>(tracked, now);
+        (*event).header = owner_header_at::<UpstreamEnd>(tracked, now, sock_netns(skaddr));
         (*event).tuple = t;
         (*event).traffic = traffic;
         (*event).how = how;
@@ -162,6 +170,7 @@ fn count_closed_ok<S: SockView>(sock: &S, skaddr: u64, tgid: u32) {
     };
     let key = ConnectKey {
         tgid,
+        netns: sock_netns(skaddr),
         family: t.family,
         dport: t.dport,
         daddr: t.daddr,

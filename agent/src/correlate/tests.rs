@@ -187,6 +187,7 @@ fn succeeded(mono: u64, dst: &str, count: u64) -> KernelReading {
             growth: Growth {
                 key: agent_common::connect::ConnectKey {
                     tgid: nginx().pid,
+                    netns: 0,
                     family: agent_common::net::AF_INET,
                     dport: dst.port(),
                     daddr,

@@ -85,7 +85,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let header = read_header(bytes)?;
     let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
     // The socket's namespace for records about a socket, the task's for the others.
-    let netns = NetNs::from_kernel(header._pad);
+    let netns = NetNs::from_kernel(header.netns);
     let detail = match kind {
         EventKind::TcpConnectFailure => {
             let r = read::<connect::TcpConnectFailure>(bytes)?;
@@ -111,7 +111,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         EventKind::ConnectSyscallError => {
             let r = read::<connect::ConnectSyscallError>(bytes)?;
             EventDetail::ConnectSyscallError(ConnectSyscallError {
-                dst: sockaddr_endpoint(&r.addr, netns, MntNs::own())?,
+                dst: sockaddr_endpoint(&r.addr, netns, MntNs::from_kernel(r.mntns))?,
                 errno: Errno(r.errno),
                 fd: r.fd,
                 duration: Duration::from_nanos(r.duration_ns),
@@ -174,7 +174,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                 process: process_ref(&header),
                 mono_ns: header.ts_ns,
                 fd: r.fd,
-                mntns: MntNs::own(),
+                mntns: MntNs::from_kernel(r.mntns),
             });
         }
         EventKind::ProcessExec => {
@@ -438,7 +438,7 @@ mod tests {
             kind: kind as u32,
             pid: tgid + 1,
             tgid,
-            _pad: 0,
+            netns: 0,
             ts_ns: clock::monotonic_ns(),
             cgroup_id: 42,
             comm,

@@ -16,7 +16,7 @@ use crate::{
 
 /// Where the connects of `key` went, in the connecting socket's network namespace.
 pub fn upstream(key: &ConnectKey) -> Endpoint {
-    Endpoint::Tcp(NetNs::own(), destination(key))
+    Endpoint::Tcp(NetNs::from_kernel(key.netns), destination(key))
 }
 
 /// Where the connects of `key` went (the address alone).
@@ -150,6 +150,7 @@ mod tests {
         ConnectAggregate {
             key: ConnectKey {
                 tgid,
+                netns: 0,
                 family: 2,
                 dport: 9000,
                 daddr: [0; 16],

@@ -313,6 +313,32 @@ pub fn build(
          thread names the thread)",
         btf.and_then(|b| b.int_field_offset("kernel_siginfo", &["si_code"], 4)),
     );
+    // Pointers, then the namespaces' inode numbers (`unsigned int inum` in `ns_common`).
+    const NETNS: &str = "socket events, listeners and connect statistics carry no network \
+        namespace: endpoints of containers that share an address are one";
+    let inum = |strct: &str| btf.and_then(|b| b.int_field_offset(strct, &["ns", "inum"], 4));
+    k.sock_net = resolved(
+        "sock.__sk_common.skc_net.net",
+        NETNS,
+        offset("sock", &["__sk_common", "skc_net", "net"]),
+    );
+    k.net_inum = resolved("net.ns.inum", NETNS, inum("net"));
+    const TASK_NS: &str = "connect(2) errors, unix listeners and process events carry no \
+        namespace: unix socket paths of containers that share a path are one";
+    k.task_nsproxy = resolved(
+        "task_struct.nsproxy",
+        TASK_NS,
+        offset("task_struct", &["nsproxy"]),
+    );
+    k.nsproxy_net_ns = resolved("nsproxy.net_ns", TASK_NS, offset("nsproxy", &["net_ns"]));
+    k.nsproxy_mnt_ns = resolved("nsproxy.mnt_ns", TASK_NS, offset("nsproxy", &["mnt_ns"]));
+    // `struct mnt_namespace` is private to fs/ but in vmlinux BTF since its ns_common moved
+    // first (Linux 5.x); a kernel without it only loses the mount namespaces.
+    k.mnt_ns_inum = resolved(
+        "mnt_namespace.ns.inum",
+        "unix socket paths carry no mount namespace",
+        inum("mnt_namespace"),
+    );
 
     let mut btf_unavailable = BTreeMap::new();
     // The tasks' fields the `tp_btf` programs of fork and signal_generate read; without
@@ -527,7 +553,9 @@ mod tests {
             .iter()
             .map(|f| f.name)
             .collect();
-        assert_eq!(missing.len(), 15, "{missing:?}");
+        assert_eq!(missing.len(), 21, "{missing:?}");
+        assert!(missing.contains(&"sock.__sk_common.skc_net.net"));
+        assert!(missing.contains(&"mnt_namespace.ns.inum"));
         assert!(missing.contains(&"task_struct.pid"));
         assert!(missing.contains(&"tcp_sock.bytes_received"));
         assert!(missing.contains(&"fdtable.fd"));
@@ -567,6 +595,19 @@ mod tests {
         assert_ne!(msg.kind_ubuf, msg.kind_iovec);
         assert!(msg.iter > 0 && msg.count > msg.ubuf, "{msg:?}");
         let k = layout.config.kernel;
+        // Pointers (8-byte aligned) to the namespaces, whose `ns_common` sits at the start
+        // of `mnt_namespace` (its first member) and inside `struct net`.
+        for pointer in [
+            k.sock_net,
+            k.task_nsproxy,
+            k.nsproxy_net_ns,
+            k.nsproxy_mnt_ns,
+        ] {
+            assert_eq!(pointer % 8, 0, "{k:?}");
+        }
+        assert_ne!(k.nsproxy_net_ns, k.nsproxy_mnt_ns);
+        assert!(k.net_inum > 0 && k.mnt_ns_inum < 64, "{k:?}");
+        assert_eq!((k.net_inum % 4, k.mnt_ns_inum % 4), (0, 0));
         assert_ne!(k.tcp_bytes_received, k.tcp_bytes_acked);
         assert_eq!(k.tcp_bytes_received % 8, 0);
         assert_eq!(k.tcp_bytes_acked % 8, 0);
