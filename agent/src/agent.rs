@@ -67,6 +67,7 @@ pub struct Agent {
     store_writer: Arc<StoreWriterHandle>,
     pipeline: ring::Pipeline,
     tasks: Vec<JoinHandle<()>>,
+    _kubernetes: Option<crate::sources::kubernetes::Lookup>,
 }
 
 impl Agent {
@@ -118,6 +119,11 @@ impl Agent {
         let store_writer = Arc::new(writer);
         let next_id = store.max_id()? + 1;
 
+        // Pod names, where credentials exist: consulted by enrichment and incidents.
+        let kubernetes = crate::sources::kubernetes::start(&config.kubernetes);
+        if let Some(lookup) = &kubernetes {
+            crate::sources::kubernetes::install(lookup);
+        }
         let cache = ProcessCache::new(
             config.enrich.process_cache_entries,
             &config.enrich.redact_keys,
@@ -263,6 +269,7 @@ impl Agent {
             store_writer,
             pipeline,
             tasks,
+            _kubernetes: kubernetes,
         })
     }
 

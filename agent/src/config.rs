@@ -40,6 +40,38 @@ pub struct Config {
     pub store: StoreConfig,
     pub api: ApiConfig,
     pub metrics: MetricsConfig,
+    pub kubernetes: KubernetesConfig,
+}
+
+/// Pod names from the Kubernetes API (`sources::kubernetes`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Ask the API at all, when credentials exist (the pod's service account, or
+    /// `kubeconfig`); without any nothing is tried either way.
+    pub enabled: bool,
+    /// A kubeconfig whose current context to use instead of the service account (token or
+    /// client-certificate users; exec plugins are not run).
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name as the API knows it; else `NODE_NAME`, else the host name.
+    pub node_name: Option<String>,
+    /// The least time between two lists of the node's pods (one is made only when a pod
+    /// UID not in the last list is seen).
+    pub refresh_interval_ms: u64,
+    /// How long one list may take.
+    pub timeout_ms: u64,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            kubeconfig: None,
+            node_name: None,
+            refresh_interval_ms: 30_000,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -438,6 +470,18 @@ impl Config {
                 1_000_000,
             ),
             ("incidents.window_ms", inc.window_ms, 10, 60_000),
+            (
+                "kubernetes.refresh_interval_ms",
+                self.kubernetes.refresh_interval_ms,
+                1_000,
+                86_400_000,
+            ),
+            (
+                "kubernetes.timeout_ms",
+                self.kubernetes.timeout_ms,
+                100,
+                60_000,
+            ),
             ("incidents.quiet_seconds", inc.quiet_seconds, 1, 86_400),
             (
                 "incidents.lookback_seconds",
@@ -694,6 +738,11 @@ mod tests {
             ("[api]\nsocket_group = \"a b\"\n", "api.socket_group"),
             ("[api]\nsocket_group = \"-g\"\n", "api.socket_group"),
             ("[metrics]\nmax_upstreams = 0\n", "metrics.max_upstreams"),
+            (
+                "[kubernetes]\nrefresh_interval_ms = 10\n",
+                "kubernetes.refresh_interval_ms",
+            ),
+            ("[kubernetes]\ntimeout_ms = 0\n", "kubernetes.timeout_ms"),
             ("[metrics]\nlisten = \"nowhere\"\n", "listen"),
         ] {
             let err = parse(text).unwrap_err();

@@ -330,7 +330,10 @@ pub fn summary(p: &ProcessRef) -> ProcessSummary {
         cgroup: info.and_then(|i| i.cgroup.clone()),
         container: info.and_then(|i| i.container.clone()),
         runtime: info.and_then(|i| i.runtime).map(|r| r.name().to_string()),
-        pod: info.and_then(|i| i.pod.clone()),
+        // Named now if the API listed the pod since the process was first read.
+        pod: info
+            .and_then(|i| i.pod.clone())
+            .map(crate::sources::kubernetes::named),
     }
 }
 

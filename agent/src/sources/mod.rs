@@ -6,6 +6,7 @@ pub mod conntrack;
 pub mod decode;
 pub mod enrich;
 pub mod host;
+pub mod kubernetes;
 pub mod kernel_maps;
 pub mod probes;
 pub mod ring;

@@ -103,7 +103,7 @@ pub fn read(pid: u32, redactor: &Redactor) -> Option<(Identity, ProcessInfo)> {
         unit: placed.unit,
         container: placed.container,
         runtime: placed.runtime,
-        pod: placed.pod,
+        pod: placed.pod.map(crate::sources::kubernetes::named),
         cgroup,
     };
     Some((identity, info))
