@@ -117,6 +117,7 @@ fn refused(mono: u64, dst: &str, errno: i32) -> Event {
         mono,
         Some(nginx()),
         EventDetail::TcpConnectFailure(ConnectFailure {
+            nat_destination: None,
             netns: NetNs::own(),
             src: "127.0.0.1:40000".parse().unwrap(),
             dst: dst.parse().unwrap(),
@@ -133,6 +134,7 @@ fn syscall_error(mono: u64, dst: Endpoint, errno: i32) -> Event {
         mono,
         Some(nginx()),
         EventDetail::ConnectSyscallError(ConnectSyscallError {
+            nat_destination: None,
             dst,
             errno: Errno(errno),
             fd: 12,
@@ -463,6 +465,7 @@ fn resets_on_established_connections() {
             5 * SEC + i * 20 * MS,
             Some(nginx()),
             EventDetail::TcpResetReceived(TcpReset {
+                nat_destination: None,
                 netns: NetNs::own(),
                 traffic: None,
                 src: "127.0.0.1:40000".parse().unwrap(),
@@ -877,6 +880,7 @@ fn an_in_flight_reset_just_before_the_listener_closes_still_blames_the_crash() {
         10 * SEC + 50_000,
         Some(nginx()),
         EventDetail::TcpResetReceived(TcpReset {
+            nat_destination: None,
             netns: NetNs::own(),
             traffic: None,
             src: "127.0.0.1:40000".parse().unwrap(),
@@ -905,6 +909,7 @@ fn an_in_flight_reset_just_before_the_listener_closes_still_blames_the_crash() {
 #[test]
 fn a_connect_given_up_after_the_initial_rto_is_a_timeout() {
     let failure = |duration_ms, retransmits| ConnectFailure {
+        nat_destination: None,
         netns: NetNs::own(),
         src: "127.0.0.1:40000".parse().unwrap(),
         dst: BACKEND.parse().unwrap(),
@@ -923,6 +928,7 @@ fn ended(mono: u64, how: EndHow, received: u64) -> Event {
         mono,
         Some(nginx()),
         EventDetail::UpstreamEnd(UpstreamEnd {
+            nat_destination: None,
             netns: NetNs::own(),
             src: "127.0.0.1:40000".parse().unwrap(),
             dst: BACKEND.parse().unwrap(),

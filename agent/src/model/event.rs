@@ -216,6 +216,11 @@ pub struct ConnectFailure {
     /// The socket's network namespace.
     #[serde(skip_serializing_if = "own_netns")]
     pub netns: NetNs,
+    /// Where the connection really went when a DNAT in the agent's network namespace
+    /// rewrote `dst` (kube-proxy's ClusterIP to a pod), from conntrack
+    /// (`sources/conntrack`): the listener to look for. `None`: not rewritten, or not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat_destination: Option<Endpoint>,
     pub errno: Errno,
     /// `sk_err`, `error_report`, or `none` (the process gave up: its own connect timeout).
     pub errno_source: &'static str,
@@ -228,6 +233,11 @@ pub struct ConnectFailure {
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectSyscallError {
     pub dst: Endpoint,
+    /// Where the connection really went when a DNAT in the agent's network namespace
+    /// rewrote `dst` (kube-proxy's ClusterIP to a pod), from conntrack
+    /// (`sources/conntrack`): the listener to look for. `None`: not rewritten, or not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat_destination: Option<Endpoint>,
     pub errno: Errno,
     pub fd: i32,
     #[serde(rename = "duration_seconds", serialize_with = "seconds")]
@@ -251,6 +261,11 @@ pub struct TcpReset {
     /// The socket's network namespace.
     #[serde(skip_serializing_if = "own_netns")]
     pub netns: NetNs,
+    /// Where the connection really went when a DNAT in the agent's network namespace
+    /// rewrote `dst` (kube-proxy's ClusterIP to a pod), from conntrack
+    /// (`sources/conntrack`): the listener to look for. `None`: not rewritten, or not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat_destination: Option<Endpoint>,
     /// TCP state when the RST was sent or received (`ESTABLISHED`, `FIN_WAIT1`…).
     pub state: &'static str,
     /// `tcp_send_reset`'s `enum sk_rst_reason` number (Linux 6.10+).
@@ -293,6 +308,11 @@ pub struct UpstreamEnd {
     /// The socket's network namespace.
     #[serde(skip_serializing_if = "own_netns")]
     pub netns: NetNs,
+    /// Where the connection really went when a DNAT in the agent's network namespace
+    /// rewrote `dst` (kube-proxy's ClusterIP to a pod), from conntrack
+    /// (`sources/conntrack`): the listener to look for. `None`: not rewritten, or not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat_destination: Option<Endpoint>,
     pub how: EndHow,
     #[serde(flatten)]
     pub traffic: Traffic,

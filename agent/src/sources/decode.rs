@@ -94,6 +94,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             return Ok(event(
                 header,
                 EventDetail::TcpConnectFailure(ConnectFailure {
+                    nat_destination: None,
                     src,
                     dst,
                     netns,
@@ -111,6 +112,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         EventKind::ConnectSyscallError => {
             let r = read::<connect::ConnectSyscallError>(bytes)?;
             EventDetail::ConnectSyscallError(ConnectSyscallError {
+                nat_destination: None,
                 dst: sockaddr_endpoint(&r.addr, netns, MntNs::from_kernel(r.mntns))?,
                 errno: Errno(r.errno),
                 fd: r.fd,
@@ -124,6 +126,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             return Ok(event(
                 header,
                 EventDetail::TcpResetReceived(TcpReset {
+                    nat_destination: None,
                     src,
                     dst,
                     netns,
@@ -141,6 +144,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             return Ok(event(
                 header,
                 EventDetail::TcpResetSent(TcpReset {
+                    nat_destination: None,
                     src,
                     dst,
                     netns,
@@ -231,6 +235,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             let r = read::<connect::UpstreamEnd>(bytes)?;
             let (src, dst) = tuple_addrs(&r.tuple);
             EventDetail::UpstreamEnd(UpstreamEnd {
+                nat_destination: None,
                 src,
                 dst,
                 netns,

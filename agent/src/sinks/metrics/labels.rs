@@ -338,6 +338,7 @@ mod tests {
                 metrics.event(&event(
                     process(format!("proxy{}", k % PROXIES), None),
                     EventDetail::TcpConnectFailure(ConnectFailure {
+                        nat_destination: None,
                         netns: NetNs::own(),
                         src: "127.0.0.1:40000".parse().unwrap(),
                         dst: format!("127.0.0.1:{}", 9000 + k).parse().unwrap(),
@@ -390,6 +391,7 @@ mod tests {
             event(
                 process,
                 EventDetail::TcpConnectFailure(ConnectFailure {
+                    nat_destination: None,
                     netns: NetNs::own(),
                     src: "127.0.0.1:40000".parse().unwrap(),
                     dst: dst.parse().unwrap(),
