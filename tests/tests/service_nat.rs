@@ -20,7 +20,7 @@ use why502_e2e::{
     lab::{AccessLog, Client, DetachedBackend, ErrorLog, LabNginx},
     netns::Netns,
     node_net::{free_pod_subnet, free_service_ip, PodLink, ServiceDnat},
-    pods::start_nginx,
+    pods::{netns_inode, start_nginx},
     serial,
 };
 
@@ -238,6 +238,12 @@ fn assert_explained(agent: &Agent, node: &Node, incident: &Value, cause: &str) {
             "the incident's upstream is {upstream:?}, nginx connects to {}",
             node.upstream
         ),
+    );
+    // A namespace shown with it is the connecting socket's: P's, never Q's.
+    let proxy_netns = netns_inode(&node.proxy_ns);
+    check(
+        !upstream.contains("[netns") || upstream.ends_with(&format!("[netns {proxy_netns}]")),
+        format!("the incident's upstream {upstream:?} is not in P's namespace {proxy_netns}"),
     );
     let json = incident.to_string();
     let text = incident_query::explain_text(agent, incident);
