@@ -13,7 +13,7 @@ use super::{
     listeners::{ListenerRecord, Owner},
 };
 use crate::model::{
-    event::{Endpoint, Exit, HOST_SCOPE},
+    event::{Endpoint, Exit, ListenQueueFull, HOST_SCOPE},
     failure::FailureKind,
     incident::{Candidate, Cause, Confidence, Evidence, Incident, ProcessSummary},
     text::{clock_time, describe, kib, kinds_text},
@@ -201,6 +201,16 @@ fn memory_pressure(
     });
 }
 
+/// `129/128` where the backlog is known (sock_diag), else what procfs showed: the queue
+/// and the handshakes its namespace dropped (`3 waiting, 5 dropped`).
+fn queue_text(q: &ListenQueueFull) -> String {
+    match (q.backlog, q.overflows) {
+        (Some(backlog), _) => format!("{}/{backlog}", q.queued),
+        (None, Some(dropped)) => format!("{} waiting, {dropped} dropped", q.queued),
+        (None, None) => format!("{} waiting", q.queued),
+    }
+}
+
 fn first_failure(f: &Failures) -> Evidence {
     Evidence {
         time: f.first_time,
@@ -310,7 +320,8 @@ fn alive_listener(
     }
     let timeouts = count(FailureKind::Timeout) + count(FailureKind::ETIMEDOUT);
     let full_queue = match endpoint {
-        Endpoint::Tcp(_, addr) if timeouts > 0 => k.history.queue_full_on(
+        Endpoint::Tcp(netns, addr) if timeouts > 0 => k.history.queue_full_on(
+            *netns,
             addr.port(),
             f.first_mono.saturating_sub(k.lookback_ns),
             u64::MAX,
@@ -323,8 +334,9 @@ fn alive_listener(
             time: full.time,
             kind: "listen_queue_full".into(),
             text: format!(
-                "accept queue of {} full ({}/{})",
-                full.value.endpoint, full.value.queued, full.value.backlog
+                "accept queue of {} full ({})",
+                Endpoint::Tcp(full.value.netns, full.value.endpoint),
+                queue_text(&full.value)
             ),
         });
         evidence.sort_by_key(|e| e.time);
@@ -333,10 +345,9 @@ fn alive_listener(
             confidence: Confidence::High,
             summary: format!(
                 "{}, listener of {endpoint}, is overloaded: its accept queue was full \
-                 ({}/{} at {}), so {timeouts} connects got no answer to their SYN",
+                 ({} at {}), so {timeouts} connects got no answer to their SYN",
                 describe(&owner.process),
-                full.value.queued,
-                full.value.backlog,
+                queue_text(&full.value),
                 clock_time(full.time)
             ),
             hint: "add workers or capacity; raise the listen backlog (and net.core.somaxconn) \
@@ -492,18 +503,23 @@ fn slow_upstream(
     let mut evidence = listening.to_vec();
     let mut seen = Vec::new();
     let since = f.first_mono.saturating_sub(k.lookback_ns);
-    if let Endpoint::Tcp(_, addr) = endpoint {
-        if let Some(full) = k.history.queue_full_on(addr.port(), since, u64::MAX) {
+    if let Endpoint::Tcp(netns, addr) = endpoint {
+        if let Some(full) = k
+            .history
+            .queue_full_on(*netns, addr.port(), since, u64::MAX)
+        {
             seen.push(format!(
-                "its accept queue was full ({}/{}) at {}",
-                full.value.queued,
-                full.value.backlog,
+                "its accept queue was full ({}) at {}",
+                queue_text(&full.value),
                 clock_time(full.time)
             ));
             evidence.push(Evidence {
                 time: full.time,
                 kind: "listen_queue_full".into(),
-                text: format!("accept queue of {} full", full.value.endpoint),
+                text: format!(
+                    "accept queue of {} full",
+                    Endpoint::Tcp(full.value.netns, full.value.endpoint)
+                ),
             });
         }
     }

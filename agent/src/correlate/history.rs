@@ -15,6 +15,7 @@ use std::{
 use crate::model::{
     event::{Exit, ListenQueueFull, MemoryPressure, OomKill, SignalSent},
     incident::ProcessSummary,
+    namespace::NetNs,
 };
 
 /// Records of each kind kept at most.
@@ -206,15 +207,17 @@ impl ProcessHistory {
             .filter(|d| d.mono >= mono_min)
     }
 
-    /// The latest full accept queue on `port` (any address) between the two times.
+    /// The latest full accept queue on `port` (any address) of network namespace `netns`
+    /// between the two times: another pod's full queue on the same port is not this one's.
     pub fn queue_full_on(
         &self,
+        netns: NetNs,
         port: u16,
         mono_min: u64,
         mono_max: u64,
     ) -> Option<&Dated<ListenQueueFull>> {
         self.full_queues
-            .latest(mono_max, |q| q.endpoint.port() == port)
+            .latest(mono_max, |q| q.netns == netns && q.endpoint.port() == port)
             .filter(|d| d.mono >= mono_min)
     }
 

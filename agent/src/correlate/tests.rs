@@ -704,9 +704,11 @@ fn overload_when_the_accept_queue_was_full() {
             None,
             EventDetail::ListenQueueFull(ListenQueueFull {
                 endpoint: "0.0.0.0:9000".parse().unwrap(),
+                netns: NetNs::own(),
                 service: Some("php8.2-fpm.service".into()),
                 queued: 129,
-                backlog: 128,
+                backlog: Some(128),
+                overflows: None,
             }),
         ),
     ];

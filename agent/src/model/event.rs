@@ -126,14 +126,25 @@ pub struct MemoryPressure {
     pub full_avg10: Option<f64>,
 }
 
-/// A listener's accept queue was found full (sock_diag): it is not accepting fast enough.
+/// A listener's accept queue was found full: it is not accepting fast enough. In the
+/// agent's own network namespace sock_diag shows it at its backlog; in another, procfs
+/// shows no backlog, and the namespace's `ListenOverflows` grew instead.
 #[derive(Debug, Clone, Serialize)]
 pub struct ListenQueueFull {
     pub endpoint: SocketAddr,
+    /// The listener's network namespace.
+    #[serde(skip_serializing_if = "own_netns")]
+    pub netns: NetNs,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     pub queued: u32,
-    pub backlog: u32,
+    /// Its `listen()` backlog, where known (the agent's own namespace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u32>,
+    /// Handshakes its namespace dropped at a full queue since the sample before
+    /// (`ListenOverflows`), where that is how it was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overflows: Option<u64>,
 }
 
 /// Where a proxy connects to: a TCP address in a network namespace, or a unix socket path

@@ -10,7 +10,10 @@ use super::{
     registry::{counter, gauge, registered, seconds},
     MetricsError,
 };
-use crate::sources::host::{netstat::ListenStats, psi::Pressure, sampling::Sample};
+use crate::{
+    model::{event::Endpoint, namespace::NetNs},
+    sources::host::{netstat::ListenStats, psi::Pressure, sampling::Sample},
+};
 
 pub struct HostMetrics {
     listen_overflows: IntCounter,
@@ -90,12 +93,16 @@ impl HostMetrics {
         // Gauges describe now: series of listeners that went away must go too.
         self.queue_depth.reset();
         self.queue_backlog.reset();
-        for queue in &sample.host.queues {
-            let service = sample
+        let own = NetNs::own();
+        let service_of = |labels: &mut Labels, key: &(NetNs, std::net::SocketAddr)| {
+            sample
                 .listener_services
-                .get(&queue.local)
+                .get(key)
                 .map(|s| labels.listener_service(s))
-                .unwrap_or_else(|| "unknown".into());
+                .unwrap_or_else(|| "unknown".into())
+        };
+        for queue in &sample.host.queues {
+            let service = service_of(labels, &(own, queue.local));
             let endpoint = labels.endpoint(&queue.local.to_string());
             self.queue_depth
                 .with_label_values(&[&service, &endpoint])
@@ -103,6 +110,17 @@ impl HostMetrics {
             self.queue_backlog
                 .with_label_values(&[&service, &endpoint])
                 .set(i64::from(queue.backlog));
+        }
+        // Other namespaces' (pods'): procfs shows their queues but not their backlogs.
+        for ns in &sample.host.namespaces {
+            for queue in &ns.queues {
+                let service = service_of(labels, &(ns.netns, queue.local));
+                let endpoint = Endpoint::Tcp(ns.netns, queue.local).to_string();
+                let endpoint = labels.endpoint(&endpoint);
+                self.queue_depth
+                    .with_label_values(&[&service, &endpoint])
+                    .set(i64::from(queue.queued));
+            }
         }
 
         self.service_memory_usage.reset();
@@ -159,11 +177,14 @@ fn secs(us: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use crate::model::namespace::NetNs;
     use crate::{
         config::MetricsConfig,
         sinks::metrics::Metrics,
         sources::host::{
             cgroup_memory::CgroupMemory,
+            namespaces::NamespaceSample,
+            proc_net::ProcListenQueue,
             psi::{Pressure, PressureLine},
             sampling::{Sample, ServiceMemory},
             sock_diag::ListenQueue,
@@ -189,7 +210,23 @@ mod tests {
         }];
         sample
             .listener_services
-            .insert(endpoint, "php-fpm.service".into());
+            .insert((NetNs::own(), endpoint), "php-fpm.service".into());
+        let pod = NetNs(NetNs::own().0.wrapping_add(1));
+        let wildcard = "0.0.0.0:8080".parse().unwrap();
+        sample.host.namespaces = vec![NamespaceSample {
+            netns: pod,
+            pid: 43,
+            listen: None,
+            queues: vec![ProcListenQueue {
+                local: wildcard,
+                inode: 8,
+                queued: 2,
+            }],
+            addresses: Default::default(),
+        }];
+        sample
+            .listener_services
+            .insert((pod, wildcard), "pod-backend".into());
         sample.services = vec![ServiceMemory {
             service: "php-fpm.service".into(),
             pid: 42,
@@ -224,6 +261,20 @@ mod tests {
         assert!(text.contains(
             "why502_listener_queue_depth{endpoint=\"127.0.0.1:9000\",service=\"php-fpm.service\"} 129"
         ), "{text}");
+        // A pod's listener on the same-looking address: its own series, no backlog.
+        let pod_endpoint = format!("0.0.0.0:8080 [netns {}]", NetNs::own().0.wrapping_add(1));
+        assert!(
+            text.contains(&format!(
+            "why502_listener_queue_depth{{endpoint=\"{pod_endpoint}\",service=\"pod-backend\"}} 2"
+        )),
+            "{text}"
+        );
+        assert!(
+            !text.contains(&format!(
+                "why502_listener_queue_backlog{{endpoint=\"{pod_endpoint}\""
+            )),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "why502_service_memory_limit_bytes{service=\"php-fpm.service\"} 2147483648"
@@ -233,6 +284,7 @@ mod tests {
         // A listener gone from the next sample takes its gauge series with it.
         let mut gone = sample(5, 3_500_000, 0);
         gone.host.queues.clear();
+        gone.host.namespaces.clear();
         metrics.host(&gone);
         assert!(!metrics
             .render()

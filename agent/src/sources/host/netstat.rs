@@ -3,7 +3,9 @@
 //! `ListenOverflows` counts SYNs or final ACKs dropped because a listener's accept queue
 //! was full; `ListenDrops` counts every drop at a listener, overflows included. Both exist
 //! on every kernel this agent runs on (since 2.6). The counters belong to the reader's
-//! network namespace. See <https://docs.kernel.org/networking/snmp_counter.html>.
+//! network namespace: another namespace's are read through a process in it,
+//! `/proc/<pid>/net/netstat` ([`read_from`]). See
+//! <https://docs.kernel.org/networking/snmp_counter.html>.
 //!
 //! `procfs` parses `/proc/net/snmp` but not `netstat`, hence the parser here.
 
@@ -21,12 +23,13 @@ pub struct ListenStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetstatError {
-    #[error("cannot read {PATH}")]
+    #[error("cannot read {path}")]
     Read {
+        path: String,
         #[source]
         source: io::Error,
     },
-    #[error("no {SECTION} block in {PATH}")]
+    #[error("no {SECTION} block")]
     MissingSection,
     #[error("{SECTION} has {names} names but {values} values")]
     Mismatch { names: usize, values: usize },
@@ -86,7 +89,22 @@ pub fn parse(text: &str) -> Result<ListenStats, NetstatError> {
 
 /// The counters of the agent's network namespace.
 pub fn read() -> Result<ListenStats, NetstatError> {
-    let text = std::fs::read_to_string(PATH).map_err(|source| NetstatError::Read { source })?;
+    let text = std::fs::read_to_string(PATH).map_err(|source| NetstatError::Read {
+        path: PATH.into(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// The counters of the namespace whose `netstat` file `file` is (`path` names it in
+/// errors).
+pub fn read_from(mut file: impl io::Read, path: &str) -> Result<ListenStats, NetstatError> {
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|source| NetstatError::Read {
+            path: path.into(),
+            source,
+        })?;
     parse(&text)
 }
 

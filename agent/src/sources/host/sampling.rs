@@ -2,21 +2,30 @@
 //! service's cgroup), listen queues and cgroup memory. Every [`Sample`] is published (the
 //! metrics take them), and their rising edges (pressure above a threshold, an accept queue
 //! full) become events, so that the correlation engine can cite them.
+//!
+//! Accept queues are read in every network namespace that holds a TCP listener the agent
+//! knows of: its own through sock_diag (with each listener's backlog), the others through
+//! one of the listener's processes ([`super::namespaces`]).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
 use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 
-use super::cgroup_memory::{self, CgroupMemory};
+use super::{
+    cgroup_memory::{self, CgroupMemory},
+    edges::EdgeDetector,
+    namespaces::{self, Rotation, Targets},
+};
 use crate::{
     bus::{EventBus, Topic},
     model::{
         clock,
-        event::{Event, EventDetail, ListenQueueFull, MemoryPressure, HOST_SCOPE},
+        event::{Event, EventDetail},
+        namespace::NetNs,
     },
 };
 
@@ -28,19 +37,23 @@ pub struct ServiceMemory {
     pub memory: CgroupMemory,
 }
 
+/// A TCP listener's key: two pods listen on the same `0.0.0.0:8080`.
+pub type ListenerKey = (NetNs, SocketAddr);
+
 /// One sampling round.
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
     pub host: super::HostSample,
     pub services: Vec<ServiceMemory>,
     /// Listening endpoints → their service, for labelling queues.
-    pub listener_services: BTreeMap<SocketAddr, String>,
+    pub listener_services: BTreeMap<ListenerKey, String>,
 }
 
-/// Who listens where (from listener events): the services whose cgroups are sampled.
+/// Who listens where (from listener events): the services whose cgroups are sampled, and
+/// the processes other namespaces are read through.
 #[derive(Debug, Default)]
 struct Owners {
-    by_endpoint: BTreeMap<SocketAddr, (String, u32)>,
+    by_endpoint: BTreeMap<ListenerKey, (String, u32)>,
 }
 
 impl Owners {
@@ -52,10 +65,11 @@ impl Owners {
                     .as_ref()
                     .and_then(|i| i.unit.clone())
                     .unwrap_or_else(|| p.comm.clone());
-                self.by_endpoint.insert(l.endpoint, (service, p.pid));
+                self.by_endpoint
+                    .insert((l.netns, l.endpoint), (service, p.pid));
             }
             (EventDetail::ListenerClosed(l), _) => {
-                self.by_endpoint.remove(&l.endpoint);
+                self.by_endpoint.remove(&(l.netns, l.endpoint));
             }
             (EventDetail::ProcessExit(_), Some(p)) => {
                 self.by_endpoint.retain(|_, (_, pid)| *pid != p.pid);
@@ -63,10 +77,26 @@ impl Owners {
             _ => {}
         }
     }
+
+    /// The other namespaces with a listener, each with its listeners' processes.
+    fn other_namespaces(&self) -> Targets {
+        let mut targets = Targets::new();
+        for ((netns, _), (_, pid)) in &self.by_endpoint {
+            if netns.is_own() {
+                continue;
+            }
+            let pids = targets.entry(*netns).or_default();
+            if !pids.contains(pid) {
+                pids.push(*pid);
+            }
+        }
+        targets
+    }
 }
 
-/// Reads the host and the owners' cgroups (blocking: procfs, sysfs, netlink).
-fn sample(owners: BTreeMap<SocketAddr, (String, u32)>) -> Sample {
+/// Reads the host, this round's other namespaces and the owners' cgroups (blocking:
+/// procfs, sysfs, netlink).
+fn sample(owners: BTreeMap<ListenerKey, (String, u32)>, others: Targets, skipped: usize) -> Sample {
     let services: BTreeMap<String, u32> = owners.values().cloned().collect();
     let services = services
         .into_iter()
@@ -86,82 +116,14 @@ fn sample(owners: BTreeMap<SocketAddr, (String, u32)>) -> Sample {
             }
         })
         .collect();
+    let others: Vec<(NetNs, &[u32])> = others
+        .iter()
+        .map(|(ns, pids)| (*ns, pids.as_slice()))
+        .collect();
     Sample {
-        host: super::sample(),
+        host: super::sample(&others, skipped),
         services,
         listener_services: owners.into_iter().map(|(e, (s, _))| (e, s)).collect(),
-    }
-}
-
-/// Turns samples into events on rising edges only: a state, not a stream of repeats.
-#[derive(Debug)]
-pub struct EdgeDetector {
-    pressure_percent: f64,
-    high: HashSet<String>,
-    full: HashSet<SocketAddr>,
-}
-
-impl EdgeDetector {
-    pub fn new(pressure_percent: f64) -> Self {
-        Self {
-            pressure_percent,
-            high: HashSet::new(),
-            full: HashSet::new(),
-        }
-    }
-
-    pub fn events(&mut self, sample: &Sample, mono_ns: u64, time: SystemTime) -> Vec<Event> {
-        let mut out = Vec::new();
-        let event = |detail| Event {
-            time,
-            mono_ns,
-            process: None,
-            detail,
-        };
-        let scopes = sample
-            .host
-            .memory_pressure
-            .map(|p| (HOST_SCOPE.to_string(), None, p))
-            .into_iter()
-            .chain(sample.services.iter().filter_map(|s| {
-                s.memory
-                    .pressure
-                    .map(|p| (s.service.clone(), Some(s.pid), p))
-            }));
-        let mut now_high = HashSet::new();
-        for (scope, pid, pressure) in scopes {
-            if pressure.some.avg10 < self.pressure_percent {
-                continue;
-            }
-            if !self.high.contains(&scope) {
-                out.push(event(EventDetail::MemoryPressure(MemoryPressure {
-                    scope: scope.clone(),
-                    pid,
-                    some_avg10: pressure.some.avg10,
-                    full_avg10: pressure.full.map(|f| f.avg10),
-                })));
-            }
-            now_high.insert(scope);
-        }
-        self.high = now_high;
-
-        let mut now_full = HashSet::new();
-        for queue in &sample.host.queues {
-            if queue.backlog == 0 || queue.queued < queue.backlog {
-                continue;
-            }
-            if !self.full.contains(&queue.local) {
-                out.push(event(EventDetail::ListenQueueFull(ListenQueueFull {
-                    endpoint: queue.local,
-                    service: sample.listener_services.get(&queue.local).cloned(),
-                    queued: queue.queued,
-                    backlog: queue.backlog,
-                })));
-            }
-            now_full.insert(queue.local);
-        }
-        self.full = now_full;
-        out
     }
 }
 
@@ -176,6 +138,7 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut owners = Owners::default();
         let mut edges = EdgeDetector::new(pressure_percent);
+        let mut rotation = Rotation::default();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -187,7 +150,18 @@ pub fn spawn(
                 },
                 _ = tick.tick() => {
                     let snapshot = owners.by_endpoint.clone();
-                    let sampled = match tokio::task::spawn_blocking(move || sample(snapshot)).await {
+                    let targets = owners.other_namespaces();
+                    let (chosen, skipped) =
+                        rotation.select(&targets, namespaces::MAX_NAMESPACES);
+                    let chosen: Targets = chosen
+                        .into_iter()
+                        .map(|(ns, pids)| (ns, pids.to_vec()))
+                        .collect();
+                    let sampled = match tokio::task::spawn_blocking(move || {
+                        sample(snapshot, chosen, skipped)
+                    })
+                    .await
+                    {
                         Ok(sampled) => sampled,
                         Err(err) => {
                             log::warn!("host sampling failed: {err}");
@@ -207,53 +181,60 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::host::{
-        psi::{Pressure, PressureLine},
-        sock_diag::ListenQueue,
-    };
+    use crate::model::event::{Listener, ProcessRef, Source};
 
-    fn pressure(avg10: f64) -> Pressure {
-        Pressure {
-            some: PressureLine {
-                avg10,
-                ..Default::default()
+    fn listener(opened: bool, netns: NetNs, endpoint: &str, pid: u32) -> Event {
+        let listener = Listener {
+            endpoint: endpoint.parse().unwrap(),
+            netns,
+            source: Source::Kernel,
+        };
+        Event {
+            time: SystemTime::UNIX_EPOCH,
+            mono_ns: 0,
+            process: Some(ProcessRef {
+                pid,
+                tid: pid,
+                comm: format!("backend-{pid}"),
+                thread: None,
+                cgroup_id: 0,
+                info: None,
+            }),
+            detail: if opened {
+                EventDetail::ListenerOpened(listener)
+            } else {
+                EventDetail::ListenerClosed(listener)
             },
-            full: None,
         }
     }
 
+    /// Two pods on the same address are two listeners, and each namespace is read
+    /// through its own processes; the agent's own namespace is sock_diag's, not a target.
     #[test]
-    fn only_rising_edges_become_events() {
-        let mut edges = EdgeDetector::new(10.0);
-        let endpoint: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        let mut sample = Sample::default();
-        sample.host.memory_pressure = Some(pressure(43.0));
-        sample.host.queues = vec![ListenQueue {
-            local: endpoint,
-            inode: 1,
-            queued: 129,
-            backlog: 128,
-        }];
-        let first = edges.events(&sample, 1, SystemTime::UNIX_EPOCH);
-        assert_eq!(first.len(), 2);
-        assert!(
-            matches!(&first[0].detail, EventDetail::MemoryPressure(p) if p.scope == "host" && p.some_avg10 == 43.0)
-        );
-        assert!(
-            matches!(&first[1].detail, EventDetail::ListenQueueFull(q) if q.endpoint == endpoint)
-        );
-        assert!(
-            edges.events(&sample, 2, SystemTime::UNIX_EPOCH).is_empty(),
-            "still high: no repeat"
-        );
-        sample.host.memory_pressure = Some(pressure(2.0));
-        sample.host.queues[0].queued = 3;
-        assert!(edges.events(&sample, 3, SystemTime::UNIX_EPOCH).is_empty());
-        sample.host.memory_pressure = Some(pressure(50.0));
+    fn owners_are_kept_per_namespace() {
+        let (a, b) = (NetNs(4026532001), NetNs(4026532002));
+        let mut owners = Owners::default();
+        for event in [
+            listener(true, a, "0.0.0.0:8080", 10),
+            listener(true, a, "127.0.0.1:15000", 11),
+            listener(true, b, "0.0.0.0:8080", 20),
+            listener(true, NetNs::own(), "127.0.0.1:9000", 30),
+        ] {
+            owners.observe(&event);
+        }
+        assert_eq!(owners.by_endpoint.len(), 4);
+        let targets = owners.other_namespaces();
         assert_eq!(
-            edges.events(&sample, 4, SystemTime::UNIX_EPOCH).len(),
-            1,
-            "high again"
+            targets.into_iter().collect::<Vec<_>>(),
+            [(a, vec![10, 11]), (b, vec![20])]
         );
+        owners.observe(&listener(false, b, "0.0.0.0:8080", 20));
+        assert_eq!(
+            owners.other_namespaces().into_keys().collect::<Vec<_>>(),
+            [a],
+            "b's listener closed; a's on the same address stays"
+        );
+        let key = (a, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(owners.by_endpoint[&key], ("backend-10".into(), 10));
     }
 }
