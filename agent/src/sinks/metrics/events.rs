@@ -95,11 +95,7 @@ impl EventMetrics {
                     .inc();
             }
             EventDetail::OomKill(kill) => {
-                let name = kill
-                    .victim
-                    .as_ref()
-                    .and_then(|i| i.unit.clone())
-                    .unwrap_or_else(|| kill.victim_comm.clone());
+                let name = super::labels::service_name(kill.victim.as_deref(), &kill.victim_comm);
                 let service = labels.service(&name);
                 self.oom_kills.with_label_values(&[&service]).inc();
             }

@@ -16,7 +16,10 @@ use prometheus::{IntCounterVec, Registry};
 use super::{registry::counter, MetricsError};
 use crate::{
     config::MetricsConfig,
-    model::{event::ProcessRef, incident::Incident},
+    model::{
+        event::{ProcessInfo, ProcessRef},
+        incident::Incident,
+    },
 };
 
 pub const OTHER: &str = "other";
@@ -176,15 +179,10 @@ impl Labels {
         capped(&mut self.services, value, true, "service", &self.folds)
     }
 
-    /// A process's service label: its systemd unit, else its name.
+    /// A process's service label: see [`service_name`].
     pub fn service_of(&mut self, process: Option<&ProcessRef>) -> String {
         let name = process
-            .map(|p| {
-                p.info
-                    .as_ref()
-                    .and_then(|i| i.unit.clone())
-                    .unwrap_or_else(|| p.comm.clone())
-            })
+            .map(|p| service_name(p.info.as_deref(), &p.comm))
             .unwrap_or_else(|| "unknown".into());
         self.service(&name)
     }
@@ -192,6 +190,23 @@ impl Labels {
     pub fn endpoint(&mut self, value: &str) -> String {
         capped(&mut self.endpoints, value, false, "endpoint", &self.folds)
     }
+}
+
+/// The service a process's series are labelled with: its systemd unit, else its name. A
+/// container's own scope (`cri-containerd-<id>.scope`, `docker-<id>.scope`) is not a
+/// service: its id changes with every restart of the container, and each would take a
+/// slot of the cap for good, so a container's process is labelled by its name, as under
+/// the cgroupfs driver, where containers have no unit at all; a unit inside the container
+/// (`docker-<id>.scope/nginx.service`) is as stable as the container and is kept. Pods
+/// are not labels either: their names change with every rollout.
+pub fn service_name(info: Option<&ProcessInfo>, comm: &str) -> String {
+    let unit = info.and_then(|i| {
+        let unit = i.unit.as_deref()?;
+        let own_scope =
+            !unit.contains('/') && i.container.as_deref().is_some_and(|id| unit.contains(id));
+        (!own_scope).then_some(unit)
+    });
+    unit.unwrap_or(comm).to_string()
 }
 
 fn capped(
@@ -250,6 +265,41 @@ mod tests {
         assert_eq!(cap.admit("junk0", true), "junk0");
         assert!(cap.is_favoured("junk0"));
         assert_eq!(cap.folded(), 2);
+    }
+
+    /// A container's own scope is not its service (a new id at every restart); the unit
+    /// of a host service, and one inside a container, are.
+    #[test]
+    fn a_containers_process_is_labelled_by_name_not_by_its_scope() {
+        use crate::model::event::ProcessInfo;
+        let id = "4f1e2b8c9d0a".repeat(5) + "1234";
+        let info = |unit: Option<String>, container: Option<&str>| ProcessInfo {
+            unit,
+            container: container.map(String::from),
+            ..ProcessInfo::default()
+        };
+        let pod = info(Some(format!("cri-containerd-{id}.scope")), Some(&id));
+        assert_eq!(service_name(Some(&pod), "nginx"), "nginx");
+        let restarted = info(
+            Some(format!("cri-containerd-{}.scope", "9".repeat(64))),
+            None,
+        );
+        // Without the container id read, the unit is all there is.
+        assert_eq!(
+            service_name(Some(&restarted), "nginx"),
+            format!("cri-containerd-{}.scope", "9".repeat(64))
+        );
+        let inner = info(Some(format!("docker-{id}.scope/nginx.service")), Some(&id));
+        assert_eq!(
+            service_name(Some(&inner), "nginx"),
+            format!("docker-{id}.scope/nginx.service")
+        );
+        let host = info(Some("php8.2-fpm.service".into()), None);
+        assert_eq!(
+            service_name(Some(&host), "php-fpm8.2"),
+            "php8.2-fpm.service"
+        );
+        assert_eq!(service_name(None, "backend"), "backend");
     }
 
     mod through_the_metrics {
