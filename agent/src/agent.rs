@@ -23,6 +23,7 @@ use crate::{
         store::{self, AgentStore, Persistence, StoreError, StoreWriterHandle},
     },
     sources::{
+        conntrack::{Annotator, ConntrackStats, NatResolver},
         enrich::{interfaces, listeners, Enricher, ProcessCache},
         host::sampling::{self, Sample},
         kernel_maps::{self, responses::running_proxies, KernelReading, PolledMaps},
@@ -129,6 +130,13 @@ impl Agent {
             &config.enrich.redact_keys,
         );
         let mut enricher = Enricher::new(cache.clone());
+        // Failures' real destinations behind a DNAT, asked on the enrichment thread.
+        let rate = config.enrich.conntrack_lookups_per_second;
+        let conntrack = (rate > 0).then(|| Arc::new(ConntrackStats::default()));
+        if let Some(stats) = &conntrack {
+            let resolver = NatResolver::open(rate, stats.clone());
+            enricher = enricher.with_nat(Annotator::new(resolver));
+        }
         let snapshot = listeners::snapshot();
         let owners = snapshot
             .tcp
@@ -162,6 +170,9 @@ impl Agent {
         let metrics = if config.metrics.enabled {
             let metrics = Arc::new(Metrics::new(&config.metrics)?);
             metrics.set_probe_status(&probes.status);
+            if let Some(stats) = &conntrack {
+                metrics.set_conntrack_stats(stats.clone());
+            }
             let (persistent, writer) = (persistence == Persistence::File, store_writer.clone());
             metrics.set_store_source(Box::new(move || metrics::store::StoreCounts {
                 persistent,

@@ -12,6 +12,10 @@ use serde::Deserialize;
 /// Where the agent looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/why502/why502.toml";
 
+/// Conntrack lookups run on the enrichment thread: a thousand a second is already a
+/// share of it no failure storm should take.
+pub const MAX_CONNTRACK_LOOKUPS_PER_SECOND: u32 = 1000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
@@ -289,12 +293,16 @@ pub struct EnrichConfig {
     pub process_cache_entries: usize,
     /// Argument names whose values are replaced by `***` in reported command lines.
     pub redact_keys: Vec<String>,
+    /// Conntrack queries per second at most, for the real destination behind a DNAT'd
+    /// address of a failed connection (`sources/conntrack`); 0: never asked.
+    pub conntrack_lookups_per_second: u32,
 }
 
 impl Default for EnrichConfig {
     fn default() -> Self {
         Self {
             process_cache_entries: 8192,
+            conntrack_lookups_per_second: 50,
             redact_keys: [
                 "password",
                 "passwd",
@@ -453,6 +461,13 @@ impl Config {
             return Err(invalid(
                 "enrich.process_cache_entries",
                 format!("{cache} is not between 1 and {MAX_PROCESS_CACHE_ENTRIES}"),
+            ));
+        }
+        let conntrack = self.enrich.conntrack_lookups_per_second;
+        if conntrack > MAX_CONNTRACK_LOOKUPS_PER_SECOND {
+            return Err(invalid(
+                "enrich.conntrack_lookups_per_second",
+                format!("{conntrack} is more than {MAX_CONNTRACK_LOOKUPS_PER_SECOND}"),
             ));
         }
         let inc = &self.incidents;
@@ -770,6 +785,11 @@ mod tests {
                 "enrich.process_cache_entries",
                 "262144",
             ),
+            (
+                "[enrich]\nconntrack_lookups_per_second = 1001\n",
+                "enrich.conntrack_lookups_per_second",
+                "1000",
+            ),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(key) && err.contains(bound), "{text:?}: {err}");
@@ -779,6 +799,8 @@ mod tests {
         parse("[probes]\nring_buffer_bytes = 268435456\nconnect_table_entries = 2097152\n")
             .unwrap();
         parse("[enrich]\nprocess_cache_entries = 262144\n").unwrap();
+        parse("[enrich]\nconntrack_lookups_per_second = 1000\n").unwrap();
+        parse("[enrich]\nconntrack_lookups_per_second = 0\n").unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! no pid or 4-tuple labels, and the open-ended label values (`proxy`, `upstream`,
 //! `service`, `endpoint`) are capped, the rest folded into `other` ([`labels`]).
 
+pub mod conntrack;
 pub mod events;
 pub mod feed;
 pub mod host;
@@ -45,6 +46,7 @@ pub struct Metrics {
     host: host::HostMetrics,
     incidents: incidents::IncidentMetrics,
     store: store::StoreMetrics,
+    conntrack: conntrack::ConntrackMetrics,
     probe_attached: IntGaugeVec,
 }
 
@@ -77,6 +79,7 @@ impl Metrics {
             host: host::HostMetrics::new(&r)?,
             incidents: incidents::IncidentMetrics::new(&r)?,
             store: store::StoreMetrics::new(&r)?,
+            conntrack: conntrack::ConntrackMetrics::new(&r)?,
             probe_attached: gauge(
                 &r,
                 "why502_probe_attached",
@@ -106,6 +109,14 @@ impl Metrics {
     /// Where the store's health is read at each scrape.
     pub fn set_store_source(&self, source: store::StoreSource) {
         self.store.set_source(source);
+    }
+
+    /// Where the conntrack lookups are counted.
+    pub fn set_conntrack_stats(
+        &self,
+        stats: std::sync::Arc<crate::sources::conntrack::ConntrackStats>,
+    ) {
+        self.conntrack.set_stats(stats);
     }
 
     /// Counts one event.
@@ -151,6 +162,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> Result<String, MetricsError> {
         self.store.refresh();
+        self.conntrack.refresh();
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -15,12 +15,17 @@
 //! Only failure events are resolved, never packets ([`resolver`]: cached, rate-limited,
 //! with a timeout), on the enrichment thread (a blocking thread, not an async worker).
 //! What conntrack still holds of a failed connection (tested in
-//! `agent/tests/conntrack.rs`): a refused connect's entry stays, in state `CLOSE`, for
-//! `nf_conntrack_tcp_timeout_close` (10 s); a connect that timed out against a DROP stays
-//! in `SYN_SENT` for 120 s. An entry already gone gives no real destination: the service
-//! address is then all that is shown.
+//! `agent/tests/conntrack.rs`): a connect that timed out against a DROP stays in
+//! `SYN_SENT` (120 s); a refused connect's entry is gone at once (conntrack kills an entry
+//! whose only answer was an RST: `nf_conntrack_proto_tcp.c`). For a gone entry the
+//! client's other connections to the same address that conntrack still holds (a filtered
+//! dump; answered requests stay in `TIME_WAIT` for 120 s) stand in when they all went to
+//! one destination; otherwise the service address is all that is shown (real
+//! destination unknown).
 
+pub mod annotate;
 pub mod netlink;
 pub mod resolver;
 
+pub use annotate::Annotator;
 pub use resolver::{ConntrackStats, NatResolver, Outcome};

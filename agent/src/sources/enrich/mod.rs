@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 pub use cache::ProcessCache;
 
-use super::decode::Decoded;
+use super::{conntrack::Annotator, decode::Decoded};
 use crate::model::{
     clock,
     event::{Event, EventDetail, Listener, ProcessRef, Source, UnixListener},
@@ -25,11 +25,19 @@ use crate::model::{
 
 pub struct Enricher {
     cache: ProcessCache,
+    /// The real destination of failures behind a DNAT, when conntrack is asked.
+    nat: Option<Annotator>,
 }
 
 impl Enricher {
     pub fn new(cache: ProcessCache) -> Self {
-        Self { cache }
+        Self { cache, nat: None }
+    }
+
+    /// Asks conntrack about failed connections (on this, the enrichment thread).
+    pub fn with_nat(mut self, nat: Annotator) -> Self {
+        self.nat = Some(nat);
+        self
     }
 
     /// Turns a decoded record into an enriched event; `None` for records that describe
@@ -76,6 +84,9 @@ impl Enricher {
                 signal.target = self.cache.lookup(signal.target_pid as u32)
             }
             _ => {}
+        }
+        if let Some(nat) = self.nat.as_mut() {
+            nat.annotate(&mut event);
         }
         Some(event)
     }
