@@ -310,7 +310,17 @@ fn the_unit_sets_a_file_descriptor_limit_with_room_for_both_servers() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("why502.service");
     let binary = why502_e2e::sibling_binary("why502");
-    let text = unit.replace("/usr/local/bin/why502", binary.to_str().unwrap());
+    // Whatever ExecStart's path, the copy runs the binary under test.
+    let text: String = unit
+        .lines()
+        .map(|line| match line.strip_prefix("ExecStart=") {
+            Some(rest) => {
+                let args = rest.split_once(' ').map_or("", |(_, args)| args);
+                format!("ExecStart={} {args}\n", binary.display())
+            }
+            None => format!("{line}\n"),
+        })
+        .collect();
     std::fs::write(&copy, text).unwrap();
     let verified = match std::process::Command::new("systemd-analyze")
         .arg("verify")

@@ -37,6 +37,9 @@ const TEST_PACKAGES: &[&str] = &[
     // The unit's test (tests/tests/unit_file/): systemd-analyze, and strace for its calls.
     "systemd",
     "strace",
+    // The package's test (tests/tests/package.rs): Debian policy checks, `man -l`.
+    "lintian",
+    "man-db",
 ];
 
 /// Debian packages `cargo xtask bench` needs: the load generator, the reference tracer, a
@@ -64,6 +67,7 @@ pub fn run(level: Level) -> Result<()> {
     if level == Level::Test {
         rustfmt_and_clippy()?;
         cargo_fuzz()?;
+        cargo_deb()?;
     }
     bpf_linker()
 }
@@ -204,4 +208,27 @@ fn report(what: &str, present: bool) {
         "missing"
     };
     println!("==> checking {what} ... {verdict}");
+}
+
+/// Pinned like bpf-linker: the package's layout and maintainer scripts are cargo-deb's.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// `cargo xtask deb` (and the suite, which builds the package first) run `cargo deb`.
+pub fn cargo_deb() -> Result<()> {
+    let present = cmd::stdout(Command::new("cargo").args(["deb", "--version"]))
+        .is_some_and(|version| version.split_whitespace().last() == Some(CARGO_DEB_VERSION));
+    report(&format!("cargo-deb {CARGO_DEB_VERSION}"), present);
+    if present {
+        return Ok(());
+    }
+    cmd::run(
+        &format!("installing cargo-deb {CARGO_DEB_VERSION} (takes about a minute)"),
+        Command::new("cargo").args([
+            "install",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+            "--locked",
+        ]),
+    )
 }

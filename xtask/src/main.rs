@@ -1,9 +1,12 @@
-//! Development tasks for why502: `cargo xtask bootstrap | run | test | bench | lab | fuzz`.
+//! Development tasks for why502: `cargo xtask bootstrap | run | test | bench | lab | fuzz`,
+//! and its packaging: `deb | install | uninstall`.
 
 mod bench;
 mod bootstrap;
 mod cmd;
+mod deb;
 mod fuzz;
+mod install;
 mod lab;
 mod run;
 mod test;
@@ -80,6 +83,36 @@ enum Task {
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
         targets: Vec<String>,
     },
+    /// Build the Debian package: target/debian/why502_<version>-<rev>_<arch>.deb.
+    Deb,
+    /// Install what the .deb installs, in the same places (as root), for hosts that are not
+    /// Debian-based; enables and starts the service when systemd runs.
+    Install(InstallArgs),
+    /// Remove exactly what `install` put there (a configuration edited since stays).
+    Uninstall(InstallArgs),
+}
+
+#[derive(clap::Args)]
+struct InstallArgs {
+    /// Replaces /usr in the package's paths (/etc stays /etc).
+    #[arg(long, default_value = "/usr", value_name = "DIR")]
+    prefix: PathBuf,
+    /// Install under this directory instead of / (staging; no systemctl).
+    #[arg(long, value_name = "DIR")]
+    destdir: Option<PathBuf>,
+    /// Use the release binary already built instead of building it.
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl InstallArgs {
+    fn options(self) -> install::Options {
+        install::Options {
+            prefix: self.prefix,
+            destdir: self.destdir,
+            no_build: self.no_build,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -119,6 +152,9 @@ fn try_main() -> Result<()> {
             };
             fuzz::run(&root, &targets, seconds, mode)
         }
+        Task::Deb => deb::run(&root),
+        Task::Install(args) => install::install(&root, &args.options()),
+        Task::Uninstall(args) => install::uninstall(&args.options()),
     }
 }
 
