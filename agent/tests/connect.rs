@@ -147,6 +147,8 @@ fn successful_connects_are_counted_in_the_kernel() {
             .expect("the reading topic is open");
         for c in reading.connects.iter().map(|c| &c.growth) {
             if c.key.tgid == me && c.key.dport == port {
+                // Keyed by the socket's namespace: the test's own, the agent's.
+                assert_eq!(c.key.netns, why502::model::namespace::own().net.0);
                 let a = aggregate.get_or_insert((0, 0, 0, [0; 4]));
                 a.0 += c.established;
                 a.1 += c.latency_sum_ns;

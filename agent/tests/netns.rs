@@ -6,6 +6,7 @@
 mod common;
 
 use std::{
+    collections::HashMap,
     net::{SocketAddr, TcpStream},
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -218,4 +219,39 @@ fn unix_sockets_carry_the_callers_mount_namespace() {
     assert_eq!(c.errno.0, libc::ENOENT);
     assert_eq!(c.dst, Endpoint::Unix(MntNs(mnt), gone.clone()));
     assert_eq!(c.dst.to_string(), format!("unix:{gone} [mntns {mnt}]"));
+}
+
+#[test]
+fn successful_connects_are_counted_per_namespace() {
+    let Some(h) = harness() else { return };
+    // The poller reports growth: subscribed before the connects, it adds up to them.
+    let mut readings = h.agent.kernel.subscribe();
+    let port = closed_port();
+    let own = namespace::own().net;
+    let ns = Netns::new("counted");
+    let script = format!(
+        "exec /usr/bin/python3 -c 'import socket, time; s = socket.socket(); \
+         s.bind((\"127.0.0.1\", {port})); s.listen(); \
+         c = [socket.create_connection((\"127.0.0.1\", {port})) for _ in range(3)]; \
+         time.sleep(30)'"
+    );
+    let child = InNamespace::bash(&ns, &script);
+    let inode = child.namespace("net", own.0);
+    let mut established = HashMap::<u32, u64>::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while established.values().sum::<u64>() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reading = h
+            .runtime
+            .block_on(async { tokio::time::timeout(left, readings.recv()).await })
+            .expect("a kernel reading before the deadline")
+            .expect("the reading topic is open");
+        for c in reading.connects.iter().map(|c| &c.growth) {
+            if c.key.tgid == child.pid() && c.key.dport == port {
+                *established.entry(c.key.netns).or_default() += c.established;
+            }
+        }
+    }
+    // All under the child's namespace, none under 0 or the host's.
+    assert_eq!(established, HashMap::from([(inode, 3)]));
 }

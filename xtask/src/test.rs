@@ -114,6 +114,7 @@ fn classic_tracepoints(root: &Path) -> Result<()> {
             &[
                 "connect",
                 "tcp",
+                "netns",
                 "upstream_end",
                 "process",
                 "proxy_marking",

@@ -494,6 +494,49 @@ mod tests {
         assert_eq!(json["duration_seconds"], 0.0015);
     }
 
+    /// The header's namespace reaches the event (and its JSON) for a socket of another
+    /// namespace; 0 (no BTF) is the agent's own, printed and serialized as before.
+    #[test]
+    fn the_records_namespace_reaches_the_event() {
+        let other = NetNs::own().0.wrapping_add(1);
+        for (netns, expected) in [(other, NetNs(other)), (0, NetNs::own())] {
+            let mut record = TcpConnectFailure {
+                header: header(EventKind::TcpConnectFailure, 1234),
+                tuple: v4_tuple(),
+                duration_ns: 0,
+                errno: 111,
+                syn_retransmits: 0,
+                errno_source: errno_source::SK_ERR,
+                owner_known: 1,
+            };
+            record.header.netns = netns;
+            let Decoded::Event(event) = decode(&bytes_of(&record)).unwrap() else {
+                panic!("not an event")
+            };
+            let EventDetail::TcpConnectFailure(f) = &event.detail else {
+                panic!("{:?}", event.detail)
+            };
+            assert_eq!(f.netns, expected);
+            let json = serde_json::to_value(&event).unwrap();
+            let shown = (netns != 0).then_some(serde_json::json!(other));
+            assert_eq!(json.get("netns").cloned(), shown, "{json}");
+        }
+        let mut listen = listener::ListenCall {
+            header: header(EventKind::ListenCall, 1234),
+            fd: 3,
+            mntns: 4026532777,
+        };
+        let Decoded::ListenCall { mntns, .. } = decode(&bytes_of(&listen)).unwrap() else {
+            panic!("not a listen call")
+        };
+        assert_eq!(mntns, MntNs(4026532777));
+        listen.mntns = 0;
+        let Decoded::ListenCall { mntns, .. } = decode(&bytes_of(&listen)).unwrap() else {
+            panic!("not a listen call")
+        };
+        assert_eq!(mntns, MntNs::own());
+    }
+
     #[test]
     fn unknown_owner_has_no_process() {
         let record = TcpConnectFailure {
