@@ -21,7 +21,7 @@ use std::{
 use std::sync::Arc;
 
 use why502::{
-    model::clock::monotonic_ns,
+    model::{clock::monotonic_ns, event::EventDetail},
     sources::conntrack::{
         netlink::{decode_answer, encode_get, Conntrack, CtTcpState, Decoded, OriginalTuple},
         resolver::QUERY_TIMEOUT,
@@ -478,5 +478,73 @@ fn drop_effective(cap: u32) {
             "capset: {}",
             io::Error::last_os_error()
         );
+    }
+}
+
+/// The running agent puts the real destination on the failure events themselves, and
+/// counts its lookups: a connect given up against dropped SYNs (its entry stays), and a
+/// refused one after an answered connection to the same service (its own entry is gone:
+/// the answered one's stands in).
+#[test]
+fn the_agent_s_failure_events_carry_the_pod_behind_the_service() {
+    let Some(h) = common::harness() else {
+        return;
+    };
+    let _serial = why502_e2e::serial();
+    let node = Node::new();
+    let (client_ip, server_ip) = (node.client_ip(), node.server_ip());
+    let mut events = h.subscribe();
+    let failure_from = |src: SocketAddr| move |e: &why502::model::event::Event| matches!(&e.detail, EventDetail::TcpConnectFailure(f) if f.src == src);
+    let nat_of = |e: &why502::model::event::Event| match &e.detail {
+        EventDetail::TcpConnectFailure(f) => f.nat_destination.as_ref().map(|d| d.to_string()),
+        _ => None,
+    };
+
+    let service = node.service(DROPPED.0);
+    let (src, _) = in_netns(&node.client, move || connect_from(client_ip, service));
+    let event = h.wait_for(
+        &mut events,
+        Duration::from_secs(5),
+        "given-up connect",
+        failure_from(src),
+    );
+    assert_eq!(
+        nat_of(&event),
+        Some(format!("{server_ip}:{}", DROPPED.1)),
+        "{event:?}"
+    );
+    let json = serde_json::to_string(&*event).unwrap();
+    assert!(
+        json.contains(&format!(
+            "\"nat_destination\":\"{server_ip}:{}\"",
+            DROPPED.1
+        )),
+        "{json}"
+    );
+
+    let service = node.service(REFUSED.0);
+    let pod = SocketAddr::new(server_ip.into(), REFUSED.1);
+    let listener = in_netns(&node.server, move || TcpListener::bind(pod).unwrap());
+    let (_, answered) = in_netns(&node.client, move || connect_from(client_ip, service));
+    answered.expect("the service answers while its pod listens");
+    drop(listener);
+    let (src, refused) = in_netns(&node.client, move || connect_from(client_ip, service));
+    assert!(refused.is_err());
+    let event = h.wait_for(
+        &mut events,
+        Duration::from_secs(5),
+        "refused connect",
+        failure_from(src),
+    );
+    assert_eq!(nat_of(&event), Some(pod.to_string()), "{event:?}");
+
+    let text = h.scrape();
+    for result in ["dnat", "dnat_of_other_connections"] {
+        let n = common::sample(
+            &text,
+            "why502_conntrack_lookups_total",
+            &[("result", result)],
+        );
+        assert!(n.is_some_and(|n| n >= 1.0), "{result}: {n:?}");
     }
 }
