@@ -66,6 +66,7 @@ fn child(cgroup: &std::path::Path, host: u32) -> i32 {
 
 #[test]
 fn an_agent_in_its_own_cgroup_namespace_enters_the_hosts() {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root");
         return;
@@ -78,13 +79,14 @@ fn an_agent_in_its_own_cgroup_namespace_enters_the_hosts() {
     fs::create_dir(&dir).expect("create the test's cgroup");
     let cgroup = TestCgroup(dir);
 
+    let host = std::process::id();
     // SAFETY: the child only makes syscalls and small allocations (glibc's malloc is
     // fork-safe) before _exit; it never returns into the test harness.
-    let host = std::process::id();
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
         let code = child(&cgroup.0, host);
+        // SAFETY: ends the forked child without running the harness's destructors.
         unsafe { libc::_exit(code) };
     }
     let mut status = 0;

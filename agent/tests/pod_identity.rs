@@ -67,6 +67,7 @@ impl Drop for Placed {
 
 #[test]
 fn a_pods_process_is_read_with_its_pod_and_container() {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root");
         return;
