@@ -261,9 +261,23 @@ fn assert_explained(agent: &Agent, node: &Node, incident: &Value, cause: &str) {
         text.contains(&format!("pid {}", node.backend.pid)),
         format!("why502 explain does not name pid {}", node.backend.pid),
     );
+    // What the agent saw of nginx's failures (the addresses they carry), for the reader.
+    let worker = node.worker_pid();
+    let failures: Vec<Value> = agent
+        .events(|e| {
+            e["process"]["pid"] == worker
+                && matches!(
+                    e["kind"].as_str(),
+                    Some("tcp_connect_failure" | "connect_syscall_error" | "tcp_reset_received")
+                )
+        })
+        .into_iter()
+        .take(3)
+        .collect();
     assert!(
         failed.is_empty(),
-        "{failed:#?}\n{}\nincident: {incident:#}\nwhy502 explain:\n{text}",
+        "{failed:#?}\n{}\nincident: {incident:#}\nwhy502 explain:\n{text}\nnginx's first \
+         failure events: {failures:#?}",
         node.describe()
     );
 }
