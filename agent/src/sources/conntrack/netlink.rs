@@ -564,6 +564,26 @@ mod tests {
     }
 
     #[test]
+    fn only_an_entry_the_kernel_flags_dst_nat_names_another_destination() {
+        let Decoded::Found(mut entry) = decode_answer(ANSWER, SEQUENCE).unwrap() else {
+            panic!("an entry");
+        };
+        // IPS_DST_NAT (0x20) cleared from the recorded status 0x1a8: the reply source is
+        // not taken for a rewritten destination, however it differs.
+        let mut plain = ANSWER.to_vec();
+        let status = 124;
+        assert_eq!(&plain[status..status + 8], &[8, 0, 3, 0, 0, 0, 1, 0xa8]);
+        plain[status + 7] = 0x88;
+        let Decoded::Found(unflagged) = decode_answer(&plain, SEQUENCE).unwrap() else {
+            panic!("an entry");
+        };
+        assert!(!unflagged.dst_nat);
+        assert_eq!(unflagged.real_destination(&recorded_tuple()), None);
+        entry.dst_nat = false;
+        assert_eq!(entry, unflagged);
+    }
+
+    #[test]
     fn enoent_is_no_entry_and_eperm_is_unavailable() {
         let none = error_answer(libc::ENOENT, SEQUENCE);
         assert_eq!(decode_answer(&none, SEQUENCE).unwrap(), Decoded::NotFound);
