@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use crate::bootstrap::{self, Level};
 use crate::cmd;
+use crate::deb;
 use crate::fuzz;
 
 /// The host crates; agent-ebpf only builds for the BPF target, via agent/build.rs.
@@ -45,9 +46,9 @@ fn steps(root: &Path, args: &[String]) -> Result<()> {
         bootstrap::run(Level::Test)
     })?;
 
-    step("step 1/5: checking formatting (cargo fmt)", || {
+    step("step 1/6: checking formatting (cargo fmt)", || {
         cmd::run(
-            "step 1/5: checking formatting (cargo fmt)",
+            "step 1/6: checking formatting (cargo fmt)",
             cmd::cargo(root).args(["fmt", "--all", "--check"]),
         )
     })?;
@@ -58,21 +59,29 @@ fn steps(root: &Path, args: &[String]) -> Result<()> {
         clippy.args(["-p", package]);
     }
     clippy.args(["--all-targets", "--", "-D", "warnings"]);
-    step("step 2/5: linting (cargo clippy)", || {
-        cmd::run("step 2/5: linting (cargo clippy)", &mut clippy)
+    step("step 2/6: linting (cargo clippy)", || {
+        cmd::run("step 2/6: linting (cargo clippy)", &mut clippy)
     })?;
 
     // Before the long suites: it needs no root and fails in about a minute.
     step(
-        &format!("step 3/5: fuzzing each target for {FUZZ_SECONDS} s (cargo fuzz)"),
+        &format!("step 3/6: fuzzing each target for {FUZZ_SECONDS} s (cargo fuzz)"),
         || {
             let targets: Vec<String> = fuzz::TARGETS.iter().map(|t| t.to_string()).collect();
             fuzz::run(root, &targets, FUZZ_SECONDS, fuzz::Mode::Check)
         },
     )?;
 
-    if !crate::is_root() {
+    if crate::is_root() {
+        // tests/tests/package.rs installs this package; built here, so that the test needs
+        // no cargo of its own (a release build inside `cargo test` would wait on its lock).
+        step(
+            "step 4/6: building the Debian package (cargo xtask deb)",
+            || deb::build(root).map(drop),
+        )?;
+    } else {
         println!("warning: not running as root: kernel integration and end-to-end tests will skip");
+        println!("==> step 4/6: building the Debian package: skipped (its test needs root)");
     }
     let mut test = cmd::cargo(root);
     test.arg("test");
@@ -82,8 +91,8 @@ fn steps(root: &Path, args: &[String]) -> Result<()> {
     if !args.is_empty() {
         test.arg("--").args(args);
     }
-    step("step 4/5: testing (cargo test)", || {
-        cmd::run("step 4/5: testing (cargo test)", &mut test)
+    step("step 5/6: testing (cargo test)", || {
+        cmd::run("step 5/6: testing (cargo test)", &mut test)
     })?;
     if args.is_empty() {
         classic_tracepoints(root)?;
@@ -132,7 +141,7 @@ fn classic_tracepoints(root: &Path) -> Result<()> {
             test.args(["--test", name]);
         }
         let what = format!(
-            "step 5/5 ({}/{}): {package} tests {} again on classic tracepoints only",
+            "step 6/6 ({}/{}): {package} tests {} again on classic tracepoints only",
             i + 1,
             suites.len(),
             tests.join(", ")
