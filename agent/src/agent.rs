@@ -137,7 +137,10 @@ impl Agent {
             let resolver = NatResolver::open(rate, stats.clone());
             enricher = enricher.with_nat(Annotator::new(resolver));
         }
-        let snapshot = listeners::snapshot();
+        // Keyed as the kernel keys its listeners: by namespace where its records carry one.
+        let snapshot = listeners::snapshot(listeners::KnownNamespaces::from_missing(
+            &probes.missing_kernel_fields,
+        ));
         let owners = snapshot
             .tcp
             .iter()
@@ -206,6 +209,7 @@ impl Agent {
             engine,
             bus.subscribe(),
             kernel.subscribe(),
+            host.subscribe(),
             correlation_stats.clone(),
             incidents.clone(),
         )));

@@ -6,7 +6,11 @@
 //! Deterministic: time is the events' own (`mono_ns`/`time`) and the caller's `tick`, so
 //! recorded or synthetic streams give the same incidents every time.
 
-use std::{collections::HashMap, net::IpAddr, time::SystemTime};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    time::SystemTime,
+};
 
 use super::{
     explain::{self, Failures},
@@ -20,9 +24,11 @@ use crate::{
         event::{EndHow, Endpoint, Event, EventDetail},
         failure::FailureKind,
         incident::{Candidate, Incident, IncidentState, ProcessSummary, Update, NO_UPSTREAM},
+        namespace::NetNs,
     },
     sources::{
         enrich::cgroup,
+        host::sampling::Sample,
         kernel_maps::{connects::upstream, KernelReading},
     },
 };
@@ -46,6 +52,8 @@ struct OpenIncident {
 
 struct Flow {
     proxy: ProcessSummary,
+    /// Where a DNAT last sent the flow's connections (conntrack): its real listener.
+    nat_destination: Option<Endpoint>,
     window: Window,
     /// The last failure (0: none yet; a flow may start from its successes).
     last_failure_mono: u64,
@@ -70,6 +78,7 @@ impl Flow {
     fn new(proxy: ProcessSummary, mono: u64) -> Self {
         Self {
             proxy,
+            nat_destination: None,
             window: Window::new(mono),
             last_failure_mono: 0,
             open: None,
@@ -142,8 +151,17 @@ impl Engine {
         self.open_count
     }
 
+    /// New listeners the listener table refused (full of current listeners).
+    pub fn listener_table_refused(&self) -> u64 {
+        self.knowledge.listeners.refused()
+    }
+
     /// Takes one event; returns the incidents it opened.
     pub fn observe(&mut self, event: &Event) -> Vec<Update> {
+        if let Some((netns, src)) = socket_source(event) {
+            // A connecting socket's own address is its namespace's.
+            self.knowledge.listeners.addresses.learn(netns, src.ip());
+        }
         match &event.detail {
             EventDetail::TcpConnectFailure(f) => {
                 let kind = FailureKind::of_connect(f);
@@ -182,6 +200,17 @@ impl Engine {
             self.mark_open_dirty();
         }
         Vec::new()
+    }
+
+    /// Takes a host sampling round: the addresses of the other network namespaces read,
+    /// where connects across namespaces arrive.
+    pub fn observe_sample(&mut self, sample: &Sample) {
+        for ns in &sample.host.namespaces {
+            self.knowledge
+                .listeners
+                .addresses
+                .replace(ns.netns, ns.addresses.iter().copied());
+        }
     }
 
     /// Takes the kernel's successful connects since the last reading: the attempts that
@@ -228,17 +257,19 @@ impl Engine {
             if closing {
                 let flow = self.flows.get_mut(&key).expect("key from the map");
                 let mut open = flow.open.take().expect("checked open");
+                let nat = flow.nat_destination.clone();
                 self.open_count -= 1;
                 flow.window.clear();
                 open.incident.state = IncidentState::Closed;
                 open.incident.closed_at = Some(now);
-                let causes = self.explain(&key, &open);
+                let causes = self.explain(&key, nat.as_ref(), &open);
                 open.incident.causes = causes;
                 updates.push(Update::Closed(open.incident));
             } else if dirty {
                 let causes = {
-                    let open = self.flows[&key].open.as_ref().expect("checked open");
-                    self.explain(&key, open)
+                    let flow = &self.flows[&key];
+                    let open = flow.open.as_ref().expect("checked open");
+                    self.explain(&key, flow.nat_destination.as_ref(), open)
                 };
                 let open = self
                     .flows
@@ -364,6 +395,9 @@ impl Engine {
             .or_insert_with(|| Flow::new(proxy.clone(), event.mono_ns));
         flow.last_mono = event.mono_ns;
         flow.last_failure_mono = event.mono_ns;
+        if let Some(nat) = nat_destination(event) {
+            flow.nat_destination = Some(nat.clone());
+        }
         if let Some(open) = flow.open.as_mut() {
             let incident = &mut open.incident;
             match what {
@@ -380,9 +414,10 @@ impl Engine {
         }
 
         // Only outside incidents: an open one takes every failure anyway.
-        let strong = key
-            .upstream
+        let strong = flow
+            .nat_destination
             .as_ref()
+            .or(key.upstream.as_ref())
             .is_some_and(|u| self.knowledge.strong_evidence(u, event.mono_ns));
         let Some(spike) = flow
             .window
@@ -421,20 +456,27 @@ impl Engine {
                 *open.incident.responses.entry(code).or_default() += n;
             }
         }
-        open.incident.causes = self.explain(&key, &open);
+        let nat = flow.nat_destination.clone();
+        open.incident.causes = self.explain(&key, nat.as_ref(), &open);
         let opened = open.incident.clone();
         self.flows.get_mut(&key).expect("just inserted").open = Some(Box::new(open));
         self.open_count += 1;
         vec![Update::Opened(opened)]
     }
 
-    fn explain(&self, key: &FlowKey, open: &OpenIncident) -> Vec<Candidate> {
+    fn explain(
+        &self,
+        key: &FlowKey,
+        nat_destination: Option<&Endpoint>,
+        open: &OpenIncident,
+    ) -> Vec<Candidate> {
         let Some(upstream) = &key.upstream else {
             return vec![explain::no_upstream_connect(&open.incident)];
         };
         explain::explain(
             &Failures {
                 upstream,
+                nat_destination,
                 proxy: &open.incident.proxy,
                 first_mono: open.first_mono,
                 first_time: open.incident.started_at,
@@ -465,5 +507,26 @@ impl Engine {
         for (_, key) in idle.into_iter().take(FLOW_CAPACITY / 10) {
             self.flows.remove(&key);
         }
+    }
+}
+
+/// The local address and namespace of the socket a failure event is about.
+fn socket_source(event: &Event) -> Option<(NetNs, SocketAddr)> {
+    match &event.detail {
+        EventDetail::TcpConnectFailure(f) => Some((f.netns, f.src)),
+        EventDetail::TcpResetReceived(r) => Some((r.netns, r.src)),
+        EventDetail::UpstreamEnd(end) => Some((end.netns, end.src)),
+        _ => None,
+    }
+}
+
+/// Where conntrack says a DNAT sent the failed connection.
+fn nat_destination(event: &Event) -> Option<&Endpoint> {
+    match &event.detail {
+        EventDetail::TcpConnectFailure(f) => f.nat_destination.as_ref(),
+        EventDetail::ConnectSyscallError(e) => e.nat_destination.as_ref(),
+        EventDetail::TcpResetReceived(r) => r.nat_destination.as_ref(),
+        EventDetail::UpstreamEnd(end) => end.nat_destination.as_ref(),
+        _ => None,
     }
 }

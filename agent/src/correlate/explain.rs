@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
@@ -16,7 +15,7 @@ use crate::model::{
     event::{Endpoint, Exit, ListenQueueFull, HOST_SCOPE},
     failure::FailureKind,
     incident::{Candidate, Cause, Confidence, Evidence, Incident, ProcessSummary},
-    text::{clock_time, describe, kib, kinds_text},
+    text::{self, clock_time, kib, kinds_text},
 };
 
 /// Signals that mean the program itself failed.
@@ -30,6 +29,9 @@ const CLOSE_IN_TIME: Duration = Duration::from_secs(1);
 /// What the explanation is about.
 pub struct Failures<'a> {
     pub upstream: &'a Endpoint,
+    /// Where a DNAT sent the connections to `upstream` (a service address to a pod),
+    /// from conntrack: the listener to look for.
+    pub nat_destination: Option<&'a Endpoint>,
     pub proxy: &'a ProcessSummary,
     pub first_mono: u64,
     pub first_time: SystemTime,
@@ -62,7 +64,8 @@ pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
         });
     }
 
-    let found = k.listeners.lookup(f.upstream);
+    let target = f.nat_destination.unwrap_or(f.upstream);
+    let found = k.listeners.lookup(target);
     if let Some((endpoint, record)) = found {
         let alive = record
             .current
@@ -78,7 +81,7 @@ pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
                 .map(|p| &p.owner.process)
         });
         memory_pressure(f, k, owner, &mut candidates);
-    } else if is_local(f.upstream, &k.local_ips) {
+    } else if k.is_local(target) {
         candidates.push(Candidate {
             cause: Cause::WrongPort,
             confidence: Confidence::High,
@@ -98,7 +101,7 @@ pub fn explain(f: &Failures, k: &Knowledge) -> Vec<Candidate> {
     }
 
     if candidates.is_empty() {
-        let remote = !is_local(f.upstream, &k.local_ips);
+        let remote = !k.is_local(target);
         candidates.push(Candidate {
             cause: Cause::NoLocalCause,
             confidence: Confidence::Low,
@@ -212,10 +215,32 @@ fn queue_text(q: &ListenQueueFull) -> String {
 }
 
 fn first_failure(f: &Failures) -> Evidence {
+    let nat = f
+        .nat_destination
+        .map(|real| format!(" to {}, which a DNAT sent to {real}", f.upstream))
+        .unwrap_or_default();
     Evidence {
         time: f.first_time,
         kind: "first_failure".into(),
-        text: format!("first failed connect from {}", describe(f.proxy)),
+        text: format!("first failed connect from {}{nat}", describe(f.proxy)),
+    }
+}
+
+/// A process as explanations name it: as everywhere ([`text::describe`]: pid, unit,
+/// container), and its Kubernetes pod when it runs in one (namespace/name once the API
+/// named it, else its UID).
+fn describe(p: &ProcessSummary) -> String {
+    let base = text::describe(p);
+    let Some(pod) = &p.pod else {
+        return base;
+    };
+    let pod = match (&pod.namespace, &pod.name) {
+        (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+        _ => pod.uid.clone(),
+    };
+    match base.strip_suffix(')') {
+        Some(open) => format!("{open}, pod {})", text::escape_controls(&pod)),
+        None => base,
     }
 }
 
@@ -767,12 +792,5 @@ fn exit_evidence(exit: &Exit, time: SystemTime, pid: u32) -> Evidence {
         time,
         kind: "process_exit".into(),
         text,
-    }
-}
-
-fn is_local(endpoint: &Endpoint, local_ips: &[IpAddr]) -> bool {
-    match endpoint {
-        Endpoint::Unix(..) => true,
-        Endpoint::Tcp(_, addr) => addr.ip().is_loopback() || local_ips.contains(&addr.ip()),
     }
 }

@@ -15,6 +15,7 @@ use super::{
 use crate::model::{
     event::{Endpoint, Event, EventDetail, ProcessRef, Source},
     incident::ProcessSummary,
+    namespace::NetNs,
 };
 
 /// Endpoints the listener table remembers.
@@ -43,8 +44,12 @@ pub struct Knowledge {
 
 impl Knowledge {
     pub fn new(local_ips: Vec<IpAddr>, watching_since: SystemTime, lookback_ns: u64) -> Self {
+        let mut listeners = ListenerTable::new(LISTENER_CAPACITY);
+        listeners
+            .addresses
+            .replace(NetNs::own(), local_ips.iter().copied());
         Self {
-            listeners: ListenerTable::new(LISTENER_CAPACITY),
+            listeners,
             history: ProcessHistory::default(),
             local_ips,
             watching_since,
@@ -117,6 +122,8 @@ impl Knowledge {
         let time = event.time;
         match &event.detail {
             EventDetail::ListenerOpened(l) => {
+                // A listener bound to one address says whose address it is.
+                self.listeners.addresses.learn(l.netns, l.endpoint.ip());
                 self.owner_listens(event.process.as_ref(), mono);
                 let owner = owner_of(event.process.as_ref(), mono, time, l.source);
                 self.listeners
@@ -227,6 +234,19 @@ impl Knowledge {
             | EventDetail::TcpSynRetransmit(_)
             | EventDetail::TcpSynackRetransmit(_)
             | EventDetail::ProcessExec(_) => false,
+        }
+    }
+
+    /// Whether `upstream` is served on this host: an address of one of its network
+    /// namespaces (the agent's own or a pod's), or a unix socket.
+    pub fn is_local(&self, upstream: &Endpoint) -> bool {
+        match upstream {
+            Endpoint::Unix(..) => true,
+            Endpoint::Tcp(_, addr) => {
+                addr.ip().is_loopback()
+                    || self.local_ips.contains(&addr.ip())
+                    || self.listeners.addresses.namespace_of(addr.ip()).is_some()
+            }
         }
     }
 
@@ -463,6 +483,7 @@ mod tests {
         let candidates = explain(
             &Failures {
                 upstream: &upstream,
+                nat_destination: None,
                 proxy: &proxy,
                 first_mono,
                 first_time: UNIX_EPOCH + Duration::from_nanos(first_mono),

@@ -1,6 +1,23 @@
 //! Who serves what: each TCP endpoint and unix socket path with its current listener and
 //! the owners it had before, so that a refused connect can be tied to the process that
 //! listened there until a moment ago.
+//!
+//! Which listener a connect reaches, on a node of network namespaces (pods) where many
+//! listen on the same `0.0.0.0:8080` ([`ListenerTable::lookup`]):
+//! 1. A destination address local to another namespace B than the connecting socket's A
+//!    (an IP address is local to one namespace of a node: B's pod IP, reached through a
+//!    veth or a bridge, or where a DNAT sent the connection): the connection left A, and
+//!    the listener is looked up in B as in 2 ([`NamespaceAddresses`] says whose address
+//!    it is).
+//! 2. Otherwise in A itself: the exact address, else a wildcard listener (`0.0.0.0`,
+//!    `[::]`) on the port. Loopback is always this: every namespace has its own
+//!    `127.0.0.1`, so a wildcard in A serves `127.0.0.1:8080` and A's pod IP in A, never
+//!    in B.
+//! 3. Nothing in A, and the address is nobody's known one (not loopback): a listener
+//!    bound to exactly that address in another namespace.
+//!
+//! Unix sockets are keyed by (mount namespace, path) and only ever found that way: the
+//! same path in two containers is two sockets.
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
@@ -8,7 +25,8 @@ use std::{
     time::SystemTime,
 };
 
-use crate::model::{event::Endpoint, incident::ProcessSummary};
+use super::addresses::NamespaceAddresses;
+use crate::model::{event::Endpoint, incident::ProcessSummary, namespace::NetNs};
 
 /// Owners remembered per endpoint after they stopped listening.
 const HISTORY: usize = 8;
@@ -75,6 +93,10 @@ pub struct ListenerTable {
     /// The unix endpoints each pid currently listens on: an exit finds them without a scan
     /// of the table (exits come in floods).
     unix_by_pid: HashMap<u32, BTreeSet<Endpoint>>,
+    /// The namespaces each TCP address is listened on in: lookups across namespaces.
+    by_addr: HashMap<SocketAddr, BTreeSet<NetNs>>,
+    /// Which namespace an IP address is local to: where a connect across namespaces goes.
+    pub addresses: NamespaceAddresses,
     capacity: usize,
     user_share: usize,
     refused: u64,
@@ -87,6 +109,8 @@ impl ListenerTable {
             idle: HashMap::new(),
             held: HashMap::new(),
             unix_by_pid: HashMap::new(),
+            by_addr: HashMap::new(),
+            addresses: NamespaceAddresses::default(),
             capacity,
             user_share: (capacity / USER_SHARE_DIVISOR).max(1),
             refused: 0,
@@ -159,9 +183,40 @@ impl ListenerTable {
         }
     }
 
-    /// The record serving a connect to `target`: the exact address, else a wildcard
-    /// listener on the same port (`0.0.0.0`, `[::]`).
+    /// The record serving a connect to `target`, by the rules of the module's doc: in its
+    /// own namespace, else (an address that left it) where the address is local.
     pub fn lookup(&self, target: &Endpoint) -> Option<(&Endpoint, &ListenerRecord)> {
+        let Endpoint::Tcp(netns, addr) = target else {
+            return self.records.get_key_value(target);
+        };
+        let ip = addr.ip();
+        let owner = if ip.is_loopback() || ip.is_unspecified() {
+            None
+        } else {
+            self.addresses.namespace_of(ip)
+        };
+        match owner {
+            // Another namespace's address: the connection left this one, and only that
+            // namespace's listeners (its wildcards too) accept it.
+            Some(owner) if owner != *netns => self.in_namespace(&Endpoint::Tcp(owner, *addr)),
+            Some(_) => self.in_namespace(target),
+            None => self.in_namespace(target).or_else(|| {
+                if ip.is_loopback() || ip.is_unspecified() {
+                    return None;
+                }
+                // Whose address it is is not known: a listener bound to exactly it.
+                self.by_addr.get(addr)?.iter().find_map(|other| {
+                    self.records
+                        .get_key_value(&Endpoint::Tcp(*other, *addr))
+                        .filter(|_| other != netns)
+                })
+            }),
+        }
+    }
+
+    /// The exact endpoint, else a wildcard listener on its port (`0.0.0.0`, `[::]`) in
+    /// the same network namespace.
+    fn in_namespace(&self, target: &Endpoint) -> Option<(&Endpoint, &ListenerRecord)> {
         if let Some(found) = self.records.get_key_value(target) {
             return Some(found);
         }
@@ -233,6 +288,14 @@ impl ListenerTable {
     /// Takes `endpoint`'s record out of the table and its indexes.
     fn detach(&mut self, endpoint: &Endpoint) -> Option<ListenerRecord> {
         let record = self.records.remove(endpoint)?;
+        if let Endpoint::Tcp(netns, addr) = endpoint {
+            if let Some(namespaces) = self.by_addr.get_mut(addr) {
+                namespaces.remove(netns);
+                if namespaces.is_empty() {
+                    self.by_addr.remove(addr);
+                }
+            }
+        }
         if let Some(held) = self.held.get_mut(&record.holder) {
             *held -= 1;
             if *held == 0 {
@@ -264,6 +327,9 @@ impl ListenerTable {
     /// Puts a record into the table and its indexes.
     fn attach(&mut self, endpoint: Endpoint, record: ListenerRecord) {
         *self.held.entry(record.holder).or_default() += 1;
+        if let Endpoint::Tcp(netns, addr) = &endpoint {
+            self.by_addr.entry(*addr).or_default().insert(*netns);
+        }
         match &record.current {
             None => {
                 self.idle

@@ -2,6 +2,7 @@
 //! upstream. [`task`] runs the [`engine`] on the bus; the engine learns the host into
 //! [`knowledge`], detects [`spike`]s, pairs 5xx [`responses`] and asks [`explain`] why.
 
+pub mod addresses;
 pub mod engine;
 pub mod explain;
 pub mod history;
@@ -11,5 +12,7 @@ pub mod responses;
 pub mod spike;
 pub mod task;
 
+#[cfg(test)]
+mod namespace_tests;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use super::engine::Engine;
 use crate::{
     bus::Topic,
     model::{clock, event::Event, incident::Update, text::describe},
-    sources::kernel_maps::KernelReading,
+    sources::{host::sampling::Sample, kernel_maps::KernelReading},
 };
 
 /// How often quiet incidents are closed and changed ones re-explained (and saved).
@@ -30,6 +30,9 @@ pub struct CorrelationStats {
     pub open_incidents: AtomicU64,
     /// Events the engine missed because it fell behind the bus.
     pub lagged_events: AtomicU64,
+    /// New listeners the listener table had no room for without evicting a current one
+    /// ([`super::listeners::ListenerTable::refused`]).
+    pub listener_table_refused: AtomicU64,
 }
 
 /// Runs until the event topic closes, publishing every incident update, in order.
@@ -37,6 +40,7 @@ pub async fn run(
     mut engine: Engine,
     mut events: broadcast::Receiver<Arc<Event>>,
     mut readings: broadcast::Receiver<Arc<KernelReading>>,
+    mut samples: broadcast::Receiver<Arc<Sample>>,
     stats: Arc<CorrelationStats>,
     updates_out: Topic<Update>,
 ) {
@@ -70,6 +74,15 @@ pub async fn run(
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return,
             },
+            received = samples.recv() => match received {
+                Ok(sample) => {
+                    engine.observe_sample(&sample);
+                    continue;
+                }
+                // The next round says the same of the namespaces' addresses.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
             _ = tick.tick() => engine.tick(clock::monotonic_ns(), SystemTime::now()),
         };
         for update in updates {
@@ -79,6 +92,9 @@ pub async fn run(
         stats
             .open_incidents
             .store(engine.open_incidents() as u64, Ordering::Relaxed);
+        stats
+            .listener_table_refused
+            .store(engine.listener_table_refused(), Ordering::Relaxed);
     }
 }
 

@@ -24,6 +24,35 @@ pub struct SnapshotListener<A> {
     pub address: A,
     /// The holder that started first (the master of a master/worker server), if found.
     pub pid: Option<u32>,
+    /// The namespace's inode number as the kernel's records give it: the network
+    /// namespace of a TCP listener, the mount namespace (its holder's) of a unix one; 0
+    /// where the kernel's records carry none ([`KnownNamespaces`]), so that a listener
+    /// seen at start-up and its close seen later are one endpoint.
+    pub namespace: u32,
+}
+
+/// Which namespaces the kernel's records carry: BTF gave the offsets to read them.
+/// Where they do not, the kernel says 0 (the agent's own), and so must the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownNamespaces {
+    pub net: bool,
+    pub mnt: bool,
+}
+
+impl KnownNamespaces {
+    /// From the kernel fields the probes could not resolve (`ProbeSet::
+    /// missing_kernel_fields`): the socket's and the task's namespace chains.
+    pub fn from_missing(missing: &[&str]) -> Self {
+        let has = |fields: &[&str]| fields.iter().all(|f| !missing.contains(f));
+        Self {
+            net: has(&["sock.__sk_common.skc_net.net", "net.ns.inum"]),
+            mnt: has(&[
+                "task_struct.nsproxy",
+                "nsproxy.mnt_ns",
+                "mnt_namespace.ns.inum",
+            ]),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -36,8 +65,9 @@ pub struct ListenerSnapshot {
 /// (clients do not bind; accepted sockets show as connected).
 const SOCK_STREAM: u16 = 1;
 
-/// Reads the listeners of every network namespace that has a process in it.
-pub fn snapshot() -> ListenerSnapshot {
+/// Reads the listeners of every network namespace that has a process in it, each with
+/// its namespace where `known` says the kernel's records have it.
+pub fn snapshot(known: KnownNamespaces) -> ListenerSnapshot {
     // socket inode → (process start time, pid): the oldest holder wins.
     let mut holders: HashMap<u64, (u64, u32)> = HashMap::new();
     // network namespace → one process in it, to read its /proc/<pid>/net/* through.
@@ -64,8 +94,24 @@ pub fn snapshot() -> ListenerSnapshot {
     }
     let holder = |inode: u64| holders.get(&inode).map(|&(_, pid)| pid);
 
+    // A unix socket path resolves in its holder's mount namespace.
+    let mount_namespace = |pid: Option<u32>, reader: &Process| -> u32 {
+        if !known.mnt {
+            return 0;
+        }
+        pid.and_then(|pid| Process::new(pid as i32).ok())
+            .as_ref()
+            .and_then(|p| namespace_inode(p, "mnt"))
+            .or_else(|| namespace_inode(reader, "mnt"))
+            .unwrap_or(0)
+    };
     let mut snapshot = ListenerSnapshot::default();
-    for process in namespaces.values() {
+    for (netns, process) in &namespaces {
+        let netns = if known.net {
+            u32::try_from(*netns).unwrap_or(0)
+        } else {
+            0
+        };
         let tcp = process.tcp().unwrap_or_default();
         let tcp6 = process.tcp6().unwrap_or_default();
         for entry in tcp.into_iter().chain(tcp6) {
@@ -73,6 +119,7 @@ pub fn snapshot() -> ListenerSnapshot {
                 snapshot.tcp.push(SnapshotListener {
                     address: entry.local_address,
                     pid: holder(entry.inode),
+                    namespace: netns,
                 });
             }
         }
@@ -81,9 +128,11 @@ pub fn snapshot() -> ListenerSnapshot {
             if entry.socket_type == SOCK_STREAM
                 && entry.state == procfs::net::UnixState::UNCONNECTED
             {
+                let pid = holder(entry.inode);
                 snapshot.unix.push(SnapshotListener {
                     address: path.display().to_string(),
-                    pid: holder(entry.inode),
+                    pid,
+                    namespace: mount_namespace(pid, process),
                 });
             }
         }
@@ -97,6 +146,13 @@ fn net_namespace(process: &Process) -> Option<u64> {
         .0
         .get(std::ffi::OsStr::new("net"))
         .map(|ns| ns.identifier)
+}
+
+/// The inode of `process`'s namespace of `kind` (`net`, `mnt`).
+fn namespace_inode(process: &Process, kind: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let file = process.open_relative(format!("ns/{kind}")).ok()?;
+    u32::try_from(file.metadata().ok()?.ino()).ok()
 }
 
 /// How a `listen(2)` on a unix socket was resolved to its name.
@@ -296,6 +352,70 @@ mod tests {
         // A socket with no name: nothing.
         assert_eq!(resolve(me, others[0].0.as_raw_fd()), None);
         drop(others);
+    }
+
+    /// A listener of the test's own in the snapshot carries this process's namespaces
+    /// where the kernel's records would, and 0 (the agent's own) where they would not.
+    #[test]
+    fn snapshot_listeners_carry_their_namespaces() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap.sock");
+        let _unix = UnixListener::bind(&path).unwrap();
+        let me = Process::myself().unwrap();
+        let (net, mnt) = (
+            namespace_inode(&me, "net").unwrap(),
+            namespace_inode(&me, "mnt").unwrap(),
+        );
+        let path = path.display().to_string();
+        for (known, want_net, want_mnt) in [
+            (
+                KnownNamespaces {
+                    net: true,
+                    mnt: true,
+                },
+                net,
+                mnt,
+            ),
+            (
+                KnownNamespaces {
+                    net: false,
+                    mnt: false,
+                },
+                0,
+                0,
+            ),
+        ] {
+            let s = snapshot(known);
+            let ours = s
+                .tcp
+                .iter()
+                .find(|l| l.address == addr)
+                .expect("our TCP listener");
+            assert_eq!(ours.namespace, want_net, "{known:?}");
+            assert_eq!(ours.pid, Some(std::process::id()));
+            let ours = s
+                .unix
+                .iter()
+                .find(|l| l.address == path)
+                .expect("our unix listener");
+            assert_eq!(ours.namespace, want_mnt, "{known:?}");
+        }
+        assert_eq!(
+            KnownNamespaces::from_missing(&["net.ns.inum"]),
+            KnownNamespaces {
+                net: false,
+                mnt: true
+            }
+        );
+        assert_eq!(
+            KnownNamespaces::from_missing(&[]),
+            KnownNamespaces {
+                net: true,
+                mnt: true
+            }
+        );
     }
 
     #[test]

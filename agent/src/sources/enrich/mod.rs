@@ -101,8 +101,7 @@ impl Enricher {
                 l.pid,
                 EventDetail::ListenerOpened(Listener {
                     endpoint: l.address,
-                    // The snapshot's namespaces are not carried yet: the agent's own.
-                    netns: NetNs::own(),
+                    netns: NetNs::from_kernel(l.namespace),
                     source: Source::Snapshot,
                 }),
             )
@@ -112,7 +111,7 @@ impl Enricher {
                 l.pid,
                 EventDetail::UnixListenerOpened(UnixListener {
                     path: l.address.clone(),
-                    mntns: MntNs::own(),
+                    mntns: MntNs::from_kernel(l.namespace),
                     source: Source::Snapshot,
                 }),
             )
