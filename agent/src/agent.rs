@@ -205,6 +205,9 @@ impl Agent {
         });
         let engine = Engine::new(config.incidents.clone(), next_id, local_ips, started_at);
         let correlation_stats = Arc::new(CorrelationStats::default());
+        if let Some(metrics) = &metrics {
+            metrics.set_correlation_stats(correlation_stats.clone());
+        }
         tasks.push(tokio::spawn(correlation::run(
             engine,
             bus.subscribe(),
@@ -339,6 +342,7 @@ fn status_report(
         kernel: (&*counters.borrow()).into(),
         incidents_open: correlation.open_incidents.load(Ordering::Relaxed),
         correlation_lagged_events: correlation.lagged_events.load(Ordering::Relaxed),
+        listener_table_refused: correlation.listener_table_refused.load(Ordering::Relaxed),
         store_dropped_writes: store_writer.dropped_writes(),
         store: api::StoreReport {
             persistent: reason.is_none(),

@@ -116,6 +116,12 @@ pub fn status(report: &StatusReport, style: &Style) -> String {
             report.correlation_lagged_events
         ));
     }
+    if report.listener_table_refused > 0 {
+        out.push(format!(
+            "Listeners not tracked (the listener table was full of current ones): {}",
+            report.listener_table_refused
+        ));
+    }
     let dropped = report.store_dropped_writes;
     out.push(if dropped == 0 {
         "Incident saves dropped: 0".to_string()
@@ -228,6 +234,7 @@ mod tests {
             },
             incidents_open: 1,
             correlation_lagged_events: 0,
+            listener_table_refused: 0,
             store_dropped_writes: 0,
             store: Default::default(),
         };
@@ -250,5 +257,13 @@ Kernel tables full (not tracked): none
 Open incidents: 1
 Incident saves dropped: 0"
         );
+        // Listeners the correlation could not track are said, only when there are some.
+        let refused = StatusReport {
+            listener_table_refused: 3,
+            ..report
+        };
+        assert!(status(&refused, &style).contains(
+            "Open incidents: 1\nListeners not tracked (the listener table was full of current ones): 3\n"
+        ));
     }
 }

@@ -31,6 +31,10 @@ pub struct StatusReport {
     /// Events the correlation engine missed because it fell behind.
     #[serde(default)]
     pub correlation_lagged_events: u64,
+    /// New listeners the correlation's listener table had no room for (full of current
+    /// listeners): failures to them are not tied to their process.
+    #[serde(default)]
+    pub listener_table_refused: u64,
     /// Incident saves lost because the store could not keep up.
     pub store_dropped_writes: u64,
     /// Whether incidents survive a restart, and saves the store refused.

@@ -59,6 +59,7 @@ fn report() -> StatusReport {
         kernel: KernelReport::default(),
         incidents_open: 1,
         correlation_lagged_events: 0,
+        listener_table_refused: 0,
         store_dropped_writes: 0,
         store: Default::default(),
     }

@@ -7,6 +7,7 @@
 //! `service`, `endpoint`) are capped, the rest folded into `other` ([`labels`]).
 
 pub mod conntrack;
+pub mod correlation;
 pub mod events;
 pub mod feed;
 pub mod host;
@@ -47,6 +48,7 @@ pub struct Metrics {
     incidents: incidents::IncidentMetrics,
     store: store::StoreMetrics,
     conntrack: conntrack::ConntrackMetrics,
+    correlation: correlation::CorrelationMetrics,
     probe_attached: IntGaugeVec,
 }
 
@@ -80,6 +82,7 @@ impl Metrics {
             incidents: incidents::IncidentMetrics::new(&r)?,
             store: store::StoreMetrics::new(&r)?,
             conntrack: conntrack::ConntrackMetrics::new(&r)?,
+            correlation: correlation::CorrelationMetrics::new(&r)?,
             probe_attached: gauge(
                 &r,
                 "why502_probe_attached",
@@ -117,6 +120,14 @@ impl Metrics {
         stats: std::sync::Arc<crate::sources::conntrack::ConntrackStats>,
     ) {
         self.conntrack.set_stats(stats);
+    }
+
+    /// Where the correlation engine's refusals are counted.
+    pub fn set_correlation_stats(
+        &self,
+        stats: std::sync::Arc<crate::correlate::task::CorrelationStats>,
+    ) {
+        self.correlation.set_stats(stats);
     }
 
     /// Counts one event.
@@ -163,6 +174,7 @@ impl Metrics {
     pub fn render(&self) -> Result<String, MetricsError> {
         self.store.refresh();
         self.conntrack.refresh();
+        self.correlation.refresh();
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
