@@ -32,8 +32,10 @@ const KUSTOMIZATION: &str = "kustomization.yaml";
 /// The pod's capabilities beyond the systemd unit's, for what systemd does for the unit:
 /// SYS_ADMIN mounts tracefs where the node has not (the unit has sys-kernel-tracing.mount),
 /// SYS_RESOURCE raises RLIMIT_MEMLOCK for kernels before 5.11 (the unit's
-/// LimitMEMLOCK=infinity; a pod gets the runtime's limit).
-const POD_ONLY_CAPABILITIES: [&str; 2] = ["SYS_ADMIN", "SYS_RESOURCE"];
+/// LimitMEMLOCK=infinity; a pod gets the runtime's limit), and NET_ADMIN reads conntrack
+/// (the pods behind a ClusterIP: on a node, the common case; the unit leaves it to a
+/// drop-in).
+const POD_ONLY_CAPABILITIES: [&str; 3] = ["SYS_ADMIN", "SYS_RESOURCE", "NET_ADMIN"];
 
 fn venv() -> &'static Venv {
     static VENV: OnceLock<Venv> = OnceLock::new();
