@@ -40,6 +40,8 @@ const TEST_PACKAGES: &[&str] = &[
     // The package's test (tests/tests/package.rs): Debian policy checks, `man -l`.
     "lintian",
     "man-db",
+    // The DaemonSet's test (tests/tests/kubernetes.rs): a venv for kubernetes-validate.
+    "python3-venv",
 ];
 
 /// Debian packages `cargo xtask bench` needs: the load generator, the reference tracer, a
