@@ -6,7 +6,7 @@ pub mod conntrack;
 pub mod decode;
 pub mod enrich;
 pub mod host;
-pub mod kubernetes;
 pub mod kernel_maps;
+pub mod kubernetes;
 pub mod probes;
 pub mod ring;
