@@ -192,10 +192,11 @@ fn settled_incident(agent: &Agent, node: &Node) -> Value {
     .unwrap_or_else(|seen| {
         panic!(
             "no single incident of nginx counting access.log {:?} and error.log {:?} within \
-             {SETTLE:?} ({}); its incidents: {seen:#?}",
+             {SETTLE:?} ({}); its incidents: {seen:#?}\nall the agent's: {:#?}",
             access.statuses,
             errors.kinds,
-            node.describe()
+            node.describe(),
+            incident_query::all(agent)
         )
     })
 }
