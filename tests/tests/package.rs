@@ -27,6 +27,7 @@ fn deb_files() -> BTreeSet<String> {
         "/usr/share/fish/vendor_completions.d/why502.fish",
         "/usr/share/doc/why502/copyright",
         "/usr/share/doc/why502/changelog.Debian.gz",
+        "/usr/share/lintian/overrides/why502",
     ]
     .map(String::from)
     .into();
@@ -34,11 +35,12 @@ fn deb_files() -> BTreeSet<String> {
     files
 }
 
-/// `cargo xtask install`'s: the .deb's, less Debian's /usr/share/doc, plus its manifest.
+/// `cargo xtask install`'s: the .deb's, less Debian's /usr/share/doc and lintian
+/// overrides, plus its manifest.
 fn install_files(prefix: &str) -> BTreeSet<String> {
     let mut files: BTreeSet<String> = deb_files()
         .into_iter()
-        .filter(|f| !f.starts_with("/usr/share/doc/"))
+        .filter(|f| !f.starts_with("/usr/share/doc/") && !f.starts_with("/usr/share/lintian/"))
         .chain(["/usr/share/why502/installed-files".to_string()])
         .collect();
     if prefix != "/usr" {

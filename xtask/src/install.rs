@@ -178,6 +178,10 @@ fn layout(root: &Path, binary: &Path, prefix: &Path) -> Result<Vec<Item>> {
         } else {
             expand(&agent_dir.join(source))?
         };
+        // Debian's own checker's notes belong to the package only.
+        if dest.starts_with("usr/share/lintian/") {
+            continue;
+        }
         for source in sources {
             let name = source.file_name().context("asset without a file name")?;
             let mut dest = host_path(dest, prefix)?;
