@@ -649,6 +649,21 @@ fn sample_exposition() -> String {
         &["why502_store_dropped_writes_total 0"],
     );
     family(
+        "why502_conntrack_lookups_total",
+        "counter",
+        "Lookups of a failed connection's real destination in the host's conntrack, by result.",
+        &[
+            "why502_conntrack_lookups_total{result=\"dnat\"} 3",
+            "why502_conntrack_lookups_total{result=\"no_entry\"} 1",
+        ],
+    );
+    family(
+        "why502_listener_table_refused_total",
+        "counter",
+        "New listeners the correlation's listener table refused.",
+        &["why502_listener_table_refused_total 0"],
+    );
+    family(
         "why502_build_info",
         "gauge",
         "The agent's version.",
