@@ -167,6 +167,14 @@ impl NatResolver {
     /// `CAP_NET_ADMIN` at the first query), so unavailability shows at the first query
     /// or here.
     pub fn open(per_second: u32, stats: Arc<ConntrackStats>) -> Self {
+        if per_second > 0 && has_net_admin() == Some(false) {
+            // Expected under the systemd unit (it leaves CAP_NET_ADMIN to a drop-in): said
+            // as what it is, not as the kernel's EPERM at the first failure.
+            log::info!(
+                "conntrack: off, the agent has no CAP_NET_ADMIN (the kernel asks for it to                  read conntrack): a DNAT'd service address is shown without the pod behind it"
+            );
+            return Self::with_lookup(None, per_second, stats);
+        }
         let lookup: Option<Box<dyn Lookup>> = match Conntrack::open(QUERY_TIMEOUT) {
             Ok(conntrack) => Some(Box::new(conntrack)),
             Err(err) => {
@@ -260,6 +268,26 @@ impl NatResolver {
     }
 }
 
+/// `CAP_NET_ADMIN`'s bit in the capability sets (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Whether the calling thread (`/proc/thread-self`: capabilities are per thread) holds
+/// `CAP_NET_ADMIN` in its effective set; `None` when its status cannot be read.
+fn has_net_admin() -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    effective_has(&status, CAP_NET_ADMIN)
+}
+
+/// Whether the `CapEff:` line of a `/proc/<pid>/status` text has capability `bit`.
+fn effective_has(status: &str, bit: u32) -> Option<bool> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    let set = u64::from_str_radix(hex, 16).ok()?;
+    Some(set & (1 << bit) != 0)
+}
+
 fn say_unavailable(err: &ConntrackError) {
     log::warn!(
         "conntrack: {}; the real destination behind a DNAT'd service address will not be \
@@ -350,6 +378,16 @@ mod tests {
 
     fn tuple(src: &str, dst: &str) -> OriginalTuple {
         OriginalTuple::new(addr(src), addr(dst)).unwrap()
+    }
+
+    #[test]
+    fn effective_capabilities_are_read_from_status() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000001000\n";
+        assert_eq!(effective_has(status, CAP_NET_ADMIN), Some(true));
+        let status = "CapEff:\t000001ffffffefff\nCapBnd:\t000001ffffffffff\n";
+        assert_eq!(effective_has(status, CAP_NET_ADMIN), Some(false));
+        assert_eq!(effective_has("CapEff:\tzz\n", CAP_NET_ADMIN), None);
+        assert_eq!(effective_has("Name:\tx\n", CAP_NET_ADMIN), None);
     }
 
     #[test]
