@@ -8,6 +8,7 @@ pub mod explain;
 pub mod history;
 pub mod knowledge;
 pub mod listeners;
+pub mod proxy_key;
 pub mod responses;
 pub mod spike;
 pub mod task;

@@ -10,7 +10,7 @@ use std::{
     time::SystemTime,
 };
 
-use super::{engine::ProxyKey, spike::WINDOW_CAP};
+use super::{proxy_key::ProxyKey, spike::WINDOW_CAP};
 use crate::model::event::{Event, ProcessRef};
 
 /// The responses a proxy gives when it could not get one from its upstream.

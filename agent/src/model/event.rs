@@ -71,11 +71,11 @@ pub struct ProcessInfo {
     pub container: Option<String>,
     /// The runtime that made the container, when its cgroup path says.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<super::incident::Runtime>,
+    pub runtime: Option<super::identity::Runtime>,
     /// The Kubernetes pod, from the cgroup path (UID, QoS class), named when the API was
     /// asked (see `sources::enrich::kubernetes`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<super::incident::Pod>,
+    pub pod: Option<super::identity::Pod>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod event;
 pub mod failure;
+pub mod identity;
 pub mod incident;
 pub mod namespace;
 pub mod proxy;

@@ -14,7 +14,7 @@ use std::{
     time::SystemTime,
 };
 
-use super::sampling::{ListenerKey, Sample};
+use super::sample::{ListenerKey, Sample};
 use crate::model::{
     event::{Event, EventDetail, ListenQueueFull, MemoryPressure, HOST_SCOPE},
     namespace::NetNs,

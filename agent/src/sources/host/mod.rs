@@ -24,6 +24,7 @@ pub mod namespaces;
 pub mod netstat;
 pub mod proc_net;
 pub mod psi;
+pub mod sample;
 pub mod sampling;
 pub mod sock_diag;
 

@@ -9,14 +9,13 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
 use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 
 use super::{
-    cgroup_memory::{self, CgroupMemory},
+    cgroup_memory,
     edges::EdgeDetector,
     namespaces::{self, Rotation, Targets},
 };
@@ -29,25 +28,7 @@ use crate::{
     },
 };
 
-/// A listening service's memory cgroup.
-#[derive(Debug, Clone)]
-pub struct ServiceMemory {
-    pub service: String,
-    pub pid: u32,
-    pub memory: CgroupMemory,
-}
-
-/// A TCP listener's key: two pods listen on the same `0.0.0.0:8080`.
-pub type ListenerKey = (NetNs, SocketAddr);
-
-/// One sampling round.
-#[derive(Debug, Clone, Default)]
-pub struct Sample {
-    pub host: super::HostSample,
-    pub services: Vec<ServiceMemory>,
-    /// Listening endpoints → their service, for labelling queues.
-    pub listener_services: BTreeMap<ListenerKey, String>,
-}
+pub use super::sample::{ListenerKey, Sample, ServiceMemory};
 
 /// Who listens where (from listener events): the services whose cgroups are sampled, and
 /// the processes other namespaces are read through.
