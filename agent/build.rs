@@ -56,11 +56,18 @@ fn emit_commit() {
         .ok()
         .filter(|c| !c.is_empty())
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]));
-    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        let git_dir = Path::new(&git_dir);
+    // The paths to watch are read from the checkout itself, not asked of git: a git that
+    // failed once (a lock held by a concurrent commit) must not leave "unknown" stuck.
+    // (A worktree's `.git` is a file naming its git directory: asked of git then.)
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.git");
+    let git_dir = match checkout.is_dir() {
+        true => checkout,
+        false => git(&["rev-parse", "--absolute-git-dir"]).map_or(checkout, PathBuf::from),
+    };
+    if let Ok(head) = std::fs::read_to_string(git_dir.join("HEAD")) {
         println!("cargo:rerun-if-changed={}", git_dir.join("HEAD").display());
         // HEAD names a branch: its ref file (or packed-refs) moves with each commit.
-        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        if let Some(branch) = head.trim().strip_prefix("ref: ") {
             println!("cargo:rerun-if-changed={}", git_dir.join(branch).display());
         }
         println!(
