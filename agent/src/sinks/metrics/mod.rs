@@ -19,7 +19,10 @@ pub mod registry;
 pub mod server;
 pub mod store;
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, RwLock},
+};
 
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -42,6 +45,10 @@ pub enum MetricsError {
 pub struct Metrics {
     registry: Registry,
     labels: Mutex<Labels>,
+    /// Held to write by the updates that reset gauges and set them again (a host sample,
+    /// a kernel reading), to read by a render: a scrape never sees half an update (a
+    /// listener's queue depth without its backlog).
+    consistent: RwLock<()>,
     events: events::EventMetrics,
     kernel: kernel::KernelMetrics,
     host: host::HostMetrics,
@@ -76,6 +83,7 @@ impl Metrics {
         )?;
         Ok(Self {
             labels: Mutex::new(Labels::new(config, &r)?),
+            consistent: RwLock::new(()),
             events: events::EventMetrics::new(&r, connects.clone())?,
             kernel: kernel::KernelMetrics::new(&r, connects)?,
             host: host::HostMetrics::new(&r)?,
@@ -142,11 +150,13 @@ impl Metrics {
 
     /// Adds one reading of the kernel's maps.
     pub fn kernel(&self, reading: &KernelReading) {
+        let _whole = self.consistent.write().unwrap_or_else(|e| e.into_inner());
         self.kernel.reading(reading, &mut self.labels());
     }
 
     /// Takes one host sampling round.
     pub fn host(&self, sample: &Sample) {
+        let _whole = self.consistent.write().unwrap_or_else(|e| e.into_inner());
         self.host.sample(sample, &mut self.labels());
     }
 
@@ -175,9 +185,13 @@ impl Metrics {
         self.store.refresh();
         self.conntrack.refresh();
         self.correlation.refresh();
+        let families = {
+            let _whole = self.consistent.read().unwrap_or_else(|e| e.into_inner());
+            self.registry.gather()
+        };
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&families, &mut out)
             .map_err(|e| MetricsError::Encode(e.to_string()))?;
         String::from_utf8(out).map_err(|e| MetricsError::Encode(e.to_string()))
     }
