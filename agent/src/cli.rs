@@ -80,7 +80,8 @@ pub struct IncidentsArgs {
     /// RFC 3339 time (2026-11-21T14:00:00Z).
     #[arg(long, value_name = "WHEN", value_parser = since_arg)]
     pub since: Option<String>,
-    /// Only incidents of this upstream, as shown (127.0.0.1:9000, unix:/run/php/fpm.sock).
+    /// Only incidents of this upstream, as shown (127.0.0.1:9000, unix:/run/php/fpm.sock):
+    /// an address in every network namespace; with its "[netns N]" only in that one.
     #[arg(long, value_name = "UPSTREAM")]
     pub upstream: Option<String>,
     /// Only incidents of this proxy: its command name (nginx) or systemd unit.

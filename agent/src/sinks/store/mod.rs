@@ -104,7 +104,9 @@ pub enum StoreError {
 pub struct IncidentFilter {
     /// Incidents active at or after this time: still open, or closed since.
     pub since: Option<SystemTime>,
-    /// The upstream, exactly as incidents name it (`127.0.0.1:9000`, `unix:/run/x.sock`).
+    /// The upstream as incidents name it (`127.0.0.1:9000`, `unix:/run/x.sock`): an
+    /// address matches it in every namespace (`127.0.0.1:9000 [netns 4026532398]` too),
+    /// an address with its namespace only there. Not a pattern: `10.0.0.5` is no port's.
     pub upstream: Option<String>,
     /// The proxy's command name or systemd unit.
     pub proxy: Option<String>,
@@ -287,7 +289,8 @@ impl Store {
             .prepare_cached(
                 "SELECT id, body FROM incidents
                  WHERE (?1 IS NULL OR closed_at_ns IS NULL OR closed_at_ns >= ?1)
-                   AND (?2 IS NULL OR upstream = ?2)
+                   AND (?2 IS NULL OR upstream = ?2
+                        OR substr(upstream, 1, length(?2) + 2) = ?2 || ' [')
                    AND (?3 IS NULL OR proxy_comm = ?3 OR proxy_unit = ?3)
                  ORDER BY started_at_ns DESC, id DESC
                  LIMIT ?4",

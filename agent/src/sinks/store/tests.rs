@@ -66,12 +66,17 @@ fn filters_select_and_limit() {
     haproxy.proxy.unit = Some("haproxy.service".into());
     haproxy.upstream = "10.0.0.5:8080".into();
     let latest = testing::recent_incident(5, 1);
-    for incident in [&old, &closed_recently, &open, &haproxy, &latest] {
+    // In a pod's network namespace: the same address, another upstream.
+    let mut pod = testing::recent_incident(6, 2);
+    pod.upstream = "10.0.0.5:8080 [netns 4026532398]".into();
+    pod.closed_at = Some(SystemTime::now() - Duration::from_secs(3 * 86_400));
+    pod.started_at = pod.closed_at.unwrap();
+    for incident in [&old, &closed_recently, &open, &haproxy, &latest, &pod] {
         store.upsert(incident).unwrap();
     }
 
     let all = IncidentFilter::default();
-    assert_eq!(ids(&store, &all), [5, 4, 2, 3, 1], "newest first");
+    assert_eq!(ids(&store, &all), [5, 4, 2, 3, 1, 6], "newest first");
 
     let hour_ago = SystemTime::now() - Duration::from_secs(3600);
     let since = IncidentFilter {
@@ -85,12 +90,22 @@ fn filters_select_and_limit() {
         ..all.clone()
     };
     assert_eq!(ids(&store, &upstream("unix:/run/php/php-fpm.sock")), [1]);
-    assert_eq!(ids(&store, &upstream("10.0.0.5:8080")), [4]);
+    assert_eq!(
+        ids(&store, &upstream("10.0.0.5:8080")),
+        [4, 6],
+        "an address in every namespace"
+    );
+    assert_eq!(
+        ids(&store, &upstream("10.0.0.5:8080 [netns 4026532398]")),
+        [6],
+        "an address with its namespace only there"
+    );
     assert_eq!(
         ids(&store, &upstream("10.0.0.5")),
         [0u64; 0],
-        "exact match only"
+        "an address, not a prefix"
     );
+    assert_eq!(ids(&store, &upstream("10.0.0.5:80")), [0u64; 0]);
 
     let proxy = |p: &str| IncidentFilter {
         proxy: Some(p.into()),
@@ -98,7 +113,7 @@ fn filters_select_and_limit() {
     };
     assert_eq!(ids(&store, &proxy("haproxy")), [4], "by comm");
     assert_eq!(ids(&store, &proxy("haproxy.service")), [4], "by unit");
-    assert_eq!(ids(&store, &proxy("nginx.service")), [5, 2, 3, 1]);
+    assert_eq!(ids(&store, &proxy("nginx.service")), [5, 2, 3, 1, 6]);
 
     let combined = IncidentFilter {
         since: Some(hour_ago),
@@ -114,7 +129,7 @@ fn filters_select_and_limit() {
     };
     assert_eq!(
         ids(&store, &huge).len(),
-        5,
+        6,
         "the limit is capped, not overflowed"
     );
 }

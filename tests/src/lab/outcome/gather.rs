@@ -144,7 +144,9 @@ pub(super) fn host_incidents(
         let count = all.len();
         let stray: Vec<Value> = all
             .into_iter()
-            .filter(|i| i["proxy"]["pid"].as_u64() == worker && i["upstream"] != upstream)
+            .filter(|i| {
+                i["proxy"]["pid"].as_u64() == worker && !is_upstream(&i["upstream"], upstream)
+            })
             .collect();
         if !stray.is_empty() || Instant::now() >= until {
             return Ok((count, stray));
@@ -307,5 +309,17 @@ fn cli_json(lab: &Lab, args: &[&str]) -> Result<Value, String> {
             "{command}: not JSON ({e}): {}",
             String::from_utf8_lossy(&out.stdout)
         )
+    })
+}
+
+/// Whether an incident's `upstream` is the scenario's: the address itself, or in a
+/// scenario that runs in a network namespace of its own, that address in it
+/// (`127.0.0.1:PORT [netns N]`), as `why502 incidents --upstream` matches it.
+fn is_upstream(shown: &Value, upstream: &str) -> bool {
+    shown.as_str().is_some_and(|shown| {
+        shown == upstream
+            || shown
+                .strip_prefix(upstream)
+                .is_some_and(|rest| rest.starts_with(" [netns "))
     })
 }
