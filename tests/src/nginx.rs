@@ -8,29 +8,17 @@ use std::{
 
 pub const NGINX: &str = "/usr/sbin/nginx";
 
-pub struct Nginx {
-    child: Child,
-    dir: tempfile::TempDir,
-    pub port: u16,
-}
+/// The process model of [`Nginx::start`]: a root master and one worker, also root.
+pub const ROOT_WORKER: &str = "master_process on;\nuser root;\nworker_processes 1;";
 
-impl Nginx {
-    /// Starts nginx on 127.0.0.1:`port`, proxying everything to `upstream`
-    /// (`127.0.0.1:9000` or `unix:/path`), with the 502-causes reproduction timeouts.
-    pub fn start(port: u16, upstream: &str) -> Self {
-        assert!(
-            Path::new(NGINX).exists(),
-            "{NGINX} is missing: `cargo xtask test` installs Debian's nginx-light"
-        );
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let prefix = dir.path();
-        std::fs::create_dir_all(prefix.join("tmp")).unwrap();
-        let p = prefix.display();
-        let config = format!(
-            "daemon off;
-master_process on;
-user root;
-worker_processes 1;
+/// The configuration the tests run nginx with: in the foreground, everything under
+/// `prefix`, 127.0.0.1:`port` proxied to `upstream` with the 502-causes reproduction
+/// timeouts; `processes` is the process model (`master_process`, `user`, workers).
+pub fn config(prefix: &Path, port: u16, upstream: &str, processes: &str) -> String {
+    let p = prefix.display();
+    format!(
+        "daemon off;
+{processes}
 pid {p}/nginx.pid;
 error_log {p}/error.log info;
 events {{ worker_connections 256; }}
@@ -51,7 +39,27 @@ http {{
     }}
 }}
 "
+    )
+}
+
+pub struct Nginx {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Nginx {
+    /// Starts nginx on 127.0.0.1:`port`, proxying everything to `upstream`
+    /// (`127.0.0.1:9000` or `unix:/path`), with the 502-causes reproduction timeouts.
+    pub fn start(port: u16, upstream: &str) -> Self {
+        assert!(
+            Path::new(NGINX).exists(),
+            "{NGINX} is missing: `cargo xtask test` installs Debian's nginx-light"
         );
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let prefix = dir.path();
+        std::fs::create_dir_all(prefix.join("tmp")).unwrap();
+        let config = config(prefix, port, upstream, ROOT_WORKER);
         let conf = prefix.join("nginx.conf");
         std::fs::write(&conf, config).unwrap();
         let child = Command::new(NGINX)

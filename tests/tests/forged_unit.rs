@@ -18,7 +18,12 @@ use std::{
 };
 
 use serde_json::Value;
-use why502_e2e::{agent::Agent, can_load_ebpf, free_port, http, nginx::NGINX, serial};
+use why502_e2e::{
+    agent::Agent,
+    can_load_ebpf, free_port, http,
+    nginx::{self, NGINX},
+    serial,
+};
 
 const WWW_DATA: u32 = 33;
 const NOBODY: u32 = 65534;
@@ -143,29 +148,7 @@ impl Proxy {
         } else {
             "master_process on;\nuser www-data;\nworker_processes 1;"
         };
-        let config = format!(
-            "daemon off;
-{processes}
-pid {p}/nginx.pid;
-error_log {p}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {p}/access.log;
-    client_body_temp_path {p}/tmp/body;
-    proxy_temp_path {p}/tmp/proxy;
-    fastcgi_temp_path {p}/tmp/fastcgi;
-    uwsgi_temp_path {p}/tmp/uwsgi;
-    scgi_temp_path {p}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://{upstream};
-            proxy_connect_timeout 3s;
-        }}
-    }}
-}}
-"
-        );
+        let config = nginx::config(prefix, port, upstream, processes);
         let conf = prefix.join("nginx.conf");
         std::fs::write(&conf, config).unwrap();
         std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
